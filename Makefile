@@ -1,0 +1,48 @@
+# The README's two commands: `make run` and `make test`. Everything else is a helper.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: run test install data lint bench clean
+
+# (Re)create the virtual environment and install the package with its dev tools whenever
+# pyproject.toml changes.
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $@
+
+install: $(STAMP)
+
+# Fashion-MNIST, the offline default: Debian's dataset-fashion-mnist package where root + apt are
+# available (the DataModule finds /usr/share/datasets/fashion-mnist by itself); elsewhere the
+# DataModule downloads it through torchvision into ./data.
+data:
+	@if [ -d /usr/share/datasets/fashion-mnist ]; then \
+	  echo "Fashion-MNIST: /usr/share/datasets/fashion-mnist"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 || \
+	  { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1; } || \
+	  echo "could not install dataset-fashion-mnist; lit-defense will download Fashion-MNIST into ./data"; \
+	else \
+	  echo "not root or no apt-get: lit-defense will download Fashion-MNIST into ./data"; \
+	fi
+
+# The main job on the embedded default (Fashion-MNIST): fit the undefended teacher, test it.
+run: install data
+	$(BIN)/lit-defense fit --config configs/fashion_mnist/teacher.yaml --test_after_fit true
+
+test: install
+	$(BIN)/ruff check lit_defense callbacks tests benchmarks
+	$(BIN)/python -m pytest
+
+lint: install
+	$(BIN)/ruff check lit_defense callbacks tests benchmarks
+
+bench: install data
+	$(BIN)/python benchmarks/train_throughput.py
+
+clean:
+	rm -rf $(VENV) runs *.egg-info .pytest_cache .ruff_cache

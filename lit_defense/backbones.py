@@ -1,0 +1,155 @@
+"""Backbones: the networks behind every LightningModule, built by name from a registry.
+
+``create_backbone(name, num_classes=..., in_chans=..., image_size=..., **kwargs)`` builds:
+- ``papernot_mnist``: the MNIST network of Papernot et al. 2016 (defensive distillation):
+  conv32-conv32-pool-conv64-conv64-pool-fc200-fc200;
+- ``papernot_cifar``: their CIFAR-10 network: conv64x2-pool-conv128x2-pool-fc256x2;
+- ``timm/<model>`` (e.g. ``timm/resnet18``): any timm model via ``timm.create_model``; with
+  ``small_input=True`` (the default for images up to 64 pixels) a ResNet-style stem is adapted to
+  small images (3x3 stride-1 first conv, no max-pool), as is usual for CIFAR-10.
+
+A user adds a backbone with ``@register_backbone("name")`` on a function or ``nn.Module`` class
+taking ``num_classes``, ``in_chans`` and ``image_size``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import nn
+
+from lit_defense.errors import ConfigError
+
+_REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register_backbone(name: str):
+    """Register a backbone factory under ``name`` (decorator)."""
+
+    def wrap(fn):
+        if name in _REGISTRY:
+            raise ValueError(f"backbone {name!r} is already registered")
+        _REGISTRY[name] = fn
+        return fn
+
+    return wrap
+
+
+def list_backbones() -> list[str]:
+    return sorted(_REGISTRY) + ["timm/<any timm model name>"]
+
+
+def create_backbone(name: str, num_classes: int, in_chans: int, image_size: int, **kwargs) -> nn.Module:
+    """Build the backbone registered as ``name`` (or ``timm/<model>``)."""
+    if name.startswith("timm/"):
+        return timm_backbone(name[len("timm/"):], num_classes=num_classes, in_chans=in_chans,
+                             image_size=image_size, **kwargs)
+    if name not in _REGISTRY:
+        raise ConfigError(
+            f"unknown backbone {name!r}; choose one of: {', '.join(list_backbones())}."
+        )
+    try:
+        return _REGISTRY[name](num_classes=num_classes, in_chans=in_chans, image_size=image_size, **kwargs)
+    except TypeError as err:
+        raise ConfigError(f"backbone {name!r} rejected its arguments {sorted(kwargs)}: {err}") from None
+
+
+class Normalize(nn.Module):
+    """``(x - mean) / std`` per channel, inside the model, so attacks work on [0, 1] pixels."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]):
+        super().__init__()
+        if len(mean) != len(std):
+            raise ConfigError(f"mean has {len(mean)} channels but std has {len(std)}.")
+        if any(s <= 0 for s in std):
+            raise ConfigError(f"std must be positive, got {list(std)}.")
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+    def extra_repr(self) -> str:
+        return f"mean={self.mean.flatten().tolist()}, std={self.std.flatten().tolist()}"
+
+
+def _conv_out(size: int, n_convs_per_block: int, n_blocks: int) -> int:
+    """Spatial size after ``n_blocks`` x (``n_convs_per_block`` valid 3x3 convs + 2x2 max-pool)."""
+    for _ in range(n_blocks):
+        size = (size - 2 * n_convs_per_block) // 2
+    return size
+
+
+class _PapernotNet(nn.Module):
+    """Two blocks of two valid 3x3 convs + max-pool, then two ReLU fully connected layers."""
+
+    def __init__(self, widths: tuple[int, int], fc: int, num_classes: int, in_chans: int,
+                 image_size: int, dropout: float):
+        super().__init__()
+        out = _conv_out(image_size, 2, 2)
+        if out < 1:
+            raise ConfigError(
+                f"image_size={image_size} is too small for this network (needs at least 20 pixels)."
+            )
+        c1, c2 = widths
+        self.features = nn.Sequential(
+            nn.Conv2d(in_chans, c1, 3), nn.ReLU(inplace=True),
+            nn.Conv2d(c1, c1, 3), nn.ReLU(inplace=True),
+            nn.MaxPool2d(2),
+            nn.Conv2d(c1, c2, 3), nn.ReLU(inplace=True),
+            nn.Conv2d(c2, c2, 3), nn.ReLU(inplace=True),
+            nn.MaxPool2d(2),
+        )
+        self.classifier = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(c2 * out * out, fc), nn.ReLU(inplace=True),
+            nn.Dropout(dropout),
+            nn.Linear(fc, fc), nn.ReLU(inplace=True),
+            nn.Linear(fc, num_classes),
+        )
+        self.num_classes = num_classes
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+@register_backbone("papernot_mnist")
+class PapernotMNIST(_PapernotNet):
+    """Papernot et al. 2016 MNIST net: conv32-conv32-pool-conv64-conv64-pool-fc200-fc200."""
+
+    def __init__(self, num_classes: int = 10, in_chans: int = 1, image_size: int = 28, dropout: float = 0.5):
+        super().__init__((32, 64), 200, num_classes, in_chans, image_size, dropout)
+
+
+@register_backbone("papernot_cifar")
+class PapernotCIFAR(_PapernotNet):
+    """Papernot et al. 2016 CIFAR-10 net: conv64-conv64-pool-conv128-conv128-pool-fc256-fc256."""
+
+    def __init__(self, num_classes: int = 10, in_chans: int = 3, image_size: int = 32, dropout: float = 0.5):
+        super().__init__((64, 128), 256, num_classes, in_chans, image_size, dropout)
+
+
+def timm_backbone(name: str, num_classes: int, in_chans: int, image_size: int,
+                  pretrained: bool = False, small_input: bool | None = None, **kwargs) -> nn.Module:
+    """A timm model with the given classes and input channels.
+
+    ``small_input`` (default: ``image_size <= 64``) replaces a ResNet-style stem (``conv1`` +
+    ``maxpool``) with a 3x3 stride-1 convolution and no pooling, the usual CIFAR adaptation.
+    ``pretrained=True`` needs the weights in the local Hugging Face cache (no download offline).
+    """
+    import timm
+
+    if not timm.is_model(name):
+        raise ConfigError(
+            f"unknown timm model {name!r}; list them with `python -c \"import timm; "
+            f"print(timm.list_models('{name.split('_')[0]}*'))\"`."
+        )
+    model = timm.create_model(name, pretrained=pretrained, num_classes=num_classes, in_chans=in_chans, **kwargs)
+    if small_input is None:
+        small_input = image_size <= 64
+    if small_input and isinstance(getattr(model, "conv1", None), nn.Conv2d) and hasattr(model, "maxpool"):
+        old = model.conv1
+        model.conv1 = nn.Conv2d(in_chans, old.out_channels, 3, stride=1, padding=1, bias=False)
+        model.maxpool = nn.Identity()
+    return model

@@ -1,0 +1,172 @@
+"""``lit-defense``: the LightningCLI of the project.
+
+    lit-defense fit  --config configs/fashion_mnist/teacher.yaml
+    lit-defense test --config configs/fashion_mnist/teacher.yaml --ckpt_path runs/.../last.ckpt
+    lit-defense fit  --config configs/fashion_mnist/teacher.yaml --print_config
+
+Models and DataModules are chosen with ``class_path``/``init_args`` (subclass mode), so a user's
+own ``LightningModule`` or ``LightningDataModule`` plugs in from YAML. The DataModule's
+``num_classes``, ``in_chans``, ``image_size``, ``mean`` and ``std`` are linked into the model.
+
+Bad input (unknown names, impossible values, missing data or checkpoints) ends with one line on
+stderr and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import traceback
+import warnings
+from argparse import ArgumentError
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch import Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar, RichProgressBar
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.utilities import rank_zero_info
+
+from lit_defense.data import VisionDataModule
+from lit_defense.errors import LitDefenseError
+from lit_defense.modules.classifier import Classifier
+
+# Linked from the DataModule into the model, so a config names the dataset once.
+DATA_TO_MODEL_LINKS = ("num_classes", "in_chans", "image_size", "mean", "std")
+
+
+class LitDefenseCLI(LightningCLI):
+    """LightningCLI with the project's links, checkpointing defaults and a ``--test_after_fit``."""
+
+    def __init__(self, args: Any = None, run: bool = True, **kwargs: Any):
+        kwargs.setdefault("save_config_kwargs", {"overwrite": True})
+        super().__init__(
+            model_class=Classifier,
+            datamodule_class=VisionDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            trainer_defaults={
+                "logger": {
+                    "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+                    "init_args": {"save_dir": "runs", "name": "default"},
+                },
+            },
+            args=args,
+            run=run,
+            **kwargs,
+        )
+
+    def init_parser(self, **kwargs: Any) -> LightningArgumentParser:
+        # Raise instead of printing a 70-line usage: main() prints one line and exits with 2.
+        kwargs["exit_on_error"] = False
+        return super().init_parser(**kwargs)
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        for name in DATA_TO_MODEL_LINKS:
+            parser.link_arguments(f"data.{name}", f"model.init_args.{name}", apply_on="instantiate")
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults(
+            {
+                "checkpoint.monitor": "val/acc",
+                "checkpoint.mode": "max",
+                "checkpoint.save_last": True,
+                "checkpoint.filename": "best-epoch={epoch}-step={step}",
+                "checkpoint.auto_insert_metric_name": False,
+            }
+        )
+        parser.add_argument(
+            "--test_after_fit",
+            type=bool,
+            default=False,
+            help="After `fit`, run `test` on the best checkpoint (or the final weights when no "
+            "checkpoint was saved) and print test/acc.",
+        )
+
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        config = self._get(self.config_init, "trainer", default={})
+        wants_bar = config.get("enable_progress_bar") is not False
+        has_bar = any(isinstance(cb, ProgressBar) for cb in (config.get("callbacks") or []))
+        if wants_bar and not has_bar and sys.stdout.isatty():
+            kwargs.setdefault("callbacks", [*(config.get("callbacks") or []), RichProgressBar()])
+        return super().instantiate_trainer(**kwargs)
+
+    def after_fit(self) -> None:
+        if not self._get(self.config, "test_after_fit"):
+            return
+        ckpt = self.trainer.checkpoint_callback
+        ckpt_path = "best" if isinstance(ckpt, ModelCheckpoint) and ckpt.best_model_path else None
+        results = self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt_path, verbose=False)
+        if results:
+            used = ckpt.best_model_path if ckpt_path == "best" else "final weights"
+            rank_zero_info(
+                f"test/acc = {results[0]['test/acc']:.4f}  test/loss = {results[0]['test/loss']:.4f}  ({used})"
+            )
+
+
+_BOILERPLATE = (
+    "Does not validate against any of the Union subtypes",
+    "Subtypes:",
+    "Errors:",
+    "Problem with given class_path",
+    "Given value",
+    "Expected a <class 'NoneType'>",
+)
+
+
+def _condense_parse_error(message: str) -> str:
+    """jsonargparse's nested error -> ``key.path: what is wrong``."""
+    keys: list[str] = []
+    lines = message.splitlines()
+    for i, line in enumerate(lines):
+        text = line.strip()
+        match = re.match(r'Parser key "([^"]+)":?\s*(.*)', text)
+        if match:
+            keys.append(match.group(1))
+            text = match.group(2)
+        text = text.lstrip("- ").strip()
+        if not text or text.startswith(_BOILERPLATE):
+            continue
+        if "Got value" not in text:
+            given = next((x.strip() for x in lines[i + 1:] if x.strip().startswith("Given value:")), None)
+            if given and "Namespace(" not in given:
+                text = f"{text.rstrip('.')}; {given}"
+        return f"{'.'.join(keys)}: {text}" if keys else text
+    return message.strip().splitlines()[0] if message.strip() else "invalid arguments"
+
+
+def _find_own_error(err: BaseException) -> BaseException | None:
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, LitDefenseError):
+            return err
+        err = err.__cause__ or err.__context__
+    return None
+
+
+def _one_line(err: BaseException) -> str:
+    own = _find_own_error(err)
+    if own is not None:
+        return str(own)
+    if isinstance(err, ArgumentError):
+        return _condense_parse_error(str(err)) + " (see `lit-defense <subcommand> --help`)"
+    frame = traceback.extract_tb(err.__traceback__)[-1] if err.__traceback__ else None
+    where = f" (raised at {Path(frame.filename).name}:{frame.lineno})" if frame else ""
+    return f"{type(err).__name__}: {err}{where}"
+
+
+def main(args: list[str] | None = None) -> int:
+    """Entry point of ``lit-defense``. Returns 0, or exits with 2 and one line on bad input."""
+    warnings.filterwarnings("ignore", ".*does not have many workers.*")
+    try:
+        LitDefenseCLI(args=args)
+    except (LitDefenseError, ArgumentError, ValueError, FileNotFoundError) as err:
+        print(f"lit-defense: error: {_one_line(err)}", file=sys.stderr)
+        raise SystemExit(2) from None
+    return 0
+
+
+__all__ = ["LitDefenseCLI", "main"]
+
+if __name__ == "__main__":
+    main()

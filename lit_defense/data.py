@@ -1,0 +1,477 @@
+"""One LightningDataModule for every model of the project: ``VisionDataModule``.
+
+Pixels leave this module as float32 in [0, 1], shape ``(N, C, H, W)``; normalisation lives inside
+the model (``lit_defense.backbones.Normalize``). Batches are ``(x, y, index)`` where ``index`` is
+the position of each sample in its split's underlying dataset (the distilled student uses it to
+cache the teacher's soft labels).
+
+Datasets:
+- ``mnist`` and ``fashion_mnist`` are read directly from IDX files (``.gz`` or not) found in
+  ``data_dir`` (or, with no ``data_dir``, in ``./data`` and the Debian package locations such as
+  ``/usr/share/datasets/fashion-mnist``); ``download=True`` fetches them through torchvision when
+  they are not found.
+- ``cifar10`` uses torchvision's CIFAR-10 reader (``cifar-10-batches-py``).
+- ``synthetic`` is a deterministic, class-dependent image set of any size, for tests.
+"""
+
+from __future__ import annotations
+
+import gzip
+import math
+import struct
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+
+from lit_defense.errors import ConfigError, DataFormatError, DataNotFoundError
+
+DatasetName = Literal["mnist", "fashion_mnist", "cifar10", "synthetic"]
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """Static facts about a dataset: what a model needs to know before any data is read."""
+
+    num_classes: int
+    in_chans: int
+    image_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    torchvision_name: str | None = None
+    system_dirs: tuple[str, ...] = ()
+    class_names: tuple[str, ...] = ()
+
+
+DATASETS: dict[str, DatasetInfo] = {
+    "mnist": DatasetInfo(
+        10, 1, 28, (0.1307,), (0.3081,), "MNIST",
+        ("/usr/share/datasets/mnist", "/usr/share/datasets/MNIST"),
+        tuple(str(i) for i in range(10)),
+    ),
+    "fashion_mnist": DatasetInfo(
+        10, 1, 28, (0.2860,), (0.3530,), "FashionMNIST",
+        ("/usr/share/datasets/fashion-mnist",),
+        ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+         "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
+    ),
+    "cifar10": DatasetInfo(
+        10, 3, 32, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), "CIFAR10", (),
+        ("airplane", "automobile", "bird", "cat", "deer",
+         "dog", "frog", "horse", "ship", "truck"),
+    ),
+}
+
+IDX_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+
+_IDX_DTYPES = {
+    0x08: np.dtype(np.uint8),
+    0x09: np.dtype(np.int8),
+    0x0B: np.dtype(">i2"),
+    0x0C: np.dtype(">i4"),
+    0x0D: np.dtype(">f4"),
+    0x0E: np.dtype(">f8"),
+}
+
+
+# --------------------------------------------------------------------------------------------
+# IDX files
+# --------------------------------------------------------------------------------------------
+def read_idx(path: str | Path) -> torch.Tensor:
+    """Read an IDX file (optionally gzip-compressed) into a tensor, checking its header and size.
+
+    Raises ``DataFormatError`` naming the file when it is truncated, corrupted or not IDX.
+    """
+    path = Path(path)
+    try:
+        if path.suffix == ".gz":
+            with gzip.open(path, "rb") as f:
+                raw = f.read()
+        else:
+            raw = path.read_bytes()
+    except (EOFError, OSError, zlib.error) as err:
+        if isinstance(err, FileNotFoundError):
+            raise DataNotFoundError(f"IDX file not found: {path}") from None
+        raise DataFormatError(
+            f"cannot read {path}: {err}. The file is truncated or corrupted; delete it and "
+            "fetch the dataset again."
+        ) from None
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
+        raise DataFormatError(
+            f"{path} is not an IDX file (bad magic number {raw[:4].hex() or 'empty'}); "
+            "expected the MNIST/Fashion-MNIST IDX format."
+        )
+    dtype, ndim = _IDX_DTYPES[raw[2]], raw[3]
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise DataFormatError(f"{path} is truncated inside its header; fetch it again.")
+    dims = struct.unpack(">" + "I" * ndim, raw[4:header])
+    expected = math.prod(dims) * dtype.itemsize
+    if len(raw) - header != expected:
+        raise DataFormatError(
+            f"{path} is truncated or corrupted: its header announces shape {tuple(dims)} "
+            f"({expected} bytes of data) but it holds {len(raw) - header}; fetch it again."
+        )
+    array = np.frombuffer(raw, dtype=dtype, offset=header).reshape(dims)
+    return torch.from_numpy(array.astype(dtype.newbyteorder("="), copy=True))
+
+
+def _find_file(stem: str, dirs: Sequence[Path]) -> Path | None:
+    for d in dirs:
+        for name in (stem, stem + ".gz"):
+            if (d / name).is_file():
+                return d / name
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# Datasets
+# --------------------------------------------------------------------------------------------
+class ImageTensorDataset(Dataset):
+    """Images held in memory as uint8 ``(N, C, H, W)``; yields ``(x in [0,1], y, index)``.
+
+    Implements ``__getitems__`` so a DataLoader fetches a whole batch with one indexing op instead
+    of collating ``batch_size`` single samples.
+    """
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, augment: bool = False):
+        if images.ndim == 3:
+            images = images.unsqueeze(1)
+        if images.dtype != torch.uint8 or images.ndim != 4:
+            raise DataFormatError(
+                f"images must be uint8 of shape (N, C, H, W), got {images.dtype} {tuple(images.shape)}"
+            )
+        if labels.shape[0] != images.shape[0]:
+            raise DataFormatError(
+                f"{images.shape[0]} images but {labels.shape[0]} labels: the image and label "
+                "files do not belong together."
+            )
+        self.images = images.contiguous()
+        self.labels = labels.long()
+        self.augment = augment
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def _batch(self, index: torch.Tensor):
+        x = self.images[index].float().div_(255.0)
+        if self.augment:
+            x = random_crop_flip(x, flip=x.shape[1] == 3)
+        return x, self.labels[index], index
+
+    def __getitem__(self, i: int):
+        x, y, idx = self._batch(torch.tensor([i]))
+        return x[0], y[0], idx[0]
+
+    def __getitems__(self, indices: list[int]):
+        return self._batch(torch.as_tensor(indices, dtype=torch.long))
+
+
+def random_crop_flip(x: torch.Tensor, padding: int = 2, flip: bool = False) -> torch.Tensor:
+    """Random translation by up to ``padding`` pixels (zero padded), and horizontal flips."""
+    n, _, h, w = x.shape
+    padded = F.pad(x, (padding,) * 4)
+    dy = torch.randint(0, 2 * padding + 1, (n,))
+    dx = torch.randint(0, 2 * padding + 1, (n,))
+    rows = (dy[:, None] + torch.arange(h)[None, :])[:, None, :, None].expand(n, x.shape[1], h, w + 2 * padding)
+    out = padded.gather(2, rows)
+    cols = (dx[:, None] + torch.arange(w)[None, :])[:, None, None, :].expand(n, x.shape[1], h, w)
+    out = out.gather(3, cols)
+    if flip:
+        mask = torch.rand(n) < 0.5
+        out[mask] = out[mask].flip(-1)
+    return out
+
+
+def collate_batch(batch):
+    """Collate for ``ImageTensorDataset.__getitems__``: the batch is already stacked."""
+    if isinstance(batch, tuple) and len(batch) == 3 and isinstance(batch[0], torch.Tensor):
+        return batch
+    return torch.utils.data.default_collate(batch)
+
+
+def make_synthetic(
+    num_samples: int,
+    num_classes: int = 10,
+    in_chans: int = 1,
+    image_size: int = 28,
+    noise: float = 0.2,
+    seed: int = 0,
+    split_seed: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Deterministic class-dependent images (uint8): a smooth random template per class plus noise.
+
+    The templates depend on ``seed`` only; ``split_seed`` draws the samples, so train and test
+    share classes but not samples.
+    """
+    g = torch.Generator().manual_seed(seed)
+    coarse = torch.rand(num_classes, in_chans, 4, 4, generator=g)
+    templates = F.interpolate(coarse, size=(image_size, image_size), mode="bilinear", align_corners=False)
+    g = torch.Generator().manual_seed(10_000 + split_seed)
+    labels = torch.arange(num_samples) % num_classes
+    labels = labels[torch.randperm(num_samples, generator=g)]
+    x = templates[labels] + noise * torch.randn(num_samples, in_chans, image_size, image_size, generator=g)
+    images = (x.clamp(0, 1) * 255).round().to(torch.uint8)
+    return images, labels
+
+
+# --------------------------------------------------------------------------------------------
+# The DataModule
+# --------------------------------------------------------------------------------------------
+class VisionDataModule(L.LightningDataModule):
+    """Image classification data shared by every model of the project.
+
+    Args:
+        dataset: ``mnist``, ``fashion_mnist``, ``cifar10`` or ``synthetic``.
+        data_dir: folder holding the dataset files. ``None`` searches ``./data`` and the system
+            locations of the Debian dataset packages; downloads go to ``./data``.
+        download: fetch the dataset through torchvision when it is not found locally.
+        batch_size: samples per batch, for every split.
+        num_workers: DataLoader worker processes. The data are held in memory and batches are
+            gathered with one indexing operation, so ``0`` is usually fastest on a few CPU cores.
+        val_size: validation samples taken from the training set, a count (``int``) or a
+            fraction in (0, 1) (``float``). The split is seeded by ``seed``, not by the run.
+        augment: random translations (and horizontal flips for 3-channel images) on the
+            training split.
+        seed: seed of the train/validation split (and of the synthetic data).
+        synthetic_num_classes, synthetic_in_chans, synthetic_image_size, synthetic_train_size,
+        synthetic_test_size, synthetic_noise: shape of the ``synthetic`` dataset.
+    """
+
+    def __init__(
+        self,
+        dataset: DatasetName = "fashion_mnist",
+        data_dir: str | None = None,
+        download: bool = True,
+        batch_size: int = 128,
+        num_workers: int = 0,
+        val_size: int | float = 5000,
+        augment: bool = False,
+        seed: int = 0,
+        synthetic_num_classes: int = 10,
+        synthetic_in_chans: int = 1,
+        synthetic_image_size: int = 28,
+        synthetic_train_size: int = 2048,
+        synthetic_test_size: int = 512,
+        synthetic_noise: float = 0.2,
+    ):
+        super().__init__()
+        if dataset not in (*DATASETS, "synthetic"):
+            raise ConfigError(
+                f"unknown dataset {dataset!r}; choose one of: {', '.join([*DATASETS, 'synthetic'])}."
+            )
+        if batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {batch_size}.")
+        if num_workers < 0:
+            raise ConfigError(f"num_workers must be >= 0, got {num_workers}.")
+        if isinstance(val_size, float) and not 0.0 <= val_size < 1.0:
+            raise ConfigError(
+                f"val_size={val_size}: a float is a fraction of the training set and must lie in "
+                "[0, 1); give an int for a number of samples."
+            )
+        if isinstance(val_size, int) and val_size < 0:
+            raise ConfigError(f"val_size must be >= 0, got {val_size}.")
+        self.save_hyperparameters()
+        self.dataset = dataset
+        self.data_dir = data_dir
+        self.download = download
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.val_size = val_size
+        self.augment = augment
+        self.seed = seed
+        if dataset == "synthetic":
+            for name, value in (
+                ("synthetic_num_classes", synthetic_num_classes),
+                ("synthetic_in_chans", synthetic_in_chans),
+                ("synthetic_image_size", synthetic_image_size),
+                ("synthetic_train_size", synthetic_train_size),
+                ("synthetic_test_size", synthetic_test_size),
+            ):
+                if value < 1:
+                    raise ConfigError(f"{name} must be >= 1, got {value}.")
+            self.info = DatasetInfo(
+                synthetic_num_classes, synthetic_in_chans, synthetic_image_size,
+                (0.5,) * synthetic_in_chans, (0.25,) * synthetic_in_chans,
+                class_names=tuple(str(i) for i in range(synthetic_num_classes)),
+            )
+        else:
+            self.info = DATASETS[dataset]
+        self._synthetic = dict(
+            train_size=synthetic_train_size, test_size=synthetic_test_size, noise=synthetic_noise
+        )
+        self.train_set: Dataset | None = None
+        self.val_set: Dataset | None = None
+        self.test_set: Dataset | None = None
+
+    # Facts a model needs, available before any data is read (for LightningCLI link_arguments).
+    @property
+    def num_classes(self) -> int:
+        return self.info.num_classes
+
+    @property
+    def in_chans(self) -> int:
+        return self.info.in_chans
+
+    @property
+    def image_size(self) -> int:
+        return self.info.image_size
+
+    @property
+    def mean(self) -> list[float]:
+        return list(self.info.mean)
+
+    @property
+    def std(self) -> list[float]:
+        return list(self.info.std)
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.info.class_names)
+
+    # ---------------------------------------------------------------------------------------
+    def _search_dirs(self) -> list[Path]:
+        tv = self.info.torchvision_name
+        roots = [Path(self.data_dir)] if self.data_dir else [Path("data")]
+        dirs: list[Path] = []
+        for root in roots:
+            dirs += [root, root / self.dataset]
+            if tv:
+                dirs += [root / tv / "raw", root / tv]
+        if not self.data_dir:
+            dirs += [Path(d) for d in self.info.system_dirs]
+        return dirs
+
+    def _download_root(self) -> Path:
+        return Path(self.data_dir) if self.data_dir else Path("data")
+
+    def _idx_paths(self) -> dict[str, tuple[Path, Path]] | None:
+        dirs = self._search_dirs()
+        found = {}
+        for split, (img, lbl) in IDX_FILES.items():
+            pi, pl = _find_file(img, dirs), _find_file(lbl, dirs)
+            if pi is None or pl is None:
+                return None
+            found[split] = (pi, pl)
+        return found
+
+    def _cifar_present(self) -> bool:
+        return (self._download_root() / "cifar-10-batches-py").is_dir()
+
+    def _not_found(self, reason: str = "") -> DataNotFoundError:
+        where = ", ".join(str(d) for d in self._search_dirs())
+        how = {
+            "fashion_mnist": "On Debian/Ubuntu run `apt-get install dataset-fashion-mnist` (files go to "
+            "/usr/share/datasets/fashion-mnist, found automatically); ",
+            "mnist": "",
+            "cifar10": "",
+        }[self.dataset]
+        return DataNotFoundError(
+            f"dataset {self.dataset!r} not found (looked in: {where}){reason}. {how}or run once "
+            f"with --data.init_args.download=true on a machine with internet access; or point "
+            f"--data.init_args.data_dir at a folder that holds the files."
+        )
+
+    def prepare_data(self) -> None:
+        """Download the dataset through torchvision when it is missing and ``download`` is set."""
+        if self.dataset == "synthetic":
+            return
+        present = self._cifar_present() if self.dataset == "cifar10" else self._idx_paths() is not None
+        if present:
+            return
+        if not self.download:
+            raise self._not_found(" and download=False")
+        import torchvision
+
+        cls = getattr(torchvision.datasets, self.info.torchvision_name)
+        root = self._download_root()
+        try:
+            for train in (True, False):
+                cls(root=str(root), train=train, download=True)
+        except Exception as err:  # network errors come in many types (URLError, RuntimeError, ...)
+            raise self._not_found(f"; downloading into {root} failed ({type(err).__name__}: {err})") from None
+
+    def _load_split(self, split: str) -> ImageTensorDataset:
+        if self.dataset == "synthetic":
+            size = self._synthetic["train_size" if split == "train" else "test_size"]
+            images, labels = make_synthetic(
+                size, self.num_classes, self.in_chans, self.image_size,
+                noise=self._synthetic["noise"], seed=self.seed, split_seed=0 if split == "train" else 1,
+            )
+            return ImageTensorDataset(images, labels)
+        if self.dataset == "cifar10":
+            if not self._cifar_present():
+                raise self._not_found()
+            import torchvision
+
+            ds = torchvision.datasets.CIFAR10(str(self._download_root()), train=split == "train", download=False)
+            images = torch.from_numpy(np.ascontiguousarray(ds.data)).permute(0, 3, 1, 2)
+            return ImageTensorDataset(images, torch.as_tensor(ds.targets))
+        paths = self._idx_paths()
+        if paths is None:
+            raise self._not_found()
+        img_path, lbl_path = paths[split]
+        images, labels = read_idx(img_path), read_idx(lbl_path)
+        if images.ndim != 3 or labels.ndim != 1:
+            raise DataFormatError(
+                f"{img_path} / {lbl_path}: expected images (N, H, W) and labels (N,), got "
+                f"{tuple(images.shape)} and {tuple(labels.shape)}."
+            )
+        if int(labels.max()) >= self.num_classes or int(labels.min()) < 0:
+            raise DataFormatError(f"{lbl_path} holds labels outside [0, {self.num_classes}).")
+        return ImageTensorDataset(images, labels)
+
+    def _val_count(self, n: int) -> int:
+        count = round(self.val_size * n) if isinstance(self.val_size, float) else self.val_size
+        if count >= n:
+            raise ConfigError(
+                f"val_size={self.val_size} leaves no training data ({n} training samples); "
+                "lower --data.init_args.val_size."
+            )
+        return count
+
+    def setup(self, stage: str | None = None) -> None:
+        if stage in (None, "fit", "validate") and self.train_set is None:
+            full = self._load_split("train")
+            n_val = self._val_count(len(full))
+            perm = torch.randperm(len(full), generator=torch.Generator().manual_seed(self.seed))
+            val_idx, train_idx = perm[:n_val].sort().values, perm[n_val:].sort().values
+            self.train_set = ImageTensorDataset(full.images[train_idx], full.labels[train_idx], self.augment)
+            self.val_set = ImageTensorDataset(full.images[val_idx], full.labels[val_idx])
+        if stage in (None, "test", "predict") and self.test_set is None:
+            self.test_set = self._load_split("test")
+
+    def _loader(self, dataset: Dataset | None, shuffle: bool) -> DataLoader:
+        if dataset is None:
+            raise RuntimeError("VisionDataModule.setup() must run before asking for a dataloader.")
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            collate_fn=collate_batch,
+            pin_memory=torch.cuda.is_available(),
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set, shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set, shuffle=False)

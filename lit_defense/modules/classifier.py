@@ -1,0 +1,159 @@
+"""``Classifier``: a backbone trained at a softmax temperature T and deployed at T=1.
+
+It is the undefended model, the teacher of defensive distillation, and the base class of every
+other LightningModule of the project. ``forward`` maps [0, 1] pixels to deployment logits
+(normalisation is the first layer of ``self.net``); the temperature only divides the logits inside
+the training loss, ``softmax(z / T)``.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Any, Literal
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import nn
+from torchmetrics.classification import MulticlassAccuracy
+
+from lit_defense.backbones import Normalize, create_backbone
+from lit_defense.errors import ConfigError
+
+
+def unpack_batch(batch: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """``(x, y)`` or ``(x, y, index)`` (as ``VisionDataModule`` yields) -> ``(x, y, index|None)``."""
+    if isinstance(batch, dict):
+        return batch["image"], batch["label"], batch.get("index")
+    if isinstance(batch, (list, tuple)) and len(batch) in (2, 3):
+        return batch[0], batch[1], batch[2] if len(batch) == 3 else None
+    raise ConfigError(
+        "batches must be (images, labels), (images, labels, indices) or a dict with 'image' and "
+        f"'label'; got {type(batch).__name__}."
+    )
+
+
+class Classifier(L.LightningModule):
+    """Image classifier: ``Normalize -> backbone``, trained with cross-entropy at temperature T.
+
+    Args:
+        backbone: registered backbone name (``papernot_mnist``, ``papernot_cifar``) or
+            ``timm/<model>``; see ``lit_defense.backbones``.
+        backbone_kwargs: extra keyword arguments of the backbone (e.g. ``dropout``).
+        num_classes, in_chans, image_size: shape of the data; linked from the DataModule by the CLI.
+        mean, std: per-channel normalisation applied inside the model (linked from the
+            DataModule by the CLI; ``None``: no normalisation).
+        temperature: softmax temperature T of the training loss, ``CE(softmax(logits / T), y)``.
+            ``forward`` always returns logits at deployment temperature T=1.
+        optimizer: optimizer factory (LightningCLI: ``class_path``/``init_args``). Adam is the
+            default because its step size does not shrink with the 1/T factor that scales every
+            gradient at high temperature (SGD at lr=0.05 does not learn at all at T=100).
+        lr_scheduler: optional LR scheduler factory; stepped every epoch (or every step with
+            ``lr_scheduler_interval="step"``). ``ReduceLROnPlateau`` monitors ``val/loss``.
+    """
+
+    def __init__(
+        self,
+        backbone: str = "papernot_mnist",
+        backbone_kwargs: dict[str, Any] | None = None,
+        num_classes: int = 10,
+        in_chans: int = 1,
+        image_size: int = 28,
+        mean: list[float] | None = None,
+        std: list[float] | None = None,
+        temperature: float = 1.0,
+        optimizer: OptimizerCallable = torch.optim.Adam,
+        lr_scheduler: LRSchedulerCallable | None = None,
+        lr_scheduler_interval: Literal["epoch", "step"] = "epoch",
+    ):
+        super().__init__()
+        if not temperature > 0:
+            raise ConfigError(f"temperature must be > 0, got {temperature}.")
+        if num_classes < 2:
+            raise ConfigError(f"num_classes must be >= 2, got {num_classes}.")
+        if (mean is None) != (std is None):
+            raise ConfigError("give both mean and std for normalisation, or neither.")
+        if mean is not None and len(mean) != in_chans:
+            raise ConfigError(f"mean/std have {len(mean)} channels but in_chans={in_chans}.")
+        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
+        self.temperature = float(temperature)
+        self.num_classes = num_classes
+        self.optimizer_factory = optimizer
+        self.lr_scheduler_factory = lr_scheduler
+        self.lr_scheduler_interval = lr_scheduler_interval
+        self.net = self.build_net()
+        self.example_input_array = torch.zeros(2, in_chans, image_size, image_size)
+        self.train_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.val_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.test_acc = MulticlassAccuracy(num_classes, average="micro")
+
+    # ------------------------------------------------------------------------------------ model
+    def build_backbone(self) -> nn.Module:
+        hp = self.hparams
+        return create_backbone(
+            hp.backbone, num_classes=hp.num_classes, in_chans=self.backbone_in_chans(),
+            image_size=hp.image_size, **(hp.backbone_kwargs or {}),
+        )
+
+    def backbone_in_chans(self) -> int:
+        """Channels the backbone sees (an input defense may change them)."""
+        return self.hparams.in_chans
+
+    def build_net(self) -> nn.Module:
+        """``[0,1] pixels -> logits``. Subclasses insert input defenses here."""
+        hp = self.hparams
+        normalize = Normalize(hp.mean, hp.std) if hp.mean is not None else nn.Identity()
+        return nn.Sequential(OrderedDict(normalize=normalize, backbone=self.build_backbone()))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Deployment logits (T=1) for images in [0, 1]."""
+        return self.net(x)
+
+    # ------------------------------------------------------------------------------------- loss
+    def loss(self, logits: torch.Tensor, y: torch.Tensor, x: torch.Tensor,
+             index: torch.Tensor | None) -> torch.Tensor:
+        """Training objective: cross-entropy of ``softmax(logits / T)``. Subclasses override."""
+        return F.cross_entropy(logits / self.temperature, y)
+
+    # ------------------------------------------------------------------------------------ steps
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        x, y, index = unpack_batch(batch)
+        logits = self(x)
+        loss = self.loss(logits, y, x, index)
+        self.train_acc(logits.detach(), y)
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True)
+        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True)
+        return loss
+
+    def _eval_step(self, batch: Any, stage: str) -> None:
+        x, y, _ = unpack_batch(batch)
+        logits = self(x)
+        metric = self.val_acc if stage == "val" else self.test_acc
+        metric(logits, y)
+        # val/test loss: the plain cross-entropy at the training temperature (what training
+        # minimises, up to the distillation targets), comparable across epochs.
+        self.log(f"{stage}/loss", F.cross_entropy(logits / self.temperature, y), sync_dist=True)
+        self.log(f"{stage}/acc", metric, prog_bar=True)
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    def predict_step(self, batch: Any, batch_idx: int) -> dict[str, torch.Tensor]:
+        x = unpack_batch(batch)[0] if isinstance(batch, (list, tuple, dict)) else batch
+        logits = self(x)
+        return {"logits": logits, "probs": logits.softmax(-1), "preds": logits.argmax(-1)}
+
+    # ------------------------------------------------------------------------------- optimizers
+    def configure_optimizers(self):
+        optimizer = self.optimizer_factory(self.parameters())
+        if self.lr_scheduler_factory is None:
+            return optimizer
+        scheduler = self.lr_scheduler_factory(optimizer)
+        config = {"scheduler": scheduler, "interval": self.lr_scheduler_interval}
+        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            config["monitor"] = "val/loss"
+        return {"optimizer": optimizer, "lr_scheduler": config}

@@ -1,0 +1,89 @@
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import CONFIGS, SYNTHETIC
+
+from lit_defense.cli import main
+
+RECIPES = sorted(p for p in CONFIGS.rglob("*.yaml") if p.parent.name != "trainer")
+TEACHER = CONFIGS / "fashion_mnist" / "teacher.yaml"
+
+
+@pytest.mark.parametrize("config", RECIPES, ids=lambda p: str(p.relative_to(CONFIGS)))
+def test_every_shipped_config_parses(config, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["fit", "--config", str(config), "--print_config"])
+    assert info.value.code in (0, None)
+    out = capsys.readouterr().out
+    assert "class_path: lit_defense." in out
+    assert "checkpoint:" in out and "monitor: val/acc" in out
+
+
+def test_fit_fast_dev_run_from_config(in_tmp):
+    assert main(["fit", "--config", str(TEACHER), *SYNTHETIC, "--trainer.fast_dev_run=true"]) == 0
+
+
+def test_fit_then_test_writes_best_and_last_checkpoints(in_tmp, caplog):
+    caplog.set_level("INFO")
+    main([
+        "fit", "--config", str(TEACHER), *SYNTHETIC, "--trainer.max_epochs=2",
+        "--model.init_args.lr_scheduler.init_args.T_max=2", "--test_after_fit=true",
+        "--trainer.logger.init_args.name=t",
+    ])
+    ckpts = sorted(p.name for p in (in_tmp / "runs" / "t").rglob("*.ckpt"))
+    assert "last.ckpt" in ckpts and any(name.startswith("best-epoch=") for name in ckpts)
+    assert (in_tmp / "runs" / "t" / "version_0" / "config.yaml").is_file()
+    line = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("test/acc"))
+    acc = float(line.split()[2])
+    assert acc > 0.5, line  # 2 epochs on synthetic data: far above the 0.1 chance level
+    ckpt = torch.load(next((in_tmp / "runs" / "t").rglob("last.ckpt")), weights_only=True)
+    assert ckpt["hyper_parameters"]["_class_path"] == "lit_defense.modules.Classifier"
+    assert ckpt["hyper_parameters"]["num_classes"] == 10  # linked from the DataModule
+
+
+def test_test_subcommand_on_checkpoint(in_tmp, caplog):
+    main(["fit", "--config", str(TEACHER), *SYNTHETIC, "--trainer.max_epochs=1",
+          "--trainer.logger.init_args.name=t"])
+    last = next((in_tmp / "runs" / "t").rglob("last.ckpt"))
+    assert main(["test", "--config", str(TEACHER), *SYNTHETIC, f"--ckpt_path={last}"]) == 0
+
+
+def _run_cli(args, cwd):
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    exe = Path(sys.executable).with_name("lit-defense")
+    return subprocess.run([str(exe), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_missing_offline_data_is_one_line_exit_2(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    res = _run_cli(["fit", "--config", str(TEACHER), f"--data.init_args.data_dir={empty}",
+                    "--data.init_args.download=false", "--trainer.fast_dev_run=true"], tmp_path)
+    assert res.returncode == 2, res.stderr
+    assert "Traceback" not in res.stderr
+    errors = [line for line in res.stderr.splitlines() if line.startswith("lit-defense: error:")]
+    assert len(errors) == 1
+    assert "apt-get install dataset-fashion-mnist" in errors[0] and str(empty) in errors[0]
+
+
+@pytest.mark.parametrize(
+    "override, needle",
+    [
+        ("--data.init_args.dataset=imagenet", "imagenet"),
+        ("--model.init_args.backbone=lenet9", "unknown backbone 'lenet9'"),
+        ("--model.init_args.temperature=0", "temperature must be > 0"),
+    ],
+)
+def test_bad_names_and_values_exit_2(in_tmp, capsys, override, needle):
+    with pytest.raises(SystemExit) as info:
+        main(["fit", "--config", str(TEACHER), override, "--trainer.fast_dev_run=true"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert needle in err
+    assert "Traceback" not in err
