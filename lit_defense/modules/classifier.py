@@ -34,6 +34,20 @@ def unpack_batch(batch: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor |
     )
 
 
+def zero_input_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per-sample flag: is the cross-entropy gradient w.r.t. the input exactly zero?
+
+    Works inside ``trainer.validate``/``test`` (inference mode): the batch is cloned into a normal
+    tensor and gradients are taken w.r.t. the input only (``autograd.grad``), so parameter
+    ``.grad`` is untouched.
+    """
+    with torch.inference_mode(False), torch.enable_grad():
+        x = x.detach().clone().requires_grad_(True)
+        loss = F.cross_entropy(model(x), y.clone(), reduction="sum")
+        (grad,) = torch.autograd.grad(loss, x)
+    return grad.flatten(1).abs().amax(1) == 0
+
+
 class Classifier(L.LightningModule):
     """Image classifier: ``Normalize -> backbone``, trained with cross-entropy at temperature T.
 
@@ -51,6 +65,10 @@ class Classifier(L.LightningModule):
             gradient at high temperature (SGD at lr=0.05 does not learn at all at T=100).
         lr_scheduler: optional LR scheduler factory; stepped every epoch (or every step with
             ``lr_scheduler_interval="step"``). ``ReduceLROnPlateau`` monitors ``val/loss``.
+        log_gradient_stats: at validation and test, also log ``<stage>/logit_scale`` (mean
+            max-logit) and ``<stage>/zero_grad_frac`` (fraction of inputs whose cross-entropy
+            input gradient at T=1 is exactly zero): the mechanism of defensive distillation made
+            visible. Costs one extra forward+backward per evaluation batch.
     """
 
     def __init__(
@@ -66,6 +84,7 @@ class Classifier(L.LightningModule):
         optimizer: OptimizerCallable = torch.optim.Adam,
         lr_scheduler: LRSchedulerCallable | None = None,
         lr_scheduler_interval: Literal["epoch", "step"] = "epoch",
+        log_gradient_stats: bool = True,
     ):
         super().__init__()
         if not temperature > 0:
@@ -82,6 +101,7 @@ class Classifier(L.LightningModule):
         self.optimizer_factory = optimizer
         self.lr_scheduler_factory = lr_scheduler
         self.lr_scheduler_interval = lr_scheduler_interval
+        self.log_gradient_stats = log_gradient_stats
         self.net = self.build_net()
         self.example_input_array = torch.zeros(2, in_chans, image_size, image_size)
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
@@ -110,6 +130,11 @@ class Classifier(L.LightningModule):
         """Deployment logits (T=1) for images in [0, 1]."""
         return self.net(x)
 
+    @classmethod
+    def inference_hparams(cls, hparams: dict[str, Any]) -> dict[str, Any]:
+        """Hyper-parameters to rebuild this model from a checkpoint for inference only."""
+        return hparams
+
     # ------------------------------------------------------------------------------------- loss
     def loss(self, logits: torch.Tensor, y: torch.Tensor, x: torch.Tensor,
              index: torch.Tensor | None) -> torch.Tensor:
@@ -135,6 +160,10 @@ class Classifier(L.LightningModule):
         # minimises, up to the distillation targets), comparable across epochs.
         self.log(f"{stage}/loss", F.cross_entropy(logits / self.temperature, y), sync_dist=True)
         self.log(f"{stage}/acc", metric, prog_bar=True)
+        if self.log_gradient_stats:
+            zero = zero_input_gradient(self, x, y)
+            self.log(f"{stage}/logit_scale", logits.detach().amax(-1).mean(), sync_dist=True)
+            self.log(f"{stage}/zero_grad_frac", zero.float().mean(), sync_dist=True)
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         self._eval_step(batch, "val")

@@ -1,0 +1,113 @@
+"""Safe checkpoint loading.
+
+Every checkpoint and state dict is read with ``torch.load(..., weights_only=True)``: tensors,
+numbers, strings and containers only, so nothing in a file can execute code. A lit-defense
+checkpoint is rebuilt from its hyper-parameters; the class named in it is resolved only among
+``lit_defense`` modules and classes already imported by the user's own code, and must be a
+``Classifier``: a checkpoint never makes us import arbitrary code.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pickle
+import sys
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lit_defense.errors import ConfigError, DataFormatError, DataNotFoundError
+
+# Hyper-parameters that configure training only, dropped when a model is rebuilt for inference.
+_TRAINING_ONLY = ("optimizer", "lr_scheduler", "_instantiator")
+
+
+def load_checkpoint_file(path: str | Path, what: str = "checkpoint") -> dict[str, Any]:
+    """``torch.load(path, weights_only=True)`` with one clear error per failure."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataNotFoundError(f"{what} not found: {path}. Check the path (runs/<name>/version_*/checkpoints/).")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise DataFormatError(
+            f"refused to load {what} {path}: it holds Python objects beyond tensors and plain "
+            f"containers, which could execute code when unpickled (weights_only=True): {first}. "
+            "Re-save it as a plain state dict (torch.save(model.state_dict(), path))."
+        ) from None
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as err:
+        raise DataFormatError(
+            f"cannot read {what} {path}: the file is truncated or not a PyTorch checkpoint "
+            f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})."
+        ) from None
+    if not isinstance(obj, dict):
+        raise DataFormatError(f"{what} {path} holds a {type(obj).__name__}, not a checkpoint or state dict.")
+    return obj
+
+
+def is_lightning_checkpoint(ckpt: dict[str, Any]) -> bool:
+    return "state_dict" in ckpt and "hyper_parameters" in ckpt
+
+
+def resolve_module_class(class_path: str | None):
+    """The LightningModule class named in a checkpoint, resolved without importing foreign code."""
+    from lit_defense.modules.classifier import Classifier
+
+    if not class_path:
+        return Classifier
+    module_name, _, name = class_path.rpartition(".")
+    if module_name.split(".")[0] == "lit_defense":
+        module = importlib.import_module(module_name)
+    elif module_name in sys.modules:
+        module = sys.modules[module_name]
+    else:
+        raise ConfigError(
+            f"checkpoint names class {class_path!r} from a module that is not imported; import it "
+            "yourself before loading (checkpoints never trigger imports of foreign code)."
+        )
+    cls = getattr(module, name, None)
+    if not (isinstance(cls, type) and issubclass(cls, Classifier)):
+        raise ConfigError(f"checkpoint class {class_path!r} is not a lit-defense Classifier.")
+    return cls
+
+
+def module_from_checkpoint(path: str | Path, what: str = "checkpoint", strict: bool = True):
+    """Rebuild a lit-defense LightningModule from a ``.ckpt`` file, weights loaded, in eval mode.
+
+    Training-only settings (optimizer, scheduler, a student's teacher) are not restored.
+    """
+    ckpt = load_checkpoint_file(path, what)
+    if not is_lightning_checkpoint(ckpt):
+        raise DataFormatError(
+            f"{what} {path} is not a lit-defense/Lightning checkpoint (no 'hyper_parameters'); "
+            "for a plain state dict give the backbone configuration as well."
+        )
+    hparams = dict(ckpt["hyper_parameters"])
+    cls = resolve_module_class(hparams.pop("_class_path", None))
+    for key in _TRAINING_ONLY:
+        hparams.pop(key, None)
+    hparams = cls.inference_hparams(hparams)
+    try:
+        model = cls(**hparams)
+    except TypeError as err:
+        raise DataFormatError(f"{what} {path}: its hyper-parameters do not fit {cls.__name__}: {err}") from None
+    load_weights(model, ckpt["state_dict"], path, what, strict=strict)
+    return model.eval()
+
+
+def load_weights(model: torch.nn.Module, state_dict: dict[str, Any], path: str | Path, what: str,
+                 strict: bool = True) -> None:
+    """Load a state dict into ``model`` with a clear error naming the mismatch."""
+    try:
+        model.load_state_dict(state_dict, strict=strict)
+    except RuntimeError as err:
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        detail = "; ".join(lines[1:4]) if len(lines) > 1 else lines[0] if lines else ""
+        raise ConfigError(
+            f"{what} {path} does not fit the model architecture "
+            f"({type(model).__name__}): {detail[:500]}. Use the backbone, class count and input "
+            "channels the checkpoint was trained with."
+        ) from None
