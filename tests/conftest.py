@@ -59,3 +59,37 @@ def make_idx_dataset(folder: Path, n_train: int = 60, n_test: int = 20, compress
         write_idx(folder / f"{split}-labels-idx1-ubyte", labels, compress)
         out[split] = (images, labels)
     return out
+
+
+class ScaledLogits(torch.nn.Module):
+    """``model(x) * scale``: the same decisions with saturated softmax (a distillation stand-in)."""
+
+    def __init__(self, model: torch.nn.Module, scale: float):
+        super().__init__()
+        self.model = model
+        self.scale = scale
+
+    def forward(self, x):
+        return self.model(x) * self.scale
+
+
+@pytest.fixture(scope="session")
+def trained():
+    """A Papernot CNN trained on synthetic data (eval mode) and 128 held-out samples."""
+    import lightning as L
+
+    from lit_defense.data import VisionDataModule
+    from lit_defense.modules import Classifier
+
+    L.seed_everything(0)
+    dm = VisionDataModule("synthetic", val_size=256, synthetic_train_size=1024, synthetic_test_size=128,
+                          batch_size=64, synthetic_noise=0.3)
+    model = Classifier(mean=dm.mean, std=dm.std)
+    trainer = L.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(model, dm)
+    dm.setup("test")
+    x = dm.test_set.images.float() / 255
+    y = dm.test_set.labels
+    model.eval()
+    return model, x, y

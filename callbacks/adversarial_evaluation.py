@@ -1,0 +1,172 @@
+"""``AdversarialEvaluation``: robust accuracy every validation epoch, logged to TensorBoard.
+
+Thin by design: it picks a fixed, seeded subset of the validation set, shards it across
+processes, calls ``lit_defense.evaluation.robustness_counts`` and logs. All attack logic lives in
+``lit_defense``.
+
+Logged: ``adv/<attack>/eps=<eps>/acc`` and ``adv/worst/eps=<eps>/acc`` (cascade semantics: see
+``lit_defense.evaluation``), plus, on a TensorBoard logger, an image grid (clean / worst-case
+adversarial / perturbation amplified to the full range) and a robust-accuracy-vs-eps figure.
+Under DDP each rank attacks its own shard and integer counts are summed, so the numbers equal a
+single-process run on the same subset.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities import rank_zero_warn
+
+from lit_defense.attacks import FGSM, PGD, Attack
+from lit_defense.evaluation import (
+    WORST,
+    RobustnessCounts,
+    check_attacks,
+    eps_key,
+    robustness_counts,
+)
+
+
+def default_attacks() -> list[Attack]:
+    """FGSM, then PGD-10 with the cross-entropy (naive) and the margin loss (sees through
+    saturated softmax). Run as a cascade, they cost little on an undefended model."""
+    return [FGSM(), PGD(steps=10, loss="ce"), PGD(steps=10, loss="margin")]
+
+
+class AdversarialEvaluation(L.Callback):
+    """Adversarial evaluation at the end of every ``every_n_epochs``-th validation epoch.
+
+    Args:
+        attacks: attacks run in order (default: FGSM, PGD-10 CE, PGD-10 margin). Their ``eps`` is
+            replaced by each value of ``eps``; all must share one norm.
+        eps: the budgets evaluated.
+        num_samples: size of the fixed, seeded validation subset (all of it if smaller).
+        every_n_epochs: evaluate every this many epochs (the last epoch is always evaluated).
+        log_images: log an image grid and a robust-accuracy-vs-eps figure (TensorBoard logger).
+        batch_size: attack batch size.
+        cascade: run each attack only on the points earlier attacks did not fool.
+        seed: seed of the subset choice.
+        num_images: samples in the image grid.
+    """
+
+    def __init__(
+        self,
+        attacks: Sequence[Attack] | None = None,
+        eps: Sequence[float] = (0.05, 0.1),
+        num_samples: int = 500,
+        every_n_epochs: int = 1,
+        log_images: bool = True,
+        batch_size: int = 250,
+        cascade: bool = True,
+        seed: int = 0,
+        num_images: int = 8,
+    ):
+        super().__init__()
+        self.attacks = list(attacks) if attacks is not None else default_attacks()
+        self.eps = [float(e) for e in eps]
+        self.norm = check_attacks(self.attacks, self.eps)
+        if num_samples < 1 or every_n_epochs < 1 or batch_size < 1:
+            raise ValueError("num_samples, every_n_epochs and batch_size must be >= 1.")
+        self.num_samples = num_samples
+        self.every_n_epochs = every_n_epochs
+        self.log_images = log_images
+        self.batch_size = batch_size
+        self.cascade = cascade
+        self.seed = seed
+        self.num_images = num_images
+        self._subset: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.last_result = None
+
+    # ------------------------------------------------------------------------------- subset
+    def _dataset(self, trainer: L.Trainer):
+        loaders = trainer.val_dataloaders
+        if isinstance(loaders, (list, tuple)):
+            loaders = loaders[0] if loaders else None
+        if isinstance(loaders, dict):
+            loaders = next(iter(loaders.values()), None)
+        dataset = getattr(loaders, "dataset", None)
+        if dataset is None:
+            dm = trainer.datamodule
+            dataset = getattr(dm, "val_set", None)
+        if dataset is None:
+            raise ValueError("AdversarialEvaluation needs a validation dataset (a val_dataloader with .dataset).")
+        return dataset
+
+    def _shard(self, trainer: L.Trainer) -> tuple[torch.Tensor, torch.Tensor]:
+        """This rank's part of the fixed subset, built once as normal (non-inference) tensors."""
+        if self._subset is None:
+            dataset = self._dataset(trainer)
+            g = torch.Generator().manual_seed(self.seed)
+            order = torch.randperm(len(dataset), generator=g)[: self.num_samples].sort().values
+            with torch.inference_mode(False):
+                if hasattr(dataset, "__getitems__"):
+                    batch = dataset.__getitems__(order.tolist())
+                    x, y = batch[0], batch[1]
+                else:
+                    items = [dataset[i] for i in order.tolist()]
+                    x = torch.stack([torch.as_tensor(it[0]) for it in items])
+                    y = torch.as_tensor([int(it[1]) for it in items])
+                self._subset = (x.detach().clone().float(), y.detach().clone().long())
+        x, y = self._subset
+        rank, world = trainer.global_rank, trainer.world_size
+        return x[rank::world], y[rank::world]
+
+    # ------------------------------------------------------------------------------ schedule
+    def _due(self, trainer: L.Trainer) -> bool:
+        if trainer.sanity_checking:
+            return False
+        epoch = trainer.current_epoch + 1
+        last = trainer.max_epochs is not None and epoch >= trainer.max_epochs
+        return epoch % self.every_n_epochs == 0 or last or trainer.state.fn != "fit"
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not self._due(trainer):
+            return
+        start = time.perf_counter()
+        x, y = self._shard(trainer)
+        x, y = x.to(pl_module.device), y.to(pl_module.device)
+        keep = self.num_images if (self.log_images and trainer.is_global_zero) else 0
+        counts, examples = robustness_counts(
+            pl_module, x, y, self.attacks, self.eps, self.batch_size, self.cascade, keep_examples=keep
+        )
+        vector = trainer.strategy.reduce(counts.as_vector().float(), reduce_op="sum").round().long()
+        total = RobustnessCounts.from_vector(vector, len(self.attacks), len(self.eps))
+        result = total.to_result(self.attacks, self.eps, self.norm, self.cascade, time.perf_counter() - start)
+        self.last_result = result
+        for name, value in result.metrics().items():
+            pl_module.log(name, value, sync_dist=False, rank_zero_only=False)
+        pl_module.log("adv/clean/acc", result.clean_accuracy, sync_dist=False)
+        pl_module.log("adv/seconds", result.seconds, sync_dist=False)
+        if keep:
+            self._log_visuals(trainer, result, examples)
+
+    # ------------------------------------------------------------------------------- visuals
+    def _log_visuals(self, trainer: L.Trainer, result, examples: dict) -> None:
+        loggers = [lg for lg in trainer.loggers if hasattr(getattr(lg, "experiment", None), "add_image")]
+        if not loggers:
+            return
+        from torchvision.utils import make_grid
+
+        from lit_defense.plots import robust_accuracy_figure
+
+        step = trainer.global_step
+        experiment = loggers[0].experiment
+        x = examples["x"].detach().cpu()
+        for key, adv in examples["adv"].items():
+            adv = adv.detach().cpu()
+            delta = adv - x
+            scale = delta.flatten(1).abs().amax(1).clamp_min(1e-12).view(-1, 1, 1, 1)
+            amplified = 0.5 + 0.5 * delta / scale
+            grid = make_grid(torch.cat([x, adv, amplified]), nrow=x.shape[0], padding=2, pad_value=1.0)
+            experiment.add_image(f"adv/examples/eps={key}", grid, step)
+        try:
+            fig = robust_accuracy_figure({"model": result}, title=f"robust accuracy ({result.norm})")
+            experiment.add_figure("adv/robust_accuracy_vs_eps", fig, step, close=True)
+        except Exception as err:  # a plotting problem must never stop training
+            rank_zero_warn(f"AdversarialEvaluation could not draw its figure: {err}")
+
+
+__all__ = ["AdversarialEvaluation", "default_attacks", "WORST", "eps_key"]

@@ -1,0 +1,126 @@
+"""Gradient attacks: FGSM and PGD (L-inf and L2), with a choice of loss.
+
+``loss="ce"`` is the naive attack that defensive distillation defeats (its gradient underflows to
+zero when softmax saturates); ``margin`` (Carlini-Wagner) and ``dlr`` (Croce & Hein) work on the
+logits and see through it.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from lit_defense.attacks.base import Attack, LossName, get_loss, random_start, steepest_step
+from lit_defense.errors import ConfigError
+from lit_defense.threat import Norm
+
+
+def _bcast(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return mask.view(-1, *([1] * (like.dim() - 1)))
+
+
+class FGSM(Attack):
+    """Fast gradient sign method (Goodfellow et al. 2015): one step of size eps.
+
+    For ``norm="l2"`` it is the fast gradient method (one normalised-gradient step).
+    """
+
+    def __init__(self, eps: float = 0.1, norm: Norm = "linf", loss: LossName = "ce", seed: int = 0,
+                 name: str | None = None):
+        super().__init__(eps=eps, norm=norm, seed=seed, name=name)
+        self.loss = loss
+        self.loss_fn = get_loss(loss)
+
+    def default_name(self) -> str:
+        name = "fgsm" if self.loss == "ce" else f"fgsm_{self.loss}"
+        return name if self.norm == "linf" else f"{name}_{self.norm}"
+
+    def perturb(self, model, x, y, generator):
+        _, grad = self.loss_and_grad(model, x, y, self.loss_fn)
+        return x + self.eps * steepest_step(grad, self.norm)
+
+
+class PGD(Attack):
+    """Projected gradient descent (Madry et al. 2018), L-inf or L2.
+
+    Args:
+        steps: gradient steps per restart.
+        step_size: absolute step size; ``None`` uses ``rel_step_size * eps / steps``
+            (2.5 * eps / steps, Madry et al.'s choice, by default).
+        loss: ``ce`` (naive), ``margin`` or ``dlr`` (logit losses, see module doc).
+        random_start: start from a random point of the ball (restarts after the first always do).
+        restarts: independent runs; each later run attacks only the points not yet fooled.
+        early_stop_every: every this many steps, drop the points already fooled from the batch
+            (they keep the adversarial point found). The steps in between run without any host
+            sync; ``0`` disables it.
+
+    Returns, per sample, the first misclassified iterate met along the path (so no adversarial
+    point found is lost), else the last iterate.
+    """
+
+    def __init__(self, eps: float = 0.1, norm: Norm = "linf", steps: int = 20, step_size: float | None = None,
+                 rel_step_size: float = 2.5, loss: LossName = "ce", random_start: bool = True,
+                 restarts: int = 1, early_stop_every: int = 5, seed: int = 0, name: str | None = None):
+        super().__init__(eps=eps, norm=norm, seed=seed, name=name)
+        if steps < 1 or restarts < 1:
+            raise ConfigError(f"PGD needs steps >= 1 and restarts >= 1, got steps={steps}, restarts={restarts}.")
+        if step_size is not None and step_size <= 0:
+            raise ConfigError(f"step_size must be > 0, got {step_size}.")
+        if early_stop_every < 0:
+            raise ConfigError(f"early_stop_every must be >= 0, got {early_stop_every}.")
+        self.steps = steps
+        self.step_size = step_size
+        self.rel_step_size = rel_step_size
+        self.loss = loss
+        self.loss_fn = get_loss(loss)
+        self.random_start = random_start
+        self.restarts = restarts
+        self.early_stop_every = early_stop_every
+
+    def default_name(self) -> str:
+        return f"pgd_{self.loss}" + ("" if self.norm == "linf" else f"_{self.norm}")
+
+    @property
+    def alpha(self) -> float:
+        return self.step_size if self.step_size is not None else self.rel_step_size * self.eps / self.steps
+
+    def perturb(self, model, x, y, generator):
+        out = x.clone()
+        fooled = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+        for restart in range(self.restarts):
+            idx = torch.arange(x.shape[0], device=x.device) if restart == 0 else (~fooled).nonzero().squeeze(1)
+            if idx.numel() == 0:
+                break
+            adv, hit = self._run(model, x[idx], y[idx], generator, self.random_start or restart > 0)
+            # a later restart replaces the earlier result only where it fools the model
+            out[idx] = adv if restart == 0 else torch.where(_bcast(hit, adv), adv, out[idx])
+            fooled[idx] = fooled[idx] | hit
+        return out
+
+    def _run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator,
+             start: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        n = x.shape[0]
+        out = torch.empty_like(x)
+        fooled = torch.zeros(n, dtype=torch.bool, device=x.device)
+        act = torch.arange(n, device=x.device)  # samples still attacked
+        xa = random_start(x, self.threat, generator) if start else x.clone()
+        xo, ya = x, y
+        alpha = self.alpha
+        for step in range(self.steps):
+            if self.early_stop_every and step > 0 and step % self.early_stop_every == 0:
+                keep = ~fooled[act]
+                act, xa, xo, ya = act[keep], xa[keep], xo[keep], ya[keep]
+                if act.numel() == 0:
+                    return out, fooled
+            logits, grad = self.loss_and_grad(model, xa, ya, self.loss_fn)
+            was = fooled[act]
+            newly = (logits.argmax(1) != ya) & ~was
+            out[act] = torch.where(_bcast(newly, xa), xa, out[act])
+            fooled[act] = was | newly
+            xa = self.threat.project(xa + alpha * steepest_step(grad, self.norm), xo)
+        with torch.no_grad():
+            final_adv = model(xa).argmax(1) != ya
+        was = fooled[act]
+        out[act] = torch.where(_bcast(was, xa), out[act], xa)
+        fooled[act] = was | final_adv
+        return out, fooled

@@ -1,0 +1,73 @@
+"""Square attack (Andriushchenko et al. 2020), L-inf: gradient-free random search.
+
+Uses no gradient at all, so masked gradients (shattered, stochastic, vanishing) cannot stop it:
+if it beats a white-box attack, the white-box attack was fooled by the model's gradients.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from lit_defense.attacks.base import Attack, margin_loss
+from lit_defense.errors import ConfigError
+
+# Halving schedule of the square size (fractions of 10,000 queries, as in the paper's code).
+_SCHEDULE = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
+
+
+def _p_at(p_init: float, it: int, n_queries: int) -> float:
+    it = int(it / n_queries * 10000)
+    p = p_init
+    for boundary in _SCHEDULE:
+        if it > boundary:
+            p /= 2
+    return p
+
+
+class Square(Attack):
+    """Args:
+        n_queries: model evaluations per sample (the first is the stripe initialisation).
+        p_init: initial fraction of pixels changed per query (0.8 for MNIST-like data in the paper).
+    """
+
+    norms = ("linf",)
+    uses_gradients = False
+
+    def __init__(self, eps: float = 0.1, norm: str = "linf", n_queries: int = 1000, p_init: float = 0.8,
+                 seed: int = 0, name: str | None = None):
+        super().__init__(eps=eps, norm=norm, seed=seed, name=name)
+        if n_queries < 1 or not 0 < p_init <= 1:
+            raise ConfigError(f"Square needs n_queries >= 1 and 0 < p_init <= 1, got {n_queries}, {p_init}.")
+        self.n_queries = n_queries
+        self.p_init = p_init
+
+    def default_name(self) -> str:
+        return "square"
+
+    @torch.no_grad()
+    def perturb(self, model, x, y, generator):
+        n, c, h, w = x.shape
+        dev, eps = x.device, self.eps
+
+        def signs(*shape):
+            return torch.randint(0, 2, shape, generator=generator, device=dev).to(x.dtype) * 2 - 1
+
+        delta = eps * signs(n, c, 1, w).expand(n, c, h, w)
+        x_best = (x + delta).clamp(0, 1)
+        best = margin_loss(model(x_best), y)  # maximise: > 0 means misclassified
+        rows = torch.arange(h, device=dev).view(1, 1, h, 1)
+        cols = torch.arange(w, device=dev).view(1, 1, 1, w)
+        for it in range(self.n_queries - 1):
+            s = max(1, min(h - 1, round(math.sqrt(_p_at(self.p_init, it, self.n_queries) * h * w))))
+            top = torch.randint(0, h - s + 1, (n,), generator=generator, device=dev).view(n, 1, 1, 1)
+            left = torch.randint(0, w - s + 1, (n,), generator=generator, device=dev).view(n, 1, 1, 1)
+            window = (rows >= top) & (rows < top + s) & (cols >= left) & (cols < left + s)
+            new_delta = torch.where(window, eps * signs(n, c, 1, 1), x_best - x)
+            candidate = (x + new_delta).clamp(0, 1)
+            loss = margin_loss(model(candidate), y)
+            accept = (loss > best) & (best <= 0)  # fooled samples stay as they are
+            best = torch.where(accept, loss, best)
+            x_best = torch.where(accept.view(n, 1, 1, 1), candidate, x_best)
+        return x_best

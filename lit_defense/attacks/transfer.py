@@ -1,0 +1,43 @@
+"""Transfer attack: adversarial examples crafted on a surrogate model, applied to the target.
+
+Needs no gradient of the target. If it beats white-box attacks on the target, the target's
+gradients are masked. The surrogate is a lit-defense checkpoint, loaded safely.
+"""
+
+from __future__ import annotations
+
+from lit_defense.attacks.base import Attack
+from lit_defense.attacks.gradient import PGD
+from lit_defense.checkpoints import module_from_checkpoint
+from lit_defense.threat import Norm
+
+
+class Transfer(Attack):
+    """Args:
+        surrogate_checkpoint: a lit-defense ``.ckpt`` of the surrogate (e.g. an undefended model).
+        attack: the attack run on the surrogate (default: PGD-20, margin loss).
+    """
+
+    uses_gradients = False
+
+    def __init__(self, surrogate_checkpoint: str, attack: Attack | None = None, eps: float = 0.1,
+                 norm: Norm = "linf", seed: int = 0, name: str | None = None):
+        super().__init__(eps=eps, norm=norm, seed=seed, name=name)
+        self.surrogate_checkpoint = surrogate_checkpoint
+        self.attack = attack if attack is not None else PGD(eps=eps, norm=norm, steps=20, loss="margin", seed=seed)
+        self._surrogate = module_from_checkpoint(surrogate_checkpoint, "surrogate checkpoint")
+
+    def default_name(self) -> str:
+        return f"transfer_{self.attack.name}"
+
+    def perturb(self, model, x, y, generator):
+        surrogate = self._surrogate
+        if next(surrogate.parameters()).device != x.device:
+            surrogate.to(x.device)
+        return self.attack.with_eps(self.eps)(surrogate, x, y)
+
+    def with_eps(self, eps: float) -> Transfer:
+        other = super().with_eps(eps)
+        other.attack = self.attack.with_eps(eps)
+        return other
+

@@ -1,0 +1,148 @@
+"""BPDA and EOT (Athalye et al. 2018): wrappers that let any gradient attack see through masking.
+
+- ``BPDA(attack)``: every submodule of the model that declares ``differentiable = False`` (or is
+  named in ``modules``) runs its real forward pass, but the backward pass goes through its
+  surrogate: ``module.bpda_surrogate(x)`` where the module defines one (e.g. the differentiable
+  relaxation of thermometer encoding), else the identity. The model is not modified: forward
+  hooks are added for the attack's duration and removed afterwards.
+- ``EOT(attack, samples=K)``: each gradient is the mean over K forward/backward passes, the
+  expectation over the model's randomness (random resizing, noise).
+
+They compose: ``EOT(BPDA(PGD(...)))``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+
+import torch
+from torch import nn
+
+from lit_defense.attacks.base import Attack
+from lit_defense.errors import ConfigError
+
+
+class _BPDAFunction(torch.autograd.Function):
+    """Forward: the module's real output. Backward: the surrogate's vector-Jacobian product."""
+
+    @staticmethod
+    def forward(ctx, x, out, surrogate):
+        ctx.save_for_backward(x)
+        ctx.surrogate = surrogate
+        return out.clone()
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        (x,) = ctx.saved_tensors
+        if ctx.surrogate is None:
+            return grad_out, None, None
+        with torch.enable_grad():
+            xs = x.detach().requires_grad_(True)
+            (grad_in,) = torch.autograd.grad(ctx.surrogate(xs), xs, grad_out)
+        return grad_in, None, None
+
+
+def masked_modules(model: nn.Module, names: list[str] | None = None) -> list[tuple[str, nn.Module]]:
+    """The submodules BPDA replaces: those named, or those declaring ``differentiable = False``."""
+    found = dict(model.named_modules())
+    if names:
+        missing = [n for n in names if n not in found]
+        if missing:
+            raise ConfigError(
+                f"BPDA modules {missing} are not submodules of {type(model).__name__}; "
+                f"available: {', '.join(n for n in found if n) or '(none)'}."
+            )
+        return [(n, found[n]) for n in names]
+    return [(n, m) for n, m in found.items() if getattr(m, "differentiable", True) is False]
+
+
+@contextlib.contextmanager
+def bpda_hooks(model: nn.Module, names: list[str] | None = None):
+    """Within the block, the model's masked submodules back-propagate through their surrogates."""
+    handles = []
+
+    def hook(module, inputs, output):
+        x = inputs[0]
+        surrogate = getattr(module, "bpda_surrogate", None)
+        if surrogate is None and output.shape != x.shape:
+            raise ConfigError(
+                f"BPDA's identity surrogate needs {type(module).__name__} to keep its input shape "
+                f"({tuple(x.shape)} -> {tuple(output.shape)}); give the module a bpda_surrogate(x)."
+            )
+        if not x.requires_grad:
+            return output
+        return _BPDAFunction.apply(x, output.detach(), surrogate)
+
+    try:
+        for _, module in masked_modules(model, names):
+            handles.append(module.register_forward_hook(hook))
+        yield len(handles)
+    finally:
+        for h in handles:
+            h.remove()
+
+
+class _Wrapper(Attack):
+    """An attack that delegates to ``attack`` and takes its threat model."""
+
+    def __init__(self, attack: Attack, name: str | None = None):
+        if not isinstance(attack, Attack):
+            raise ConfigError(f"{type(self).__name__} wraps an Attack, got {type(attack).__name__}.")
+        self.attack = attack
+        self.seed = attack.seed
+        self._name = name
+        self.eot_samples = 1
+        self.uses_gradients = attack.uses_gradients
+
+    @property
+    def threat(self):
+        return self.attack.threat
+
+    def with_eps(self, eps: float):
+        other = copy.copy(self)
+        other.attack = self.attack.with_eps(eps)
+        return other
+
+
+class BPDA(_Wrapper):
+    """Backward-pass differentiable approximation around ``attack`` (see module doc).
+
+    Args:
+        attack: the gradient attack to run (e.g. PGD).
+        modules: dotted names of the non-differentiable submodules; default: every submodule
+            with ``differentiable = False`` (all of lit-defense's input defenses declare it).
+    """
+
+    def __init__(self, attack: Attack, modules: list[str] | None = None, name: str | None = None):
+        super().__init__(attack, name)
+        self.modules = modules
+
+    def default_name(self) -> str:
+        return f"bpda_{self.attack.name}"
+
+    def __call__(self, model, x, y):
+        with bpda_hooks(model, self.modules):
+            return self.attack(model, x, y)
+
+
+class EOT(_Wrapper):
+    """Expectation over Transformation around ``attack``: gradients averaged over ``samples`` draws."""
+
+    def __init__(self, attack: Attack, samples: int = 10, name: str | None = None):
+        super().__init__(attack, name)
+        if samples < 1:
+            raise ConfigError(f"EOT samples must be >= 1, got {samples}.")
+        self.samples = samples
+
+    def default_name(self) -> str:
+        return f"eot{self.samples}_{self.attack.name}"
+
+    def __call__(self, model, x, y):
+        inner = copy.copy(self.attack)
+        leaf = inner
+        while isinstance(leaf, _Wrapper):
+            leaf.attack = copy.copy(leaf.attack)
+            leaf = leaf.attack
+        leaf.eot_samples = self.samples
+        return inner(model, x, y)

@@ -1,0 +1,204 @@
+"""Robust accuracy over an eps grid, with a cascade of attacks (AutoAttack's principle).
+
+For each eps, attacks run in order; with ``cascade=True`` each attack runs only on the points that
+every earlier attack failed to fool, so the expensive attacks see few points, and the result is
+the per-sample worst case. A point counts as robust under an attack when the model still
+classifies the attack's output correctly *and* that output lies inside the threat model.
+
+Per-attack numbers:
+- ``cascade=True``: ``robust_accuracy[attack]`` is the accuracy after this attack *and all
+  earlier ones* (cumulative, non-increasing along the list);
+- ``cascade=False``: each attack runs on every clean-correct point; its number is its own
+  accuracy, comparable across attacks (naive vs adaptive), and ``worst`` is the per-sample min.
+
+Everything is counted in integers first (``RobustnessCounts``) so that shards evaluated on
+different processes add up exactly (DDP), then turned into a JSON-serialisable dataclass.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+
+from lit_defense.attacks.base import Attack
+from lit_defense.errors import ConfigError
+from lit_defense.threat import check_eps
+
+WORST = "worst"
+
+
+def eps_key(eps: float) -> str:
+    """How an eps appears in metric names: ``adv/<attack>/eps=<eps_key>/acc``."""
+    return f"{eps:.6g}"
+
+
+@dataclass
+class RobustnessResult:
+    """Plain result of ``evaluate_robustness``: serialises to JSON with ``to_json``."""
+
+    norm: str
+    eps: list[float]
+    attacks: list[str]
+    num_samples: int
+    clean_accuracy: float
+    robust_accuracy: dict[str, dict[str, float]]  # attack name (or "worst") -> eps_key -> accuracy
+    cascade: bool = True
+    seconds: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+    def metrics(self, prefix: str = "adv") -> dict[str, float]:
+        """``{"adv/<attack>/eps=<eps>/acc": value}`` for every attack and ``worst``."""
+        return {
+            f"{prefix}/{name}/eps={key}/acc": value
+            for name, per_eps in self.robust_accuracy.items()
+            for key, value in per_eps.items()
+        }
+
+    def worst(self, eps: float) -> float:
+        return self.robust_accuracy[WORST][eps_key(eps)]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def to_json(self, **kwargs) -> str:
+        return json.dumps(self.to_dict(), **kwargs)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> RobustnessResult:
+        return cls(**data)
+
+
+@dataclass
+class RobustnessCounts:
+    """Integer counts (tensors) that add across shards: ``n``, ``clean``, ``robust[attack, eps]``,
+    ``worst[eps]``."""
+
+    n: torch.Tensor
+    clean: torch.Tensor
+    robust: torch.Tensor
+    worst: torch.Tensor
+
+    def as_vector(self) -> torch.Tensor:
+        return torch.cat([self.n.view(1), self.clean.view(1), self.robust.flatten(), self.worst.flatten()])
+
+    @classmethod
+    def from_vector(cls, v: torch.Tensor, n_attacks: int, n_eps: int) -> RobustnessCounts:
+        r = v[2:2 + n_attacks * n_eps].view(n_attacks, n_eps)
+        return cls(v[0], v[1], r, v[2 + n_attacks * n_eps:])
+
+    def to_result(self, attacks: Sequence[Attack], eps: Sequence[float], norm: str, cascade: bool,
+                  seconds: float = 0.0) -> RobustnessResult:
+        n = max(int(self.n), 1)
+        acc = {
+            a.name: {eps_key(e): int(self.robust[i, j]) / n for j, e in enumerate(eps)}
+            for i, a in enumerate(attacks)
+        }
+        acc[WORST] = {eps_key(e): int(self.worst[j]) / n for j, e in enumerate(eps)}
+        return RobustnessResult(
+            norm=norm, eps=[float(e) for e in eps], attacks=[a.name for a in attacks],
+            num_samples=int(self.n), clean_accuracy=int(self.clean) / n,
+            robust_accuracy=acc, cascade=cascade, seconds=seconds,
+        )
+
+
+def check_attacks(attacks: Sequence[Attack], eps: Sequence[float]) -> str:
+    """Validate an attack list and eps grid; returns their common norm."""
+    if not attacks:
+        raise ConfigError("give at least one attack.")
+    if not eps:
+        raise ConfigError("give at least one eps.")
+    names = [a.name for a in attacks]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"attack names must be unique (they name metrics), got {names}; set `name:`.")
+    norms = {a.norm for a in attacks}
+    if len(norms) != 1:
+        raise ConfigError(f"all attacks of one evaluation share a threat model; got norms {sorted(norms)}.")
+    norm = norms.pop()
+    for e in eps:
+        check_eps(norm, e)
+    return norm
+
+
+def _predict(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
+    with torch.no_grad():
+        return torch.cat([model(xb).argmax(1) for xb in x.split(batch_size)])
+
+
+def robustness_counts(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    attacks: Sequence[Attack],
+    eps: Sequence[float],
+    batch_size: int = 256,
+    cascade: bool = True,
+    keep_examples: int = 0,
+) -> tuple[RobustnessCounts, dict]:
+    """Counts of robust points for every attack and eps (see module doc), plus examples.
+
+    ``keep_examples=k`` also returns, for the first k samples and every eps, the worst-case
+    adversarial input (the first attack output that fooled the model, else the clean input):
+    ``{"x": x[:k], "y": y[:k], "adv": {eps_key: tensor}, "pred": {eps_key: tensor}}``.
+    The model is used as it is (its train/eval state is not changed).
+    """
+    check_attacks(attacks, eps)
+    with torch.inference_mode(False):
+        x, y = x.detach().clone(), y.detach().clone()
+        dev = x.device
+        n_a, n_e = len(attacks), len(eps)
+        clean_ok = _predict(model, x, batch_size) == y
+        robust = torch.zeros(n_a, n_e, dtype=torch.long, device=dev)
+        worst = torch.zeros(n_e, dtype=torch.long, device=dev)
+        k = min(keep_examples, x.shape[0])
+        examples = {"x": x[:k].clone(), "y": y[:k].clone(), "adv": {}, "pred": {}}
+        for j, e in enumerate(eps):
+            still = clean_ok.clone()
+            adv_k = x[:k].clone()
+            for i, attack in enumerate(attacks):
+                attack_e = attack.with_eps(e)
+                pool = still if cascade else clean_ok
+                idx = pool.nonzero().squeeze(1)
+                fooled = torch.zeros_like(clean_ok)
+                for chunk in idx.split(batch_size):
+                    xc, yc = x[chunk], y[chunk]
+                    x_adv = attack_e(model, xc, yc)
+                    with torch.no_grad():
+                        # an output outside the threat model is a failed attack, not a success
+                        ok = (model(x_adv).argmax(1) == yc) | ~attack_e.threat.contains(x_adv, xc)
+                    fooled[chunk] = ~ok
+                    if k:
+                        first = chunk < k
+                        sel = chunk[first]
+                        newly = (~ok[first]) & still[sel]
+                        adv_k[sel] = torch.where(newly.view(-1, 1, 1, 1), x_adv[first], adv_k[sel])
+                own = clean_ok & ~fooled
+                still &= ~fooled
+                robust[i, j] = (still if cascade else own).sum()
+            worst[j] = still.sum()
+            if k:
+                examples["adv"][eps_key(e)] = adv_k
+                examples["pred"][eps_key(e)] = _predict(model, adv_k, batch_size)
+    counts = RobustnessCounts(
+        n=torch.tensor(x.shape[0], device=dev), clean=clean_ok.sum(), robust=robust, worst=worst
+    )
+    return counts, examples
+
+
+def evaluate_robustness(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    attacks: Sequence[Attack],
+    eps: Sequence[float],
+    batch_size: int = 256,
+    cascade: bool = True,
+) -> RobustnessResult:
+    """Robust accuracy of ``model`` on ``(x, y)`` for every attack and eps (see module doc)."""
+    start = time.perf_counter()
+    counts, _ = robustness_counts(model, x, y, attacks, eps, batch_size, cascade)
+    return counts.to_result(attacks, eps, check_attacks(attacks, eps), cascade, time.perf_counter() - start)

@@ -1,0 +1,74 @@
+"""The threat model: a norm and a budget, shared by attacks, evaluation, callbacks and reports.
+
+Pixels live in [0, 1]. ``linf`` and ``l2`` budgets bound ``||x_adv - x||``; ``l0`` (the norm of
+JSMA) bounds the *fraction* of input features that may change, as in Papernot et al. 2016.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from lit_defense.errors import ConfigError
+
+Norm = Literal["linf", "l2", "l0"]
+NORMS = ("linf", "l2", "l0")
+
+
+def check_eps(norm: str, eps: float) -> float:
+    """Validate a budget for a norm on [0, 1] pixels; returns it as a float."""
+    if norm not in NORMS:
+        raise ConfigError(f"unknown norm {norm!r}; choose one of: {', '.join(NORMS)}.")
+    eps = float(eps)
+    if not eps >= 0:  # also catches NaN
+        raise ConfigError(f"eps={eps} is impossible: a perturbation budget must be >= 0.")
+    if norm in ("linf", "l0") and eps > 1:
+        what = "pixels live in [0, 1]" if norm == "linf" else "it is a fraction of the input features"
+        raise ConfigError(
+            f"eps={eps} is impossible for {norm}: {what}, so eps must lie in [0, 1] "
+            "(e.g. 0.1 for Fashion-MNIST, 8/255 for CIFAR-10)."
+        )
+    return eps
+
+
+@dataclass(frozen=True)
+class ThreatModel:
+    """``norm`` in ``linf``/``l2``/``l0`` and budget ``eps`` (see module doc)."""
+
+    norm: Norm = "linf"
+    eps: float = 0.1
+
+    def __post_init__(self):
+        object.__setattr__(self, "eps", check_eps(self.norm, self.eps))
+
+    def distance(self, x_adv: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Per-sample distance under this norm (l0: fraction of changed features)."""
+        delta = (x_adv - x).flatten(1)
+        if self.norm == "linf":
+            return delta.abs().amax(1)
+        if self.norm == "l2":
+            return delta.norm(p=2, dim=1)
+        return (delta != 0).float().mean(1)
+
+    def contains(self, x_adv: torch.Tensor, x: torch.Tensor, rtol: float = 1e-5) -> torch.Tensor:
+        """Per-sample: is ``x_adv`` inside the budget and inside [0, 1]?"""
+        inside = self.distance(x_adv, x) <= self.eps * (1 + rtol) + 1e-7
+        in_box = (x_adv.flatten(1).amin(1) >= 0) & (x_adv.flatten(1).amax(1) <= 1)
+        return inside & in_box
+
+    def project(self, x_adv: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """The nearest point (linf: exact; l2: radial) inside the budget and inside [0, 1].
+
+        ``l0`` cannot be projected cheaply: samples over budget fall back to the clean input.
+        """
+        if self.norm == "linf":
+            return torch.min(torch.max(x_adv, x - self.eps), x + self.eps).clamp_(0, 1)
+        if self.norm == "l2":
+            delta = x_adv - x
+            norms = delta.flatten(1).norm(p=2, dim=1).clamp_min(1e-12)
+            factor = (self.eps / norms).clamp(max=1.0).view(-1, *([1] * (x.dim() - 1)))
+            return (x + delta * factor).clamp_(0, 1)
+        over = self.distance(x_adv, x) > self.eps + 1e-7
+        return torch.where(over.view(-1, *([1] * (x.dim() - 1))), x, x_adv.clamp(0, 1))

@@ -1,0 +1,104 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import ScaledLogits
+
+from lit_defense.attacks import FGSM, PGD
+from lit_defense.errors import ConfigError
+from lit_defense.evaluation import (
+    WORST,
+    RobustnessCounts,
+    RobustnessResult,
+    eps_key,
+    evaluate_robustness,
+    robustness_counts,
+)
+
+
+def test_cascade_is_cumulative_and_worst_is_the_minimum(trained):
+    model, x, y = trained
+    x, y = x[:64], y[:64]
+    attacks = [FGSM(), PGD(steps=5, loss="ce"), PGD(steps=5, loss="margin")]
+    cascade = evaluate_robustness(model, x, y, attacks, eps=[0.05, 0.1], cascade=True)
+    alone = evaluate_robustness(model, x, y, attacks, eps=[0.05, 0.1], cascade=False)
+    for key in (eps_key(0.05), eps_key(0.1)):
+        chain = [cascade.robust_accuracy[a.name][key] for a in attacks]
+        assert chain == sorted(chain, reverse=True)  # non-increasing
+        assert cascade.robust_accuracy[WORST][key] == chain[-1]
+        own = [alone.robust_accuracy[a.name][key] for a in attacks]
+        assert alone.robust_accuracy[WORST][key] <= min(own)
+        assert all(o <= alone.clean_accuracy for o in own)
+        # the per-sample worst case is the same quantity in both modes (deterministic attacks)
+    assert cascade.clean_accuracy == alone.clean_accuracy
+    assert alone.robust_accuracy["fgsm"][eps_key(0.1)] >= cascade.robust_accuracy[WORST][eps_key(0.1)]
+
+
+def test_result_serialises_to_json_and_metric_names(trained):
+    model, x, y = trained
+    result = evaluate_robustness(model, x[:32], y[:32], [FGSM()], eps=[0.1])
+    data = json.loads(result.to_json())
+    assert RobustnessResult.from_dict(data) == result
+    assert set(result.metrics()) == {"adv/fgsm/eps=0.1/acc", "adv/worst/eps=0.1/acc"}
+
+
+def test_shard_counts_add_up_to_the_whole(trained):
+    """What DDP relies on: counts of two shards sum to the counts of the whole set."""
+    model, x, y = trained
+    x, y = x[:60], y[:60]
+    attacks = [FGSM(), PGD(steps=3, random_start=False)]
+    whole, _ = robustness_counts(model, x, y, attacks, [0.05, 0.1])
+    a, _ = robustness_counts(model, x[0::2], y[0::2], attacks, [0.05, 0.1])
+    b, _ = robustness_counts(model, x[1::2], y[1::2], attacks, [0.05, 0.1])
+    summed = RobustnessCounts.from_vector(a.as_vector() + b.as_vector(), 2, 2)
+    assert torch.equal(summed.as_vector(), whole.as_vector())
+
+
+def test_examples_are_the_worst_case_inputs(trained):
+    model, x, y = trained
+    counts, ex = robustness_counts(model, x[:16], y[:16], [PGD(steps=5, loss="margin")], [1.0], keep_examples=4)
+    adv = ex["adv"][eps_key(1.0)]
+    assert adv.shape == (4, 1, 28, 28)
+    assert torch.equal(ex["pred"][eps_key(1.0)] != ex["y"], torch.ones(4, dtype=torch.bool))
+
+
+def test_points_outside_the_threat_model_do_not_count():
+    """A 'perturbation' that leaves the ball is rejected even if it fools the model."""
+    from lit_defense.attacks.base import Attack
+
+    class Cheat(Attack):
+        def __call__(self, model, x, y):
+            return torch.zeros_like(x)
+
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2))
+    with torch.no_grad():
+        model[1].weight.copy_(torch.tensor([[1.0, 1, 1, 1], [-1, -1, -1, -1]]))
+        model[1].bias.zero_()
+    x = torch.full((3, 1, 2, 2), 0.9)
+    y = torch.zeros(3, dtype=torch.long)
+    result = evaluate_robustness(model, x, y, [Cheat(eps=0.1)], eps=[0.1])
+    assert result.worst(0.1) == 1.0
+
+
+def test_bad_evaluation_settings():
+    with pytest.raises(ConfigError, match="unique"):
+        evaluate_robustness(torch.nn.Identity(), torch.rand(2, 1, 4, 4), torch.zeros(2, dtype=torch.long),
+                            [FGSM(), FGSM()], eps=[0.1])
+    with pytest.raises(ConfigError, match="impossible"):
+        evaluate_robustness(torch.nn.Identity(), torch.rand(2, 1, 4, 4), torch.zeros(2, dtype=torch.long),
+                            [FGSM()], eps=[2.0])
+    with pytest.raises(ConfigError, match="share a threat model"):
+        evaluate_robustness(torch.nn.Identity(), torch.rand(2, 1, 4, 4), torch.zeros(2, dtype=torch.long),
+                            [FGSM(), FGSM(norm="l2", eps=1.0)], eps=[0.1])
+
+
+def test_ce_attack_on_saturated_model_reports_false_robustness(trained):
+    """The product's reason to exist, as a regression test: CE-PGD says robust, margin-PGD says not."""
+    model, x, y = trained
+    scaled = ScaledLogits(model, 1000.0)
+    result = evaluate_robustness(scaled, x[:64], y[:64], [PGD(steps=10, loss="ce"), PGD(steps=10, loss="margin")],
+                                 eps=[0.1], cascade=False)
+    ce, margin = result.robust_accuracy["pgd_ce"]["0.1"], result.robust_accuracy["pgd_margin"]["0.1"]
+    assert ce - margin > 0.3, (ce, margin)
