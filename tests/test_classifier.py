@@ -86,3 +86,22 @@ def test_predict_step_returns_probabilities():
     assert out["probs"].shape == (5, 10)
     assert torch.allclose(out["probs"].sum(-1), torch.ones(5))
     assert torch.equal(out["preds"], out["logits"].argmax(-1))
+
+
+def test_head_learning_rate_scales_with_temperature():
+    for temperature, scaled in ((1.0, False), (100.0, True)):
+        m = Classifier(temperature=temperature, optimizer=lambda p: torch.optim.Adam(p, lr=1e-3))
+        opt = m.configure_optimizers()
+        lrs = sorted(g["lr"] for g in opt.param_groups)
+        assert lrs == ([1e-3, 1e-3 * temperature] if scaled else [1e-3])
+        n_params = sum(len(g["params"]) for g in opt.param_groups)
+        assert n_params == len(list(m.parameters()))
+    head = Classifier(temperature=100.0).head_parameters()
+    assert [p.shape for p in head] == [(10, 200), (10,)]
+    off = Classifier(temperature=100.0, head_lr_temperature_scaling=False,
+                     optimizer=lambda p: torch.optim.Adam(p, lr=1e-3)).configure_optimizers()
+    assert [g["lr"] for g in off.param_groups] == [1e-3]
+    with_sched = Classifier(temperature=10.0, optimizer=lambda p: torch.optim.Adam(p, lr=1e-3),
+                            lr_scheduler=lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(o, 5))
+    sched = with_sched.configure_optimizers()["lr_scheduler"]["scheduler"]
+    assert sorted(sched.base_lrs) == [1e-3, 1e-2]

@@ -57,7 +57,7 @@ class JSMA(Attack):
         targets = self.pick_targets(model, x, y, generator)
         d = x[0].numel()
         chunk = max(1, self.max_pairs_per_chunk // (d * d))
-        return torch.cat([self._attack(model, xc, tc) for xc, tc in zip(x.split(chunk), targets.split(chunk))])
+        return torch.cat([self._attack(model, xc, tc) for xc, tc in zip(x.split(chunk), targets.split(chunk), strict=True)])
 
     def run(self, model, x, y) -> tuple[torch.Tensor, dict[str, float]]:
         """``x_adv`` and the paper's statistics: targeted success rate and mean L0 distortion."""
