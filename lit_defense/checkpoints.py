@@ -86,7 +86,7 @@ def module_from_checkpoint(path: str | Path, what: str = "checkpoint", strict: b
             "for a plain state dict give the backbone configuration as well."
         )
     hparams = dict(ckpt["hyper_parameters"])
-    cls = resolve_module_class(hparams.pop("_class_path", None))
+    cls = resolve_module_class(hparams.pop("_class_path", None) or ckpt.get("lit_defense_class"))
     for key in _TRAINING_ONLY:
         hparams.pop(key, None)
     hparams = cls.inference_hparams(hparams)

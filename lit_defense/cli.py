@@ -14,6 +14,7 @@ stderr and exit code 2, never a traceback.
 
 from __future__ import annotations
 
+import pickle
 import re
 import sys
 import traceback
@@ -61,6 +62,13 @@ class LitDefenseCLI(LightningCLI):
         kwargs["exit_on_error"] = False
         return super().init_parser(**kwargs)
 
+    def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs: Any) -> LightningArgumentParser:
+        parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
+        if "weights_only" in self._subcommand_method_arguments[subcommand]:
+            # --ckpt_path restores through torch.load(weights_only=True): no code in a checkpoint runs
+            parser.set_defaults({"weights_only": True})
+        return parser
+
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         for name in DATA_TO_MODEL_LINKS:
             parser.link_arguments(f"data.{name}", f"model.init_args.{name}", apply_on="instantiate")
@@ -95,7 +103,8 @@ class LitDefenseCLI(LightningCLI):
             return
         ckpt = self.trainer.checkpoint_callback
         ckpt_path = "best" if isinstance(ckpt, ModelCheckpoint) and ckpt.best_model_path else None
-        results = self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt_path, verbose=False)
+        results = self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt_path, verbose=False,
+                                    weights_only=True)
         if results:
             used = ckpt.best_model_path if ckpt_path == "best" else "final weights"
             rank_zero_info(
@@ -148,6 +157,12 @@ def _one_line(err: BaseException) -> str:
     own = _find_own_error(err)
     if own is not None:
         return str(own)
+    if isinstance(err, pickle.UnpicklingError):
+        detail = next((line.strip() for line in str(err).splitlines() if "Unsupported global" in line), "")
+        return (
+            "refused to load the checkpoint: it holds Python objects beyond tensors and plain "
+            f"containers, which could execute code (loaded with weights_only=True). {detail}"
+        ).strip()
     if isinstance(err, ArgumentError):
         return _condense_parse_error(str(err)) + " (see `lit-defense <subcommand> --help`)"
     frame = traceback.extract_tb(err.__traceback__)[-1] if err.__traceback__ else None
@@ -160,7 +175,7 @@ def main(args: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
     try:
         LitDefenseCLI(args=args)
-    except (LitDefenseError, ArgumentError, ValueError, FileNotFoundError) as err:
+    except (LitDefenseError, ArgumentError, ValueError, FileNotFoundError, pickle.UnpicklingError) as err:
         print(f"lit-defense: error: {_one_line(err)}", file=sys.stderr)
         raise SystemExit(2) from None
     return 0

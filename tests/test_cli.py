@@ -87,3 +87,26 @@ def test_bad_names_and_values_exit_2(in_tmp, capsys, override, needle):
     err = capsys.readouterr().err
     assert needle in err
     assert "Traceback" not in err
+
+
+class _Boom:
+    def __reduce__(self):
+        return (print, ("pickled code ran",))
+
+
+def test_ckpt_path_is_restored_with_weights_only(in_tmp, capsys):
+    """A checkpoint that would execute code when unpickled is refused by `test --ckpt_path`."""
+    main(["fit", "--config", str(TEACHER), *SYNTHETIC, "--trainer.max_epochs=1",
+          "--trainer.logger.init_args.name=t"])
+    last = next((in_tmp / "runs" / "t").rglob("last.ckpt"))
+    ckpt = torch.load(last, weights_only=True)
+    ckpt["evil"] = _Boom()
+    evil = in_tmp / "evil.ckpt"
+    torch.save(ckpt, evil)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as info:
+        main(["test", "--config", str(TEACHER), *SYNTHETIC, f"--ckpt_path={evil}"])
+    out, err = capsys.readouterr()
+    assert info.value.code == 2
+    assert "pickled code ran" not in out
+    assert "refused to load the checkpoint" in err and "Traceback" not in err

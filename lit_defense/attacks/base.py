@@ -152,8 +152,11 @@ class Attack:
         for _ in range(self.eot_samples):
             x_in = x.detach().requires_grad_(True)
             logits = model(x_in)
-            (g,) = torch.autograd.grad(loss_fn(logits, y).sum(), x_in)
-            grad += g
+            loss = loss_fn(logits, y).sum()
+            if loss.requires_grad:  # a model computed outside autograd has no gradient: zero
+                (g,) = torch.autograd.grad(loss, x_in, allow_unused=True)
+                if g is not None:
+                    grad += g
             logits_sum = logits.detach() if logits_sum is None else logits_sum + logits.detach()
         if self.eot_samples > 1:
             grad /= self.eot_samples

@@ -53,6 +53,9 @@ class PGD(Attack):
         early_stop_every: every this many steps, drop the points already fooled from the batch
             (they keep the adversarial point found). The steps in between run without any host
             sync; ``0`` disables it.
+        keep_first_adversarial: return the first misclassified iterate (evaluation: no adversarial
+            point found is lost). ``False`` returns the last iterate, the maximum of the loss, as
+            adversarial training wants (and disables early stopping).
 
     Returns, per sample, the first misclassified iterate met along the path (so no adversarial
     point found is lost), else the last iterate.
@@ -60,7 +63,8 @@ class PGD(Attack):
 
     def __init__(self, eps: float = 0.1, norm: Norm = "linf", steps: int = 20, step_size: float | None = None,
                  rel_step_size: float = 2.5, loss: LossName = "ce", random_start: bool = True,
-                 restarts: int = 1, early_stop_every: int = 5, seed: int = 0, name: str | None = None):
+                 restarts: int = 1, early_stop_every: int = 5, keep_first_adversarial: bool = True,
+                 seed: int = 0, name: str | None = None):
         super().__init__(eps=eps, norm=norm, seed=seed, name=name)
         if steps < 1 or restarts < 1:
             raise ConfigError(f"PGD needs steps >= 1 and restarts >= 1, got steps={steps}, restarts={restarts}.")
@@ -75,7 +79,8 @@ class PGD(Attack):
         self.loss_fn = get_loss(loss)
         self.random_start = random_start
         self.restarts = restarts
-        self.early_stop_every = early_stop_every
+        self.early_stop_every = early_stop_every if keep_first_adversarial else 0
+        self.keep_first_adversarial = keep_first_adversarial
 
     def default_name(self) -> str:
         return f"pgd_{self.loss}" + ("" if self.norm == "linf" else f"_{self.norm}")
@@ -121,6 +126,6 @@ class PGD(Attack):
         with torch.no_grad():
             final_adv = model(xa).argmax(1) != ya
         was = fooled[act]
-        out[act] = torch.where(_bcast(was, xa), out[act], xa)
+        out[act] = torch.where(_bcast(was, xa), out[act], xa) if self.keep_first_adversarial else xa
         fooled[act] = was | final_adv
         return out, fooled

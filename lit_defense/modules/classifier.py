@@ -44,7 +44,11 @@ def zero_input_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> t
     with torch.inference_mode(False), torch.enable_grad():
         x = x.detach().clone().requires_grad_(True)
         loss = F.cross_entropy(model(x), y.clone(), reduction="sum")
-        (grad,) = torch.autograd.grad(loss, x)
+        if not loss.requires_grad:  # computed outside autograd (e.g. JPEG): no gradient at all
+            return torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
+        (grad,) = torch.autograd.grad(loss, x, allow_unused=True)
+    if grad is None:
+        return torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
     return grad.flatten(1).abs().amax(1) == 0
 
 
@@ -137,6 +141,10 @@ class Classifier(L.LightningModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Deployment logits (T=1) for images in [0, 1]."""
         return self.net(x)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # which class to rebuild (LightningCLI also stores it as hparams["_class_path"])
+        checkpoint["lit_defense_class"] = f"{type(self).__module__}.{type(self).__qualname__}"
 
     @classmethod
     def inference_hparams(cls, hparams: dict[str, Any]) -> dict[str, Any]:

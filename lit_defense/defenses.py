@@ -1,0 +1,237 @@
+"""Input defenses: preprocessing layers placed in front of a backbone (``MaskedClassifier``).
+
+Most of them are the gradient-masking defenses Athalye et al. (2018) broke. Each declares:
+- ``differentiable``: ``False`` when autograd's gradient through it is zero, absent or useless
+  (shattered gradients). BPDA then replaces its backward pass with ``bpda_surrogate`` (a smooth
+  approximation where one is known), or with the identity.
+- ``randomized``: ``True`` when two forward passes on the same input differ (stochastic
+  gradients); EOT averages over them.
+- ``out_chans(in_chans)``: the channels the backbone sees.
+
+Inputs and outputs are [0, 1] pixels, ``(N, C, H, W)``.
+"""
+
+from __future__ import annotations
+
+import io
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lit_defense.errors import ConfigError
+
+
+class InputDefense(nn.Module):
+    """Base class: a [0, 1] -> [0, 1] image transformation with declared gradient properties."""
+
+    differentiable: bool = True
+    randomized: bool = False
+
+    def out_chans(self, in_chans: int) -> int:
+        return in_chans
+
+
+class BitDepthReduction(InputDefense):
+    """Feature squeezing (Xu et al. 2018): quantise each pixel to ``bits`` bits.
+
+    ``round`` has zero gradient almost everywhere: the naive gradient is exactly zero.
+    """
+
+    differentiable = False
+
+    def __init__(self, bits: int = 1):
+        super().__init__()
+        if not 1 <= bits <= 8:
+            raise ConfigError(f"bits must lie in [1, 8], got {bits}.")
+        self.bits = bits
+        self.levels = 2**bits - 1
+
+    def forward(self, x):
+        return torch.round(x * self.levels) / self.levels
+
+    def extra_repr(self) -> str:
+        return f"bits={self.bits}"
+
+
+class JPEGCompression(InputDefense):
+    """JPEG compression at ``quality`` (Guo et al. 2018; Das et al. 2017), via PIL.
+
+    Computed outside autograd: the naive gradient is absent (attacks see zero).
+    """
+
+    differentiable = False
+
+    def __init__(self, quality: int = 75):
+        super().__init__()
+        if not 1 <= quality <= 100:
+            raise ConfigError(f"JPEG quality must lie in [1, 100], got {quality}.")
+        self.quality = quality
+
+    def forward(self, x):
+        import numpy as np
+        from PIL import Image
+
+        with torch.no_grad():
+            arr = (x.detach().clamp(0, 1) * 255).round().to(torch.uint8).cpu().permute(0, 2, 3, 1).numpy()
+            out = []
+            for img in arr:
+                mode = "L" if img.shape[2] == 1 else "RGB"
+                pil = Image.fromarray(img[:, :, 0] if mode == "L" else img, mode=mode)
+                buf = io.BytesIO()
+                pil.save(buf, format="JPEG", quality=self.quality)
+                dec = np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert(mode))
+                out.append(dec if dec.ndim == 3 else dec[:, :, None])
+            y = torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).to(x.device, x.dtype) / 255
+        return y
+
+    def extra_repr(self) -> str:
+        return f"quality={self.quality}"
+
+
+class ThermometerEncoding(InputDefense):
+    """Thermometer encoding (Buckman et al. 2018): each pixel becomes ``levels`` binary channels,
+    ``tau_k(x) = 1[x >= k / levels]``; the backbone sees ``in_chans * levels`` channels.
+
+    The step function has zero gradient; ``bpda_surrogate`` is its differentiable relaxation
+    ``clip(levels * x - k, 0, 1)`` (Athalye et al.'s attack on it).
+    """
+
+    differentiable = False
+
+    def __init__(self, levels: int = 16):
+        super().__init__()
+        if levels < 2:
+            raise ConfigError(f"levels must be >= 2, got {levels}.")
+        self.levels = levels
+        self.register_buffer("thresholds", torch.arange(levels, dtype=torch.float32) / levels, persistent=False)
+
+    def out_chans(self, in_chans: int) -> int:
+        return in_chans * self.levels
+
+    def _expand(self, x):
+        n, c, h, w = x.shape
+        return x.unsqueeze(2), self.thresholds.view(1, 1, -1, 1, 1).to(x.dtype), (n, c * self.levels, h, w)
+
+    def forward(self, x):
+        xe, t, shape = self._expand(x)
+        return (xe >= t).to(x.dtype).reshape(shape)
+
+    def bpda_surrogate(self, x):
+        xe, t, shape = self._expand(x)
+        return (self.levels * (xe - t)).clamp(0, 1).reshape(shape)
+
+    def extra_repr(self) -> str:
+        return f"levels={self.levels}"
+
+
+class RandomResizePad(InputDefense):
+    """Randomisation (Xie et al. 2018): resize to a random size in ``[min_scale * S, S]``, then pad
+    at a random position back to ``S x S``. A fresh draw on every forward pass."""
+
+    randomized = True
+
+    def __init__(self, min_scale: float = 0.8):
+        super().__init__()
+        if not 0 < min_scale <= 1:
+            raise ConfigError(f"min_scale must lie in (0, 1], got {min_scale}.")
+        self.min_scale = min_scale
+
+    def forward(self, x):
+        n, c, h, w = x.shape
+        lo = max(1, int(round(self.min_scale * h)))
+        size = int(torch.randint(lo, h + 1, (1,)).item())
+        resized = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+        top = int(torch.randint(0, h - size + 1, (1,)).item())
+        left = int(torch.randint(0, w - size + 1, (1,)).item())
+        return F.pad(resized, (left, w - size - left, top, h - size - top))
+
+    def extra_repr(self) -> str:
+        return f"min_scale={self.min_scale}"
+
+
+class GaussianNoise(InputDefense):
+    """Additive Gaussian noise of standard deviation ``sigma`` on every forward pass, clipped."""
+
+    randomized = True
+
+    def __init__(self, sigma: float = 0.3):
+        super().__init__()
+        if sigma <= 0:
+            raise ConfigError(f"sigma must be > 0, got {sigma}.")
+        self.sigma = sigma
+
+    def forward(self, x):
+        return (x + self.sigma * torch.randn_like(x)).clamp(0, 1)
+
+    def extra_repr(self) -> str:
+        return f"sigma={self.sigma}"
+
+
+class MedianSmoothing(InputDefense):
+    """Spatial median filter over ``kernel_size x kernel_size`` windows (Xu et al. 2018).
+
+    Autograd's gradient flows only to the median pixel of each window: sparse, and declared
+    non-differentiable so BPDA (identity) attacks it as in Athalye et al.
+    """
+
+    differentiable = False
+
+    def __init__(self, kernel_size: int = 3):
+        super().__init__()
+        if kernel_size < 1 or kernel_size % 2 == 0:
+            raise ConfigError(f"kernel_size must be odd and >= 1, got {kernel_size}.")
+        self.kernel_size = kernel_size
+
+    def forward(self, x):
+        k, p = self.kernel_size, self.kernel_size // 2
+        n, c, h, w = x.shape
+        patches = F.unfold(F.pad(x, (p, p, p, p), mode="reflect"), k)  # (n, c*k*k, h*w)
+        return patches.view(n, c, k * k, h * w).median(dim=2).values.view(n, c, h, w)
+
+    def extra_repr(self) -> str:
+        return f"kernel_size={self.kernel_size}"
+
+
+DEFENSES = {
+    "bit_depth": BitDepthReduction,
+    "jpeg": JPEGCompression,
+    "thermometer": ThermometerEncoding,
+    "random_resize_pad": RandomResizePad,
+    "gaussian_noise": GaussianNoise,
+    "median": MedianSmoothing,
+}
+
+
+def defense_spec(defense: InputDefense) -> dict:
+    """``{"class_path", "init_args"}`` of a defense: plain data, safe in a checkpoint."""
+    import inspect
+
+    args = {
+        name: getattr(defense, name)
+        for name in inspect.signature(type(defense).__init__).parameters
+        if name != "self" and hasattr(defense, name)
+    }
+    return {"class_path": f"{type(defense).__module__}.{type(defense).__qualname__}", "init_args": args}
+
+
+def build_defense(spec) -> InputDefense:
+    """An ``InputDefense`` from an instance, a short name (``jpeg``) or a ``class_path`` dict.
+
+    Class paths are resolved only among ``lit_defense.defenses`` (a checkpoint never imports code).
+    """
+    if isinstance(spec, InputDefense):
+        return spec
+    if isinstance(spec, str):
+        spec = {"class_path": spec}
+    if not isinstance(spec, dict) or "class_path" not in spec:
+        raise ConfigError(f"a defense is an InputDefense, a name or a class_path dict; got {spec!r}.")
+    name = spec["class_path"].rsplit(".", 1)[-1]
+    classes = {cls.__name__: cls for cls in DEFENSES.values()}
+    cls = DEFENSES.get(name) or classes.get(name)
+    if cls is None:
+        raise ConfigError(
+            f"unknown defense {spec['class_path']!r}; choose one of: {', '.join(DEFENSES)} "
+            f"(or {', '.join(classes)})."
+        )
+    return cls(**spec.get("init_args", {}))
