@@ -110,3 +110,12 @@ def test_ckpt_path_is_restored_with_weights_only(in_tmp, capsys):
     assert info.value.code == 2
     assert "pickled code ran" not in out
     assert "refused to load the checkpoint" in err and "Traceback" not in err
+
+
+TRAINABLE = [p for p in RECIPES if p.name != "distilled.yaml"]
+
+
+@pytest.mark.parametrize("config", TRAINABLE, ids=lambda p: str(p.relative_to(CONFIGS)))
+def test_every_recipe_runs_fast_dev_run(config, in_tmp):
+    """Each shipped recipe trains one batch, validates and runs its adversarial evaluation."""
+    assert main(["fit", "--config", str(config), *SYNTHETIC, "--trainer.fast_dev_run=true"]) == 0
