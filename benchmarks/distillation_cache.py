@@ -6,7 +6,7 @@ cache) and later epochs skip the teacher entirely; the script times those later 
 steady state of a long distillation run, and prints the ratio.
 
     python benchmarks/distillation_cache.py                       # Fashion-MNIST (synthetic if absent)
-    python benchmarks/distillation_cache.py --teacher runs/.../last.ckpt --batches 100
+    python benchmarks/distillation_cache.py --teacher runs/.../last.ckpt --samples 20000
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ def _datamodule(name: str, batch_size: int) -> VisionDataModule:
     return dm
 
 
-def run(dm, teacher: str, cache: bool, epochs: int, batches: int, temperature: float) -> list[float]:
+def run(dm, teacher: str, cache: bool, epochs: int, temperature: float) -> list[float]:
     L.seed_everything(0, verbose=False)
     student = DistilledStudent(
         teacher_checkpoint=teacher, temperature=temperature, cache_teacher=cache,
@@ -56,7 +56,7 @@ def run(dm, teacher: str, cache: bool, epochs: int, batches: int, temperature: f
     )
     timer = _EpochTimer()
     trainer = L.Trainer(
-        max_epochs=epochs, limit_train_batches=batches, limit_val_batches=0, num_sanity_val_steps=0,
+        max_epochs=epochs, limit_val_batches=0, num_sanity_val_steps=0,
         accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
         enable_model_summary=False, callbacks=[timer],
     )
@@ -70,7 +70,8 @@ def main() -> None:
     parser.add_argument("--teacher", default=None, help="teacher .ckpt (default: an untrained Papernot CNN; "
                         "the cost does not depend on the weights)")
     parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--batches", type=int, default=None, help="batches per epoch (default: all)")
+    parser.add_argument("--samples", type=int, default=None,
+                        help="train on the first N training samples (full epochs over them; default: all)")
     parser.add_argument("--epochs", type=int, default=3, help="epochs per run; the first fills the cache")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--temperature", type=float, default=100.0)
@@ -78,6 +79,10 @@ def main() -> None:
     warnings.filterwarnings("ignore")
 
     dm = _datamodule(args.dataset, args.batch_size)
+    if args.samples:  # full epochs over a fixed subset, so later epochs really hit the cache
+        from lit_defense.data import ImageTensorDataset
+
+        dm.train_set = ImageTensorDataset(dm.train_set.images[: args.samples], dm.train_set.labels[: args.samples])
     with tempfile.TemporaryDirectory() as tmp:
         teacher = args.teacher
         if teacher is None:
@@ -87,15 +92,15 @@ def main() -> None:
             torch.save({"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams)}, teacher)
         cached, fresh, fill = [], [], []
         for r in range(args.repeats):
-            t_cache = run(dm, teacher, True, args.epochs, args.batches, args.temperature)
-            t_fresh = run(dm, teacher, False, args.epochs, args.batches, args.temperature)
+            t_cache = run(dm, teacher, True, args.epochs, args.temperature)
+            t_fresh = run(dm, teacher, False, args.epochs, args.temperature)
             fill.append(t_cache[0])
             cached += t_cache[1:]
             fresh += t_fresh[1:]
             print(f"run {r + 1}: cache epochs {[round(t, 2) for t in t_cache]} s   "
                   f"no-cache epochs {[round(t, 2) for t in t_fresh]} s")
     mc, mf = statistics.median(cached), statistics.median(fresh)
-    n = args.batches or len(dm.train_dataloader())
+    n = len(dm.train_dataloader())
     print(f"\ndataset={dm.dataset} batches/epoch={n} batch={args.batch_size} T={args.temperature}")
     print(f"student epoch, teacher every step : {mf:7.2f} s (median)")
     print(f"student epoch, cached soft labels : {mc:7.2f} s (median; the cache-filling epoch took "
