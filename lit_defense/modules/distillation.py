@@ -153,6 +153,7 @@ class DistilledStudent(Classifier):
                 "configs/<dataset>/distillation_teacher.yaml)."
             )
         self.teacher.to(self.device).eval()
+        self._cache = self._cached = None  # a new fit may bring other data: start a fresh cache
         dm = getattr(self.trainer, "datamodule", None)
         if self.cache_teacher and getattr(dm, "augment", False):
             raise ConfigError(
@@ -178,7 +179,7 @@ class DistilledStudent(Classifier):
                 "yields; set --model.init_args.cache_teacher=false for other DataModules."
             )
         if self._cache is None:  # training_step called outside Trainer.fit
-            raise ConfigError("the soft-label cache is set up in on_fit_start; train through Trainer.fit.")
+            raise ConfigError("the soft-label cache is set up when training starts; train through Trainer.fit.")
         index = index.to(self._cache.device)
         hit = self._cached[index]
         if bool(hit.all()):
