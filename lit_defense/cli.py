@@ -98,6 +98,13 @@ class LitDefenseCLI(LightningCLI):
             kwargs.setdefault("callbacks", [*(config.get("callbacks") or []), RichProgressBar()])
         return super().instantiate_trainer(**kwargs)
 
+    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list) -> Trainer:
+        if config.get("fast_dev_run"):
+            # a smoke run writes nothing: without this, ModelCheckpoint(save_last=True) drops a
+            # last.ckpt into ./checkpoints of whatever folder the user is in
+            callbacks = [cb for cb in callbacks if not isinstance(cb, ModelCheckpoint)]
+        return super()._instantiate_trainer(config, callbacks)
+
     def after_fit(self) -> None:
         if not self._get(self.config, "test_after_fit"):
             return

@@ -27,6 +27,8 @@ def test_every_shipped_config_parses(config, capsys):
 
 def test_fit_fast_dev_run_from_config(in_tmp):
     assert main(["fit", "--config", str(TEACHER), *SYNTHETIC, "--trainer.fast_dev_run=true"]) == 0
+    written = [p for p in in_tmp.rglob("*") if p.is_file()]
+    assert written == [], f"a fast_dev_run must write nothing, wrote {written}"
 
 
 def test_fit_then_test_writes_best_and_last_checkpoints(in_tmp, caplog):
