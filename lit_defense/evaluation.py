@@ -27,7 +27,7 @@ from torch import nn
 
 from lit_defense.attacks.base import Attack
 from lit_defense.errors import ConfigError
-from lit_defense.threat import check_eps
+from lit_defense.threat import check_eps, per_sample
 
 WORST = "worst"
 
@@ -175,7 +175,7 @@ def robustness_counts(
                         first = chunk < k
                         sel = chunk[first]
                         newly = (~ok[first]) & still[sel]
-                        adv_k[sel] = torch.where(newly.view(-1, 1, 1, 1), x_adv[first], adv_k[sel])
+                        adv_k[sel] = torch.where(per_sample(newly, x_adv), x_adv[first], adv_k[sel])
                 own = clean_ok & ~fooled
                 still &= ~fooled
                 robust[i, j] = (still if cascade else own).sum()

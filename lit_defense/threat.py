@@ -17,6 +17,11 @@ Norm = Literal["linf", "l2", "l0"]
 NORMS = ("linf", "l2", "l0")
 
 
+def per_sample(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Reshape a per-sample tensor ``(N,)`` so it broadcasts over a batch like ``like`` ``(N, ...)``."""
+    return values.view(-1, *([1] * (like.dim() - 1)))
+
+
 def check_eps(norm: str, eps: float) -> float:
     """Validate a budget for a norm on [0, 1] pixels; returns it as a float."""
     if norm not in NORMS:
@@ -68,7 +73,7 @@ class ThreatModel:
         if self.norm == "l2":
             delta = x_adv - x
             norms = delta.flatten(1).norm(p=2, dim=1).clamp_min(1e-12)
-            factor = (self.eps / norms).clamp(max=1.0).view(-1, *([1] * (x.dim() - 1)))
+            factor = per_sample((self.eps / norms).clamp(max=1.0), x)
             return (x + delta * factor).clamp_(0, 1)
         over = self.distance(x_adv, x) > self.eps + 1e-7
-        return torch.where(over.view(-1, *([1] * (x.dim() - 1))), x, x_adv.clamp(0, 1))
+        return torch.where(per_sample(over, x), x, x_adv.clamp(0, 1))

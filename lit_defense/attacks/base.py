@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lit_defense.errors import ConfigError
-from lit_defense.threat import Norm, ThreatModel
+from lit_defense.threat import Norm, ThreatModel, per_sample
 
 LossName = Literal["ce", "margin", "dlr"]
 
@@ -170,8 +170,8 @@ def random_start(x: torch.Tensor, threat: ThreatModel, generator: torch.Generato
         noise = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype) * 2 - 1
         return (x + threat.eps * noise).clamp(0, 1)
     direction = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-    direction = direction / direction.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
-    radius = torch.rand(x.shape[0], generator=generator, device=x.device, dtype=x.dtype).view(-1, 1, 1, 1)
+    direction = direction / per_sample(direction.flatten(1).norm(dim=1).clamp_min(1e-12), x)
+    radius = per_sample(torch.rand(x.shape[0], generator=generator, device=x.device, dtype=x.dtype), x)
     return (x + threat.eps * radius * direction).clamp(0, 1)
 
 
@@ -179,4 +179,4 @@ def steepest_step(grad: torch.Tensor, norm: str) -> torch.Tensor:
     """Unit steepest-ascent direction: sign for L-inf, normalised gradient for L2."""
     if norm == "linf":
         return grad.sign()
-    return grad / grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *([1] * (grad.dim() - 1)))
+    return grad / per_sample(grad.flatten(1).norm(dim=1).clamp_min(1e-12), grad)

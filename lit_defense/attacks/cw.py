@@ -12,6 +12,7 @@ import torch
 
 from lit_defense.attacks.base import Attack, margin_loss
 from lit_defense.errors import ConfigError
+from lit_defense.threat import per_sample
 
 
 class CarliniWagnerL2(Attack):
@@ -42,7 +43,6 @@ class CarliniWagnerL2(Attack):
 
     def perturb(self, model, x, y, generator):
         n = x.shape[0]
-        shape = (-1, *([1] * (x.dim() - 1)))
         w0 = torch.atanh((x * 2 - 1).clamp(-1 + 1e-6, 1 - 1e-6))
         const = torch.full((n,), self.initial_const, device=x.device)
         lower = torch.zeros(n, device=x.device)
@@ -66,7 +66,7 @@ class CarliniWagnerL2(Attack):
                     success = margin < -self.confidence if self.confidence > 0 else logits.argmax(1) != y
                     better = success & (l2 < best_l2)
                     best_l2 = torch.where(better, l2, best_l2)
-                    best = torch.where(better.view(shape), x_adv.detach(), best)
+                    best = torch.where(per_sample(better, x), x_adv.detach(), best)
                     found |= success
             with torch.no_grad():
                 upper = torch.where(found, torch.minimum(upper, const), upper)

@@ -12,11 +12,7 @@ from torch import nn
 
 from lit_defense.attacks.base import Attack, LossName, get_loss, random_start, steepest_step
 from lit_defense.errors import ConfigError
-from lit_defense.threat import Norm
-
-
-def _bcast(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    return mask.view(-1, *([1] * (like.dim() - 1)))
+from lit_defense.threat import Norm, per_sample
 
 
 class FGSM(Attack):
@@ -98,7 +94,7 @@ class PGD(Attack):
                 break
             adv, hit = self._run(model, x[idx], y[idx], generator, self.random_start or restart > 0)
             # a later restart replaces the earlier result only where it fools the model
-            out[idx] = adv if restart == 0 else torch.where(_bcast(hit, adv), adv, out[idx])
+            out[idx] = adv if restart == 0 else torch.where(per_sample(hit, adv), adv, out[idx])
             fooled[idx] = fooled[idx] | hit
         return out
 
@@ -120,12 +116,12 @@ class PGD(Attack):
             logits, grad = self.loss_and_grad(model, xa, ya, self.loss_fn)
             was = fooled[act]
             newly = (logits.argmax(1) != ya) & ~was
-            out[act] = torch.where(_bcast(newly, xa), xa, out[act])
+            out[act] = torch.where(per_sample(newly, xa), xa, out[act])
             fooled[act] = was | newly
             xa = self.threat.project(xa + alpha * steepest_step(grad, self.norm), xo)
         with torch.no_grad():
             final_adv = model(xa).argmax(1) != ya
         was = fooled[act]
-        out[act] = torch.where(_bcast(was, xa), out[act], xa) if self.keep_first_adversarial else xa
+        out[act] = torch.where(per_sample(was, xa), out[act], xa) if self.keep_first_adversarial else xa
         fooled[act] = was | final_adv
         return out, fooled
