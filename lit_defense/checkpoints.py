@@ -74,12 +74,16 @@ def resolve_module_class(class_path: str | None):
     return cls
 
 
-def module_from_checkpoint(path: str | Path, what: str = "checkpoint", strict: bool = True):
+def module_from_checkpoint(path: str | Path, what: str = "checkpoint", strict: bool = True,
+                           ckpt: dict[str, Any] | None = None):
     """Rebuild a lit-defense LightningModule from a ``.ckpt`` file, weights loaded, in eval mode.
 
-    Training-only settings (optimizer, scheduler, a student's teacher) are not restored.
+    Training-only settings (optimizer, scheduler, a student's teacher) are not restored. Pass
+    ``ckpt`` when the file was already read with ``load_checkpoint_file`` (``path`` then only
+    names it in errors).
     """
-    ckpt = load_checkpoint_file(path, what)
+    if ckpt is None:
+        ckpt = load_checkpoint_file(path, what)
     if not is_lightning_checkpoint(ckpt):
         raise DataFormatError(
             f"{what} {path} is not a lit-defense/Lightning checkpoint (no 'hyper_parameters'); "

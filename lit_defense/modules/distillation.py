@@ -81,11 +81,11 @@ class DistilledStudent(Classifier):
     # ---------------------------------------------------------------------------------- teacher
     def _load_teacher(self, path: str, backbone: str | None, backbone_kwargs: dict | None) -> torch.nn.Module:
         hp = self.hparams
-        ckpt = load_checkpoint_file(path, "teacher checkpoint") if path else None
-        if ckpt is None:
+        if not path:
             raise DataNotFoundError("teacher_checkpoint is empty; give the path of the teacher's .ckpt.")
+        ckpt = load_checkpoint_file(path, "teacher checkpoint")
         if is_lightning_checkpoint(ckpt):
-            teacher = module_from_checkpoint(path, "teacher checkpoint")
+            teacher = module_from_checkpoint(path, "teacher checkpoint", ckpt=ckpt)
         else:
             state = ckpt.get("state_dict", ckpt)
             teacher = Classifier(
