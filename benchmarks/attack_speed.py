@@ -26,7 +26,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 
-from callbacks.adversarial_evaluation import AdversarialEvaluation
+from callbacks.adversarial_evaluation import AdversarialEvaluation, validation_subset
 from lit_defense.attacks import FGSM, PGD
 from lit_defense.checkpoints import module_from_checkpoint
 from lit_defense.data import VisionDataModule
@@ -140,10 +140,7 @@ def main() -> None:
 
     # 3. callback overhead vs a training epoch, on the undefended model and on T=100 models
     cb = AdversarialEvaluation()
-    g = torch.Generator().manual_seed(cb.seed)
-    val = dm.val_set
-    order = torch.randperm(len(val), generator=g)[: cb.num_samples].sort().values
-    xv, yv, _ = val.__getitems__(order.tolist())
+    xv, yv = validation_subset(dm.val_set, cb.num_samples, cb.seed)  # the callback's own subset
     models = {"undefended": model}
     for pattern in ("runs/fashion_mnist/distillation_teacher_T100/version_*/checkpoints/last.ckpt",
                     "runs/fashion_mnist/distilled_T100/version_*/checkpoints/last.ckpt"):

@@ -21,13 +21,23 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 
 from lit_defense.attacks import FGSM, PGD, Attack
-from lit_defense.evaluation import (
-    WORST,
-    RobustnessCounts,
-    check_attacks,
-    eps_key,
-    robustness_counts,
-)
+from lit_defense.evaluation import RobustnessCounts, check_attacks, robustness_counts
+
+
+def validation_subset(dataset, num_samples: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The fixed, seeded subset the callback attacks: ``num_samples`` items of ``dataset`` (all
+    when smaller), in index order, as normal (non-inference) float images and long labels."""
+    g = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(dataset), generator=g)[:num_samples].sort().values.tolist()
+    with torch.inference_mode(False):
+        if hasattr(dataset, "__getitems__"):
+            batch = dataset.__getitems__(order)
+            x, y = batch[0], batch[1]
+        else:
+            items = [dataset[i] for i in order]
+            x = torch.stack([torch.as_tensor(it[0]) for it in items])
+            y = torch.as_tensor([int(it[1]) for it in items])
+        return x.detach().clone().float(), y.detach().clone().long()
 
 
 def default_attacks() -> list[Attack]:
@@ -100,18 +110,7 @@ class AdversarialEvaluation(L.Callback):
     def _shard(self, trainer: L.Trainer) -> tuple[torch.Tensor, torch.Tensor]:
         """This rank's part of the fixed subset, built once as normal (non-inference) tensors."""
         if self._subset is None:
-            dataset = self._dataset(trainer)
-            g = torch.Generator().manual_seed(self.seed)
-            order = torch.randperm(len(dataset), generator=g)[: self.num_samples].sort().values
-            with torch.inference_mode(False):
-                if hasattr(dataset, "__getitems__"):
-                    batch = dataset.__getitems__(order.tolist())
-                    x, y = batch[0], batch[1]
-                else:
-                    items = [dataset[i] for i in order.tolist()]
-                    x = torch.stack([torch.as_tensor(it[0]) for it in items])
-                    y = torch.as_tensor([int(it[1]) for it in items])
-                self._subset = (x.detach().clone().float(), y.detach().clone().long())
+            self._subset = validation_subset(self._dataset(trainer), self.num_samples, self.seed)
         x, y = self._subset
         rank, world = trainer.global_rank, trainer.world_size
         return x[rank::world], y[rank::world]
@@ -171,4 +170,4 @@ class AdversarialEvaluation(L.Callback):
             rank_zero_warn(f"AdversarialEvaluation could not draw its figure: {err}")
 
 
-__all__ = ["AdversarialEvaluation", "default_attacks", "WORST", "eps_key"]
+__all__ = ["AdversarialEvaluation", "default_attacks", "validation_subset"]
