@@ -25,12 +25,11 @@ import warnings
 import lightning as L
 import torch
 import torch.nn.functional as F
+from _data import benchmark_datamodule
 
 from callbacks.adversarial_evaluation import AdversarialEvaluation, validation_subset
 from lit_defense.attacks import FGSM, PGD
 from lit_defense.checkpoints import module_from_checkpoint
-from lit_defense.data import VisionDataModule
-from lit_defense.errors import DataNotFoundError
 from lit_defense.evaluation import evaluate_robustness, robustness_counts
 from lit_defense.modules import Classifier
 
@@ -95,15 +94,7 @@ def main() -> None:
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
 
-    try:
-        dm = VisionDataModule("fashion_mnist", download=False)
-        dm.setup("fit")
-        dm.setup("test")
-    except DataNotFoundError as err:
-        print(f"{err}\nfalling back to synthetic data")
-        dm = VisionDataModule("synthetic", val_size=1000, synthetic_train_size=20000, synthetic_test_size=2000)
-        dm.setup("fit")
-        dm.setup("test")
+    dm = benchmark_datamodule("fashion_mnist", stages=("fit", "test"))
     model = load_model(args.checkpoint, dm)
     x = dm.test_set.images[: args.n].float() / 255
     y = dm.test_set.labels[: args.n]

@@ -20,9 +20,8 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from _data import benchmark_datamodule
 
-from lit_defense.data import VisionDataModule
-from lit_defense.errors import DataNotFoundError
 from lit_defense.modules import Classifier, DistilledStudent
 
 
@@ -35,17 +34,6 @@ class _EpochTimer(L.Callback):
 
     def on_train_epoch_end(self, trainer, pl_module):
         self.times.append(time.perf_counter() - self._t)
-
-
-def _datamodule(name: str, batch_size: int) -> VisionDataModule:
-    try:
-        dm = VisionDataModule(name, batch_size=batch_size, download=False)
-        dm.setup("fit")
-    except DataNotFoundError as err:
-        print(f"{err}\nfalling back to synthetic data")
-        dm = VisionDataModule("synthetic", batch_size=batch_size, val_size=1000, synthetic_train_size=20000)
-        dm.setup("fit")
-    return dm
 
 
 def run(dm, teacher: str, cache: bool, epochs: int, temperature: float) -> list[float]:
@@ -78,7 +66,7 @@ def main() -> None:
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
 
-    dm = _datamodule(args.dataset, args.batch_size)
+    dm = benchmark_datamodule(args.dataset, args.batch_size)
     if args.samples:  # full epochs over a fixed subset, so later epochs really hit the cache
         from lit_defense.data import ImageTensorDataset
 

@@ -22,9 +22,9 @@ import warnings
 import lightning as L
 import torch
 import torch.nn.functional as F
+from _data import benchmark_datamodule
 
 from lit_defense.data import VisionDataModule
-from lit_defense.errors import DataNotFoundError
 from lit_defense.modules import Classifier
 
 
@@ -99,16 +99,7 @@ def main() -> None:
     warnings.filterwarnings("ignore")
     torch.set_num_threads(args.threads)
 
-    kwargs = dict(batch_size=args.batch_size, download=False)
-    if args.dataset == "synthetic":
-        kwargs.update(val_size=1000, synthetic_train_size=20000)
-    dm = VisionDataModule(args.dataset, **kwargs)
-    try:
-        dm.setup("fit")
-    except DataNotFoundError as err:
-        print(f"{err}\nfalling back to synthetic data")
-        dm = VisionDataModule("synthetic", batch_size=args.batch_size, val_size=1000, synthetic_train_size=20000)
-        dm.setup("fit")
+    dm = benchmark_datamodule(args.dataset, args.batch_size)
 
     light, plain = [], []
     for r in range(args.repeats):
