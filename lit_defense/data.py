@@ -340,20 +340,17 @@ class VisionDataModule(L.LightningDataModule):
         return list(self.info.class_names)
 
     # ---------------------------------------------------------------------------------------
+    def _download_root(self) -> Path:
+        return Path(self.data_dir) if self.data_dir else Path("data")
+
     def _search_dirs(self) -> list[Path]:
-        tv = self.info.torchvision_name
-        roots = [Path(self.data_dir)] if self.data_dir else [Path("data")]
-        dirs: list[Path] = []
-        for root in roots:
-            dirs += [root, root / self.dataset]
-            if tv:
-                dirs += [root / tv / "raw", root / tv]
+        """The root, its dataset and torchvision sub-folders, then (with no ``data_dir`` given)
+        the system locations of the Debian dataset packages."""
+        root, tv = self._download_root(), self.info.torchvision_name
+        dirs = [root, root / self.dataset] + ([root / tv / "raw", root / tv] if tv else [])
         if not self.data_dir:
             dirs += [Path(d) for d in self.info.system_dirs]
         return dirs
-
-    def _download_root(self) -> Path:
-        return Path(self.data_dir) if self.data_dir else Path("data")
 
     def _idx_paths(self) -> dict[str, tuple[Path, Path]] | None:
         dirs = self._search_dirs()
@@ -370,12 +367,11 @@ class VisionDataModule(L.LightningDataModule):
 
     def _not_found(self, reason: str = "") -> DataNotFoundError:
         where = ", ".join(str(d) for d in self._search_dirs())
-        how = {
-            "fashion_mnist": "On Debian/Ubuntu run `apt-get install dataset-fashion-mnist` (files go to "
-            "/usr/share/datasets/fashion-mnist, found automatically); ",
-            "mnist": "",
-            "cifar10": "",
-        }[self.dataset]
+        how = (
+            "On Debian/Ubuntu run `apt-get install dataset-fashion-mnist` (files go to "
+            "/usr/share/datasets/fashion-mnist, found automatically); "
+            if self.dataset == "fashion_mnist" else ""
+        )
         return DataNotFoundError(
             f"dataset {self.dataset!r} not found (looked in: {where}){reason}. {how}or run once "
             f"with --data.init_args.download=true on a machine with internet access; or point "
