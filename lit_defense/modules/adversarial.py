@@ -8,6 +8,7 @@ plain PGD, unlike the masked models'.
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import torch
@@ -48,9 +49,8 @@ class AdversarialTraining(Classifier):
         self.eval()
         try:
             attack = self.attack
-            if clean_probs is not None:  # TRADES: maximise KL(f(x) || f(x_adv))
-                attack = PGD(eps=attack.eps, norm=attack.norm, steps=attack.steps, step_size=attack.alpha,
-                             keep_first_adversarial=False)
+            if clean_probs is not None:  # TRADES: the same PGD, maximising KL(f(x) || f(x_adv))
+                attack = copy.copy(self.attack)
 
                 def kl(logits, _y):
                     return F.kl_div(F.log_softmax(logits / self.temperature, -1), clean_probs,
