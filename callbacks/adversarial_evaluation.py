@@ -22,6 +22,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 
 from lit_defense.attacks import FGSM, PGD, Attack
 from lit_defense.evaluation import RobustnessCounts, check_attacks, robustness_counts
+from lit_defense.threat import per_sample
 
 
 def validation_subset(dataset, num_samples: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -159,7 +160,7 @@ class AdversarialEvaluation(L.Callback):
         for key, adv in examples["adv"].items():
             adv = adv.detach().cpu()
             delta = adv - x
-            scale = delta.flatten(1).abs().amax(1).clamp_min(1e-12).view(-1, 1, 1, 1)
+            scale = per_sample(delta.flatten(1).abs().amax(1).clamp_min(1e-12), delta)
             amplified = 0.5 + 0.5 * delta / scale
             grid = make_grid(torch.cat([x, adv, amplified]), nrow=x.shape[0], padding=2, pad_value=1.0)
             experiment.add_image(f"adv/examples/eps={key}", grid, step)

@@ -63,6 +63,16 @@ def get_loss(name: str):
     return LOSSES[name]
 
 
+def input_gradient(loss: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``d loss / d x``, with zeros where the model gives none: a forward pass computed outside
+    autograd (e.g. JPEG) or one that ignores ``x`` has no gradient, which attacks see as zero."""
+    if loss.requires_grad:
+        (grad,) = torch.autograd.grad(loss, x, allow_unused=True)
+        if grad is not None:
+            return grad
+    return torch.zeros_like(x)
+
+
 def _check_inputs(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
     if not isinstance(model, nn.Module) and not callable(model):
         raise ConfigError(f"attack target must be an nn.Module mapping images to logits, got {type(model).__name__}.")
@@ -152,11 +162,7 @@ class Attack:
         for _ in range(self.eot_samples):
             x_in = x.detach().requires_grad_(True)
             logits = model(x_in)
-            loss = loss_fn(logits, y).sum()
-            if loss.requires_grad:  # a model computed outside autograd has no gradient: zero
-                (g,) = torch.autograd.grad(loss, x_in, allow_unused=True)
-                if g is not None:
-                    grad += g
+            grad += input_gradient(loss_fn(logits, y).sum(), x_in)
             logits_sum = logits.detach() if logits_sum is None else logits_sum + logits.detach()
         if self.eot_samples > 1:
             grad /= self.eot_samples

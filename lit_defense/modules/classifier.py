@@ -18,6 +18,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
+from lit_defense.attacks.base import input_gradient
 from lit_defense.backbones import Normalize, create_backbone
 from lit_defense.errors import ConfigError
 
@@ -43,12 +44,7 @@ def zero_input_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> t
     """
     with torch.inference_mode(False), torch.enable_grad():
         x = x.detach().clone().requires_grad_(True)
-        loss = F.cross_entropy(model(x), y.clone(), reduction="sum")
-        if not loss.requires_grad:  # computed outside autograd (e.g. JPEG): no gradient at all
-            return torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
-        (grad,) = torch.autograd.grad(loss, x, allow_unused=True)
-    if grad is None:
-        return torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
+        grad = input_gradient(F.cross_entropy(model(x), y.clone(), reduction="sum"), x)
     return grad.flatten(1).abs().amax(1) == 0
 
 
