@@ -121,3 +121,27 @@ TRAINABLE = [p for p in RECIPES if p.name != "distilled.yaml"]
 def test_every_recipe_runs_fast_dev_run(config, in_tmp):
     """Each shipped recipe trains one batch, validates and runs its adversarial evaluation."""
     assert main(["fit", "--config", str(config), *SYNTHETIC, "--trainer.fast_dev_run=true"]) == 0
+
+
+@pytest.mark.parametrize(
+    "recipe, old, new, needle",
+    [
+        ("fashion_mnist/teacher.yaml", "eps: [0.1]", "eps: [1.5]", "eps=1.5 is impossible for linf"),
+        ("fashion_mnist/masked_jpeg.yaml", "lit_defense.defenses.JPEGCompression", "lit_defense.defenses.Nope",
+         "Nope"),
+        ("fashion_mnist/teacher.yaml", "max_epochs: 10", "max_epochs: [10", "Problems parsing config"),
+    ],
+    ids=["impossible-eps", "unknown-defense", "yaml-syntax"],
+)
+def test_bad_configs_are_one_line_exit_2(in_tmp, capsys, recipe, old, new, needle):
+    text = (CONFIGS / recipe).read_text()
+    assert old in text
+    bad = in_tmp / "bad.yaml"
+    bad.write_text(text.replace(old, new))
+    with pytest.raises(SystemExit) as info:
+        main(["fit", "--config", str(bad), *SYNTHETIC, "--trainer.fast_dev_run=true"])
+    err = capsys.readouterr().err
+    assert info.value.code == 2
+    lines = [line for line in err.splitlines() if line.startswith("lit-defense: error:")]
+    assert len(lines) == 1 and needle in lines[0], err
+    assert "Traceback" not in err
