@@ -2,5 +2,6 @@
 ``lit_defense``."""
 
 from callbacks.adversarial_evaluation import AdversarialEvaluation
+from callbacks.gradient_masking import GradientMaskingMonitor
 
-__all__ = ["AdversarialEvaluation"]
+__all__ = ["AdversarialEvaluation", "GradientMaskingMonitor"]

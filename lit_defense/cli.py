@@ -3,6 +3,7 @@
     lit-defense fit  --config configs/fashion_mnist/teacher.yaml
     lit-defense test --config configs/fashion_mnist/teacher.yaml --ckpt_path runs/.../last.ckpt
     lit-defense fit  --config configs/fashion_mnist/teacher.yaml --print_config
+    lit-defense audit --checkpoints runs/.../last.ckpt other.ckpt --output_dir runs/audit/mine
 
 Models and DataModules are chosen with ``class_path``/``init_args`` (subclass mode), so a user's
 own ``LightningModule`` or ``LightningDataModule`` plugs in from YAML. The DataModule's
@@ -177,10 +178,71 @@ def _one_line(err: BaseException) -> str:
     return f"{type(err).__name__}: {err}{where}"
 
 
+def audit_parser():
+    """The parser of ``lit-defense audit`` (jsonargparse, same YAML style as the other subcommands)."""
+    from jsonargparse import ActionConfigFile, ArgumentParser, lazy_instance
+    from lightning.pytorch import LightningDataModule
+
+    from lit_defense.attacks import Attack
+    from lit_defense.audit import AttackSuite
+    from lit_defense.diagnostics import MaskingThresholds
+
+    parser = ArgumentParser(
+        prog="lit-defense audit", exit_on_error=False,
+        description="Attack models with attacks that see through gradient masking, run the masking "
+        "checklist and write report.json, report.md and plots. Example: lit-defense audit "
+        "--checkpoints runs/fashion_mnist/teacher/version_0/checkpoints/last.ckpt",
+    )
+    parser.add_argument("--config", action=ActionConfigFile, help="A YAML file with any of these options.")
+    parser.add_argument("--models", type=list[dict[str, Any]], default=[],
+                        help="Models: {name, checkpoint} or {name, class_path, init_args, weights}.")
+    parser.add_argument("--checkpoints", type=str, nargs="+", default=[],
+                        help="Shorthand for models given as lit-defense .ckpt files.")
+    parser.add_subclass_arguments(LightningDataModule, "data", default=lazy_instance(VisionDataModule),
+                                  help="The DataModule whose test (or val) split is attacked.")
+    parser.add_argument("--split", type=str, default="test", help="test or val.")
+    parser.add_argument("--eps", type=list[float], default=[0.05, 0.1, 0.2], help="The eps grid.")
+    parser.add_argument("--norm", type=str, default="linf", help="linf or l2.")
+    parser.add_argument("--num_samples", type=int, default=1000, help="Fixed, seeded subset size.")
+    parser.add_argument("--output_dir", type=str | None, default=None, help="Default: runs/audit/<timestamp>.")
+    parser.add_argument("--overwrite", type=bool, default=False, help="Replace a report in output_dir.")
+    parser.add_class_arguments(AttackSuite, "suite")
+    parser.add_argument("--transfer", type=list[Attack], default=[],
+                        help="Extra gradient-free attacks, e.g. lit_defense.attacks.Transfer.")
+    parser.add_class_arguments(MaskingThresholds, "thresholds")
+    parser.add_argument("--batch_size", type=int, default=500)
+    parser.add_argument("--device", type=str, default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--tensorboard", type=bool, default=True, help="Also write TensorBoard runs.")
+    parser.add_argument("--allow_probabilities", type=bool, default=False,
+                        help="Audit a model that returns probabilities instead of refusing it.")
+    return parser
+
+
+def audit_main(args: list[str]) -> int:
+    from lit_defense.audit import ModelSpec, run_audit
+
+    parser = audit_parser()
+    cfg = parser.parse_args(args)
+    init = getattr(parser, "instantiate", parser.instantiate_classes)(cfg)
+    models = [*(ModelSpec.from_dict(m) for m in init.models), *(ModelSpec(checkpoint=c) for c in init.checkpoints)]
+    run_audit(
+        models, init.data, init.eps, norm=init.norm, split=init.split, num_samples=init.num_samples,
+        output_dir=init.output_dir, suite=init.suite, thresholds=init.thresholds, transfer=init.transfer,
+        batch_size=init.batch_size, device=init.device, seed=init.seed, tensorboard=init.tensorboard,
+        allow_probabilities=init.allow_probabilities, overwrite=init.overwrite,
+        log=lambda line: print(line, flush=True),
+    )
+    return 0
+
+
 def main(args: list[str] | None = None) -> int:
     """Entry point of ``lit-defense``. Returns 0, or exits with 2 and one line on bad input."""
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
+    argv = list(sys.argv[1:] if args is None else args)
     try:
+        if argv and argv[0] == "audit":
+            return audit_main(argv[1:])
         LitDefenseCLI(args=args)
     except (LitDefenseError, ArgumentError, ValueError, FileNotFoundError, pickle.UnpicklingError) as err:
         print(f"lit-defense: error: {_one_line(err)}", file=sys.stderr)

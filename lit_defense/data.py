@@ -471,3 +471,20 @@ class VisionDataModule(L.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         return self._loader(self.test_set, shuffle=False)
+
+
+def fixed_subset(dataset, num_samples: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The fixed, seeded subset that the callbacks and the audit attack: ``num_samples`` items
+    of ``dataset`` (all when smaller), in index order, as normal (non-inference) float images
+    and long labels."""
+    g = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(dataset), generator=g)[:num_samples].sort().values.tolist()
+    with torch.inference_mode(False):
+        if hasattr(dataset, "__getitems__"):
+            batch = dataset.__getitems__(order)
+            x, y = batch[0], batch[1]
+        else:
+            items = [dataset[i] for i in order]
+            x = torch.stack([torch.as_tensor(it[0]) for it in items])
+            y = torch.as_tensor([int(it[1]) for it in items])
+        return x.detach().clone().float(), y.detach().clone().long()

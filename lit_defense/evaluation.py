@@ -143,7 +143,8 @@ def robustness_counts(
 
     ``keep_examples=k`` also returns, for the first k samples and every eps, the worst-case
     adversarial input (the first attack output that fooled the model, else the clean input):
-    ``{"x": x[:k], "y": y[:k], "adv": {eps_key: tensor}, "pred": {eps_key: tensor}}``.
+    ``{"x": x[:k], "y": y[:k], "adv": {eps_key: tensor}, "pred": {eps_key: tensor}}``; and always
+    ``examples["robust"][eps_key]``: the per-sample mask of points no attack fooled.
     The model is used as it is (its train/eval state is not changed).
     """
     check_attacks(attacks, eps)
@@ -155,7 +156,7 @@ def robustness_counts(
         robust = torch.zeros(n_a, n_e, dtype=torch.long, device=dev)
         worst = torch.zeros(n_e, dtype=torch.long, device=dev)
         k = min(keep_examples, x.shape[0])
-        examples = {"x": x[:k].clone(), "y": y[:k].clone(), "adv": {}, "pred": {}}
+        examples = {"x": x[:k].clone(), "y": y[:k].clone(), "adv": {}, "pred": {}, "robust": {}}
         for j, e in enumerate(eps):
             still = clean_ok.clone()
             adv_k = x[:k].clone()
@@ -180,6 +181,7 @@ def robustness_counts(
                 still &= ~fooled
                 robust[i, j] = (still if cascade else own).sum()
             worst[j] = still.sum()
+            examples["robust"][eps_key(e)] = still
             if k:
                 examples["adv"][eps_key(e)] = adv_k
                 examples["pred"][eps_key(e)] = _predict(model, adv_k, batch_size)

@@ -4,11 +4,12 @@ from lit_defense.attacks.base import Attack, ce_loss, dlr_loss, margin_loss
 from lit_defense.attacks.cw import CarliniWagnerL2
 from lit_defense.attacks.gradient import FGSM, PGD
 from lit_defense.attacks.jsma import JSMA
+from lit_defense.attacks.random_sampling import RandomSampling
 from lit_defense.attacks.square import Square
 from lit_defense.attacks.transfer import Transfer
 from lit_defense.attacks.wrappers import BPDA, EOT, bpda_hooks, masked_modules
 
 __all__ = [
-    "Attack", "BPDA", "CarliniWagnerL2", "EOT", "FGSM", "JSMA", "PGD", "Square", "Transfer",
+    "Attack", "BPDA", "CarliniWagnerL2", "EOT", "FGSM", "JSMA", "PGD", "RandomSampling", "Square", "Transfer",
     "bpda_hooks", "ce_loss", "dlr_loss", "margin_loss", "masked_modules",
 ]

@@ -30,18 +30,20 @@ class Square(Attack):
     """Args:
         n_queries: model evaluations per sample (the first is the stripe initialisation).
         p_init: initial fraction of pixels changed per query (0.8 for MNIST-like data in the paper).
+        early_stop_every: every this many queries, stop searching for the inputs already fooled.
     """
 
     norms = ("linf",)
     uses_gradients = False
 
     def __init__(self, eps: float = 0.1, norm: str = "linf", n_queries: int = 1000, p_init: float = 0.8,
-                 seed: int = 0, name: str | None = None):
+                 early_stop_every: int = 10, seed: int = 0, name: str | None = None):
         super().__init__(eps=eps, norm=norm, seed=seed, name=name)
         if n_queries < 1 or not 0 < p_init <= 1:
             raise ConfigError(f"Square needs n_queries >= 1 and 0 < p_init <= 1, got {n_queries}, {p_init}.")
         self.n_queries = n_queries
         self.p_init = p_init
+        self.early_stop_every = max(1, early_stop_every)
 
     def default_name(self) -> str:
         return "square"
@@ -55,19 +57,31 @@ class Square(Attack):
             return torch.randint(0, 2, shape, generator=generator, device=dev).to(x.dtype) * 2 - 1
 
         delta = eps * signs(n, c, 1, w).expand(n, c, h, w)
-        x_best = (x + delta).clamp(0, 1)
-        best = margin_loss(model(x_best), y)  # maximise: > 0 means misclassified
+        out = (x + delta).clamp(0, 1)
+        best = margin_loss(model(out), y)  # maximise: > 0 means misclassified
         rows = torch.arange(h, device=dev).view(1, 1, h, 1)
         cols = torch.arange(w, device=dev).view(1, 1, 1, w)
+        act = torch.arange(n, device=dev)  # samples still searched
+        xa, ya, xb, ba = x, y, out.clone(), best.clone()
         for it in range(self.n_queries - 1):
+            if it % self.early_stop_every == 0:
+                # write back, then drop the fooled samples (one host sync every few queries)
+                out[act], best[act] = xb, ba
+                keep = (ba <= 0).nonzero().squeeze(1)
+                if keep.numel() == 0:
+                    break
+                if keep.numel() < act.numel():
+                    act, xa, ya, xb, ba = act[keep], xa[keep], ya[keep], xb[keep], ba[keep]
+            m = act.numel()
             s = max(1, min(h - 1, round(math.sqrt(_p_at(self.p_init, it, self.n_queries) * h * w))))
-            top = torch.randint(0, h - s + 1, (n,), generator=generator, device=dev).view(n, 1, 1, 1)
-            left = torch.randint(0, w - s + 1, (n,), generator=generator, device=dev).view(n, 1, 1, 1)
+            top = torch.randint(0, h - s + 1, (m,), generator=generator, device=dev).view(m, 1, 1, 1)
+            left = torch.randint(0, w - s + 1, (m,), generator=generator, device=dev).view(m, 1, 1, 1)
             window = (rows >= top) & (rows < top + s) & (cols >= left) & (cols < left + s)
-            new_delta = torch.where(window, eps * signs(n, c, 1, 1), x_best - x)
-            candidate = (x + new_delta).clamp(0, 1)
-            loss = margin_loss(model(candidate), y)
-            accept = (loss > best) & (best <= 0)  # fooled samples stay as they are
-            best = torch.where(accept, loss, best)
-            x_best = torch.where(accept.view(n, 1, 1, 1), candidate, x_best)
-        return x_best
+            new_delta = torch.where(window, eps * signs(m, c, 1, 1), xb - xa)
+            candidate = (xa + new_delta).clamp(0, 1)
+            loss = margin_loss(model(candidate), ya)
+            accept = loss > ba
+            ba = torch.where(accept, loss, ba)
+            xb = torch.where(accept.view(m, 1, 1, 1), candidate, xb)
+        out[act], best[act] = xb, ba
+        return out

@@ -1,0 +1,419 @@
+"""``lit-defense audit``: attack any model with attacks that see through masking, run the
+gradient-masking checklist, and write a report people can read.
+
+A model is a lit-defense checkpoint or any ``torch.nn.Module`` that maps [0, 1] images to logits,
+given as ``class_path``/``init_args`` with optional state-dict ``weights`` (loaded with
+``weights_only=True``). For every eps of the grid the audit runs
+
+1. white-box attacks, each on every clean-correct input (their numbers are side by side):
+   FGSM and PGD with the cross-entropy (the *naive* view), PGD with the margin loss (sees through
+   softmax saturation), BPDA around it when the model has submodules declaring
+   ``differentiable = False``, EOT around it when the model's outputs are random;
+2. gradient-free attacks on the inputs every white-box attack failed on: random sampling in the
+   ball, Square (L-inf), and optional transfer attacks.
+
+``worst_case`` is the per-input worst case over all of them. The checklist
+(``lit_defense.diagnostics``) turns the comparisons into a verdict. ``lit_defense.report`` writes
+``report.json``, ``report.md`` and the plots.
+"""
+
+from __future__ import annotations
+
+import importlib
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from lit_defense.attacks import BPDA, EOT, FGSM, PGD, Attack, RandomSampling, Square, masked_modules
+from lit_defense.checkpoints import (
+    is_lightning_checkpoint,
+    load_checkpoint_file,
+    load_weights,
+    module_from_checkpoint,
+)
+from lit_defense.diagnostics import (
+    Check,
+    MaskingThresholds,
+    MaskingVerdict,
+    check_adaptive_vs_naive,
+    check_extra_found,
+    check_incomplete_optimisation,
+    check_monotone,
+    check_one_step_vs_iterative,
+    check_silent_success,
+    check_unbounded,
+    looks_like_probabilities,
+    model_checks,
+    num,
+    verdict,
+)
+from lit_defense.errors import ConfigError
+from lit_defense.evaluation import check_attacks, eps_key, robustness_counts
+
+
+@dataclass
+class ModelSpec:
+    """One model to audit: ``checkpoint`` (a lit-defense ``.ckpt``), or ``class_path`` +
+    ``init_args`` of any ``nn.Module`` (plus optional ``weights``: a state dict or a Lightning
+    checkpoint, read with ``weights_only=True``). ``name`` defaults to the run's folder name."""
+
+    name: str | None = None
+    checkpoint: str | None = None
+    class_path: str | None = None
+    init_args: dict[str, Any] | None = None
+    weights: str | None = None
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelSpec:
+        known = {"name", "checkpoint", "class_path", "init_args", "weights"}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown model keys {unknown}; a model takes {sorted(known)}.")
+        return cls(**data)
+
+    def display_name(self) -> str:
+        if self.name:
+            return self.name
+        if self.checkpoint:
+            parts = [p for p in Path(self.checkpoint).with_suffix("").parts
+                     if p != "checkpoints" and not p.startswith("version_")]
+            return parts[-2] if len(parts) >= 2 else parts[-1]
+        return (self.class_path or "model").rsplit(".", 1)[-1]
+
+
+@dataclass
+class AttackSuite:
+    """Settings of the default attacks.
+
+    Args:
+        steps: PGD steps (the incompleteness check doubles them).
+        eot_samples: EOT samples per gradient for randomized models.
+        square_queries: Square attack queries per input (L-inf only; 0 disables it).
+        random_samples: random points of the ball per input (0 disables random sampling).
+        restarts: PGD restarts of the adaptive (margin-loss) attack.
+        escalation: when the model checks find the gradients themselves unusable (zero margin
+            gradients, gradients that disagree with finite differences, optimisation inside the
+            forward pass), the gradient-free attacks are the main line: their query and sample
+            budgets are multiplied by this.
+    """
+
+    steps: int = 20
+    eot_samples: int = 10
+    square_queries: int = 1000
+    random_samples: int = 100
+    restarts: int = 1
+    escalation: int = 5
+
+
+@dataclass
+class ModelAudit:
+    name: str
+    source: str
+    norm: str
+    eps: list[float]
+    num_samples: int
+    clean_accuracy: float
+    results: list[dict[str, Any]]
+    worst_case: dict[str, float]
+    gradient_masking: MaskingVerdict
+    roles: dict[str, Any]
+    seconds: float
+    examples: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def curve(self, attack: str) -> dict[float, float]:
+        return {r["eps"]: r["robust_accuracy"] for r in self.results if r["attack"] == attack}
+
+    def to_dict(self) -> dict[str, Any]:
+        data = {k: v for k, v in asdict(self).items() if k not in ("examples", "gradient_masking")}
+        data["gradient_masking"] = self.gradient_masking.to_dict()
+        return data
+
+    def metrics(self) -> dict[str, float]:
+        """The audit's numbers under the project's metric names (TensorBoard, callbacks)."""
+        out = {"adv/clean/acc": self.clean_accuracy}
+        for r in self.results:
+            out[f"adv/{r['attack']}/eps={eps_key(r['eps'])}/acc"] = r["robust_accuracy"]
+        for key, value in self.worst_case.items():
+            out[f"adv/worst/eps={key}/acc"] = value
+        for check in self.gradient_masking.checks:
+            if check.value is not None:
+                out[f"masking/{check.name}"] = check.value
+        out["masking/suspected"] = float(self.gradient_masking.suspected)
+        return out
+
+
+# ---------------------------------------------------------------------------------- loading
+def _import(class_path: str):
+    module_name, _, attr = class_path.rpartition(".")
+    if not module_name:
+        raise ConfigError(f"class_path {class_path!r} must be a dotted path like 'my_pkg.models.Net'.")
+    try:
+        return getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as err:
+        raise ConfigError(f"cannot import model class {class_path!r}: {err}.") from None
+
+
+def load_model(spec: ModelSpec) -> nn.Module:
+    """The model a spec names, in eval mode (see ``ModelSpec``)."""
+    if bool(spec.checkpoint) == bool(spec.class_path):
+        raise ConfigError(
+            f"model {spec.display_name()!r}: give exactly one of `checkpoint` (a lit-defense .ckpt) "
+            "or `class_path` (+ `init_args`, `weights`) of an nn.Module."
+        )
+    if spec.checkpoint:
+        if not Path(spec.checkpoint).is_file():
+            raise ConfigError(f"checkpoint {spec.checkpoint} does not exist; check the path.")
+        return module_from_checkpoint(spec.checkpoint, "audited checkpoint")
+    cls = _import(spec.class_path)
+    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+        raise ConfigError(f"{spec.class_path} is not an nn.Module class.")
+    try:
+        model = cls(**(spec.init_args or {}))
+    except TypeError as err:
+        raise ConfigError(f"{spec.class_path}(**init_args) failed: {err}.") from None
+    if spec.weights:
+        state = load_checkpoint_file(spec.weights, "model weights")
+        if is_lightning_checkpoint(state) or "state_dict" in state:
+            state = state["state_dict"]
+        load_weights(model, state, spec.weights, "model weights")
+    return model.eval()
+
+
+def check_model_outputs(model: nn.Module, x: torch.Tensor, num_classes: int, name: str,
+                        allow_probabilities: bool = False) -> None:
+    """One clear error when the model does not map images to (N, num_classes) logits."""
+    try:
+        with torch.no_grad():
+            out = model(x[:64])
+    except Exception as err:
+        raise ConfigError(
+            f"model {name!r} fails on a batch of shape {tuple(x[:64].shape)} in [0, 1]: "
+            f"{type(err).__name__}: {err}"
+        ) from None
+    expected = (min(64, x.shape[0]), num_classes)
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != expected:
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ConfigError(
+            f"model {name!r} returns {shape} for {expected[0]} images; the audit needs logits of "
+            f"shape (N, {num_classes}). Wrap the model so that its forward returns the logits tensor."
+        )
+    if not out.is_floating_point() or not torch.isfinite(out).all():
+        raise ConfigError(f"model {name!r} returns non-finite or non-float outputs; it needs float logits.")
+    if not allow_probabilities and looks_like_probabilities(out):
+        raise ConfigError(
+            f"model {name!r} returns probabilities (rows in [0, 1] summing to 1), not logits: "
+            "attacks on probabilities are weak and the audit would overstate robustness. Return the "
+            "logits (drop the final softmax), or pass --allow_probabilities true to audit it as it is."
+        )
+
+
+# -------------------------------------------------------------------------------- attacks
+def default_attacks(norm: str, suite: AttackSuite, masked: bool, randomized: bool, seed: int = 0,
+                    transfer: Sequence[Attack] = (), broken_gradients: bool = False) -> dict[str, Any]:
+    """The attack roles: ``one_step``, ``naive``, ``adaptive`` (list), ``black_box`` (list)."""
+    factor = max(1, suite.escalation) if broken_gradients else 1
+    adaptive: Attack = PGD(norm=norm, steps=suite.steps, loss="margin", restarts=suite.restarts, seed=seed)
+    wrapped: list[Attack] = [adaptive]
+    if masked:
+        wrapped.append(BPDA(PGD(norm=norm, steps=suite.steps, loss="margin", seed=seed)))
+    if randomized:
+        wrapped.append(EOT(wrapped[-1], samples=suite.eot_samples))
+    black: list[Attack] = []
+    if suite.random_samples:
+        black.append(RandomSampling(norm=norm, samples=suite.random_samples * factor, seed=seed))
+    if suite.square_queries and norm == "linf":
+        black.append(Square(norm=norm, n_queries=suite.square_queries * factor, seed=seed))
+    black.extend(transfer)
+    return {
+        "one_step": FGSM(norm=norm),
+        "naive": PGD(norm=norm, steps=suite.steps, loss="ce", seed=seed),
+        "adaptive": wrapped,
+        "black_box": black,
+    }
+
+
+def _role_names(roles: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "one_step": roles["one_step"].name, "naive": roles["naive"].name,
+        "adaptive": [a.name for a in roles["adaptive"]], "black_box": [a.name for a in roles["black_box"]],
+    }
+
+
+def audit_model(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    eps: Sequence[float],
+    norm: str = "linf",
+    name: str = "model",
+    source: str = "",
+    suite: AttackSuite | None = None,
+    thresholds: MaskingThresholds | None = None,
+    transfer: Sequence[Attack] = (),
+    batch_size: int = 500,
+    check_samples: int = 200,
+    keep_examples: int = 8,
+    seed: int = 0,
+) -> ModelAudit:
+    """Audit one model on ``(x, y)`` (see module doc). The model is used as it is."""
+    suite = suite or AttackSuite()
+    thresholds = thresholds or MaskingThresholds()
+    eps = sorted(float(e) for e in eps)
+    start = time.perf_counter()
+    n = x.shape[0]
+    checks: list[Check] = model_checks(model, x, y, thresholds, fd_samples=check_samples, seed=seed)
+    by_name = {c.name: c for c in checks}
+    randomized = not by_name["randomized_outputs"].passed
+    masked = bool(masked_modules(model))
+    margin_zero = (by_name["zero_gradients"].evidence["margin"]["vanishing"] or 0.0) > thresholds.zero_gradient_fraction
+    broken = margin_zero or not by_name["gradient_mismatch"].passed or not by_name["inference_time_optimisation"].passed
+    roles = default_attacks(norm, suite, masked, randomized, seed, transfer, broken_gradients=broken)
+    white = [roles["one_step"], roles["naive"], *roles["adaptive"]]
+    check_attacks(white, eps)
+
+    counts, examples = robustness_counts(model, x, y, white, eps, batch_size, cascade=False,
+                                         keep_examples=keep_examples)
+    clean = int(counts.clean) / n
+    results = [
+        {"attack": a.name, "eps": e, "robust_accuracy": int(counts.robust[i, j]) / n, "stage": "white_box"}
+        for j, e in enumerate(eps) for i, a in enumerate(white)
+    ]
+    white_worst = {e: int(counts.worst[j]) / n for j, e in enumerate(eps)}
+    after: dict[str, dict[float, float]] = {}
+    worst = dict(white_worst)
+    for e in eps:
+        survivors = examples["robust"][eps_key(e)].nonzero().squeeze(1)
+        for a in roles["black_box"]:
+            after.setdefault(a.name, {})[e] = worst[e]
+        if survivors.numel() == 0 or not roles["black_box"]:
+            continue
+        bb, _ = robustness_counts(model, x[survivors], y[survivors], roles["black_box"], [e],
+                                            batch_size, cascade=True)
+        for i, a in enumerate(roles["black_box"]):
+            after[a.name][e] = int(bb.robust[i, 0]) / n
+        worst[e] = int(bb.worst[0]) / n
+    for a in roles["black_box"]:
+        results += [{"attack": a.name, "eps": e, "robust_accuracy": after[a.name][e], "stage": "after_white_box"}
+                    for e in eps]
+
+    curve = {a.name: {r["eps"]: r["robust_accuracy"] for r in results if r["attack"] == a.name} for a in white}
+    naive, one_step = roles["naive"].name, roles["one_step"].name
+    checks.append(check_one_step_vs_iterative(curve[one_step], curve[naive], thresholds, (one_step, naive)))
+    checks.append(check_adaptive_vs_naive(curve[naive], {a.name: curve[a.name] for a in roles["adaptive"]},
+                                          thresholds, naive))
+    checks.append(check_monotone({**curve, "worst": worst}, clean, thresholds))
+    random_names = [a.name for a in roles["black_box"] if isinstance(a, RandomSampling)]
+    other_names = [a.name for a in roles["black_box"] if not isinstance(a, RandomSampling)]
+    if random_names:
+        checks.append(check_extra_found("random_sampling_beats_attacks", "Random sampling in the ball",
+                                        white_worst, after[random_names[-1]], thresholds.random_gap, random_names))
+    if other_names:
+        base = after[random_names[-1]] if random_names else white_worst
+        checks.append(check_extra_found("black_box_beats_white_box", "Gradient-free attacks", base,
+                                        after[other_names[-1]], thresholds.black_box_gap, other_names))
+    xs, ys = x[:check_samples], y[:check_samples]
+    main_eps = eps[len(eps) // 2]
+    checks.append(check_unbounded(model, xs, ys, roles["naive"], thresholds))
+    probe = PGD(eps=main_eps, norm=norm, steps=suite.steps, loss="margin", seed=seed)
+    checks.append(check_incomplete_optimisation(model, xs, ys, probe, thresholds))
+    checks.append(check_silent_success(model, xs, ys, probe, thresholds))
+
+    return ModelAudit(
+        name=name, source=source, norm=norm, eps=eps, num_samples=n, clean_accuracy=clean, results=results,
+        worst_case={eps_key(e): worst[e] for e in eps}, gradient_masking=verdict(checks),
+        roles=_role_names(roles), seconds=round(time.perf_counter() - start, 2), examples=examples,
+    )
+
+
+def run_audit(
+    models: Sequence[ModelSpec],
+    data: Any,
+    eps: Sequence[float],
+    norm: str = "linf",
+    split: str = "test",
+    num_samples: int = 1000,
+    output_dir: str | Path | None = None,
+    suite: AttackSuite | None = None,
+    thresholds: MaskingThresholds | None = None,
+    transfer: Sequence[Attack] = (),
+    batch_size: int = 500,
+    device: str = "auto",
+    seed: int = 0,
+    tensorboard: bool = True,
+    allow_probabilities: bool = False,
+    overwrite: bool = False,
+    log=print,
+) -> tuple[list[ModelAudit], dict[str, Path]]:
+    """Audit every model on a fixed, seeded subset of ``data``'s ``split`` and write the report."""
+    from lit_defense import __version__
+    from lit_defense.data import fixed_subset
+    from lit_defense.report import write_report
+
+    if not models:
+        raise ConfigError("give at least one model to audit (--checkpoints PATH ... or `models:` in the config).")
+    names = [m.display_name() for m in models]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"model names must be unique (they name report rows and plots), got {names}; set `name:`.")
+    if split not in ("test", "val"):
+        raise ConfigError(f"split must be 'test' or 'val', got {split!r}.")
+    check_attacks([PGD(norm=norm)], eps)
+    if num_samples < 1:
+        raise ConfigError(f"num_samples must be >= 1, got {num_samples}.")
+    out = Path(output_dir) if output_dir else Path("runs") / "audit" / time.strftime("%Y%m%d-%H%M%S")
+    if (out / "report.json").exists() and not overwrite:
+        raise ConfigError(f"{out} already holds a report; choose another --output_dir or pass --overwrite true.")
+    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else "cpu" if device == "auto" else device)
+
+    data.prepare_data()
+    data.setup("test" if split == "test" else "validate")
+    dataset = getattr(data, "test_set" if split == "test" else "val_set", None)
+    if dataset is None:
+        loader = data.test_dataloader() if split == "test" else data.val_dataloader()
+        dataset = loader.dataset
+    x, y = fixed_subset(dataset, num_samples, seed)
+    x, y = x.to(dev), y.to(dev)
+    num_classes = int(getattr(data, "num_classes", int(y.max()) + 1))
+
+    loaded = []
+    for spec, name in zip(models, names, strict=True):  # load and check all before the long part
+        model = load_model(spec).to(dev)
+        model.requires_grad_(False)  # our own copy: attacks need input gradients only
+        check_model_outputs(model, x, num_classes, name, allow_probabilities)
+        loaded.append((spec, name, model))
+    audits = []
+    for spec, name, model in loaded:
+        log(f"audit: {name} ...")
+        audit = audit_model(model, x, y, eps, norm, name=name, source=spec.checkpoint or spec.class_path or "",
+                            suite=suite, thresholds=thresholds, transfer=transfer, batch_size=batch_size, seed=seed)
+        audits.append(audit)
+        summary = ", ".join(f"{k} {v:.3f}" for k, v in audit_metrics_summary(audit).items() if v is not None)
+        masking = "suspected (" + ", ".join(audit.gradient_masking.triggered) + ")" \
+            if audit.gradient_masking.suspected else "not suspected"
+        log(f"audit: {name}: {summary}; gradient masking {masking}; {audit.seconds:.0f} s")
+    meta = {"version": __version__, "data": getattr(data, "dataset", type(data).__name__), "split": split,
+            "num_samples": int(x.shape[0]), "norm": norm, "eps": sorted(float(e) for e in eps), "seed": seed,
+            "device": str(dev)}
+    paths = write_report(audits, out, meta, tensorboard=tensorboard)
+    log(f"audit: report written to {paths['markdown']} and {paths['json']}")
+    return audits, paths
+
+
+def audit_metrics_summary(audit: ModelAudit) -> dict[str, float | None]:
+    """Compact numbers for logs: clean, naive and worst-case accuracy at each eps."""
+    out: dict[str, float | None] = {"clean": num(audit.clean_accuracy)}
+    naive = audit.curve(audit.roles["naive"])
+    for e in audit.eps:
+        out[f"naive@{eps_key(e)}"] = num(naive.get(e))
+        out[f"worst@{eps_key(e)}"] = num(audit.worst_case[eps_key(e)])
+    return out
+
+
+__all__ = [
+    "AttackSuite", "ModelAudit", "ModelSpec", "audit_metrics_summary", "audit_model", "check_model_outputs",
+    "default_attacks", "load_model", "run_audit",
+]

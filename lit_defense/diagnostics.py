@@ -1,0 +1,511 @@
+"""The gradient-masking checklist (Athalye et al. 2018, Carlini et al. 2019), with evidence.
+
+Every check returns a ``Check``: ``passed`` (no sign of masking), ``value`` (the one number that
+decided it, logged as ``masking/<name>``), ``evidence`` (all numbers behind it) and ``summary``
+(one sentence in plain words). ``verdict(checks)`` says whether gradient masking is suspected and
+which checks triggered it.
+
+Two families:
+- **model checks** need only the model and a batch (a few forward/backward passes): outputs that
+  are probabilities, saturated softmax / logit scale, randomized outputs, zero or vanishing input
+  gradients (for the cross-entropy *and* the margin loss: AutoAttack's check looks at DLR only and
+  never sees the cross-entropy saturation that defensive distillation relies on), gradients that
+  disagree with finite differences, and optimisation inside the forward pass. ``model_checks``
+  runs them; ``callbacks.GradientMaskingMonitor`` runs them every epoch.
+- **attack checks** compare attack results (``lit_defense.audit`` computes them): one-step
+  stronger than iterative, black-box or random sampling stronger than white-box, an unbounded
+  attack that does not reach ~100% success, robust accuracy not monotone in eps, adaptive attacks
+  much stronger than the naive one, and two checks of the evaluation itself (advisory: they say the
+  numbers may be loose, not that gradients are masked): incomplete optimisation and silent success.
+
+Numbers are computed in float64 where logits may be huge (T=100 distillation, x1e4) or tiny, and
+every number in the evidence is a finite float or ``None``, so reports never carry NaN or inf.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from lit_defense.attacks.base import Attack, ce_loss, input_gradient, margin_loss
+from lit_defense.threat import check_eps
+
+# A float32 softmax whose top-2 logit gap exceeds this has cross-entropy gradients below
+# exp(-40) ~ 4e-18: an attack following them makes no progress (the distillation signature).
+SATURATION_GAP = 40.0
+# An input gradient whose largest entry is below this is "vanishing" (underflow territory).
+VANISHING_GRADIENT = 1e-12
+
+
+@dataclass
+class MaskingThresholds:
+    """When a check fails. Accuracy gaps are fractions of the evaluated samples.
+
+    Args:
+        one_step_gap: FGSM below PGD (same loss) by more than this.
+        black_box_gap: black-box attacks fool more than this fraction of the points that every
+            white-box attack failed on.
+        random_gap: random sampling in the ball fools more than this fraction of them.
+        unbounded_success: an unbounded attack fools fewer than this fraction of the points.
+        monotone_tolerance: robust accuracy rises with eps by more than this.
+        adaptive_gap: an adaptive attack (margin, BPDA, EOT) beats the naive CE-PGD by more.
+        zero_gradient_fraction: more than this fraction of (correct) samples have zero or
+            vanishing input gradients, for the cross-entropy or the margin loss.
+        saturated_fraction: more than this fraction of samples have a saturated softmax.
+        gradient_correlation: correlation between autograd directional derivatives and finite
+            differences below this.
+        randomized_tolerance: repeated forward passes differ by more than this (relative).
+        incomplete_gap: doubling the attack's steps lowers accuracy by more than this.
+        silent_success_fraction: a last-iterate attack loses more than this fraction of the
+            adversarial points met along its path.
+    """
+
+    one_step_gap: float = 0.03
+    black_box_gap: float = 0.03
+    random_gap: float = 0.01
+    unbounded_success: float = 0.95
+    monotone_tolerance: float = 0.03
+    adaptive_gap: float = 0.10
+    zero_gradient_fraction: float = 0.10
+    saturated_fraction: float = 0.25
+    gradient_correlation: float = 0.8
+    randomized_tolerance: float = 1e-4
+    incomplete_gap: float = 0.02
+    silent_success_fraction: float = 0.01
+
+
+DEFAULT_THRESHOLDS = MaskingThresholds()
+
+
+@dataclass
+class Check:
+    """One item of the checklist. ``advisory`` checks are reported but do not decide the verdict."""
+
+    name: str
+    passed: bool
+    value: float | None
+    summary: str
+    evidence: dict[str, Any] = field(default_factory=dict)
+    advisory: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class MaskingVerdict:
+    suspected: bool
+    triggered: list[str]
+    checks: list[Check]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "suspected": self.suspected,
+            "triggered": list(self.triggered),
+            "checks": [c.to_dict() for c in self.checks],
+        }
+
+    def explain(self) -> str:
+        """The verdict in plain words."""
+        if not self.suspected:
+            advisory = [c for c in self.checks if not c.passed]
+            text = "No sign of gradient masking: every check passed"
+            if advisory:
+                text += f" (advisory: {'; '.join(c.summary for c in advisory)})"
+            return text + "."
+        failed = [c for c in self.checks if not c.passed and not c.advisory]
+        return "Gradient masking suspected: " + " ".join(c.summary for c in failed)
+
+
+def verdict(checks: Sequence[Check]) -> MaskingVerdict:
+    triggered = [c.name for c in checks if not c.passed and not c.advisory]
+    return MaskingVerdict(bool(triggered), triggered, list(checks))
+
+
+# ------------------------------------------------------------------------------------- helpers
+def num(value: Any, digits: int = 6) -> float | None:
+    """A finite Python float (rounded), or ``None`` for NaN/inf/None: safe for JSON."""
+    if value is None:
+        return None
+    value = float(value.item() if isinstance(value, torch.Tensor) else value)
+    return round(value, digits) if math.isfinite(value) else None
+
+
+def _logits(model: nn.Module, x: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
+    with torch.inference_mode(False), torch.no_grad():
+        return torch.cat([model(xb) for xb in x.detach().clone().split(batch_size)])
+
+
+def _grad(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: Callable) -> torch.Tensor:
+    with torch.inference_mode(False), torch.enable_grad():
+        xi = x.detach().clone().requires_grad_(True)
+        return input_gradient(loss_fn(model(xi), y.detach().clone()).sum(), xi)
+
+
+def looks_like_probabilities(logits: torch.Tensor, atol: float = 1e-3) -> bool:
+    out = logits.detach().double()
+    return bool(out.numel()) and bool(
+        (out.min() >= -1e-6) & (out.max() <= 1 + 1e-6) & ((out.sum(1) - 1).abs().max() <= atol)
+    )
+
+
+# --------------------------------------------------------------------------------- model checks
+def check_probability_outputs(logits: torch.Tensor) -> Check:
+    probs = looks_like_probabilities(logits)
+    sums = logits.detach().double().sum(1)
+    return Check(
+        "probability_outputs", not probs, float(probs),
+        "The model returns probabilities, not logits: the cross-entropy of probabilities has "
+        "tiny, flat gradients, so gradient attacks on it are weak; attack the logits."
+        if probs else "The model returns logits (not rows of probabilities).",
+        {"min_output": num(logits.min()), "max_output": num(logits.max()),
+         "mean_row_sum": num(sums.mean()), "looks_like_probabilities": probs},
+    )
+
+
+def check_logit_saturation(logits: torch.Tensor, thresholds: MaskingThresholds = DEFAULT_THRESHOLDS) -> Check:
+    z = logits.detach().double()
+    top = z.topk(2, dim=1).values if z.shape[1] > 1 else torch.cat([z, z], 1)
+    gap = top[:, 0] - top[:, 1]
+    saturated = gap > SATURATION_GAP
+    frac = saturated.double().mean()
+    passed = bool(frac <= thresholds.saturated_fraction)
+    return Check(
+        "softmax_saturation", passed, num(frac),
+        f"The softmax is saturated on {frac:.1%} of inputs (top-2 logit gap > {SATURATION_GAP:g}, "
+        f"median gap {gap.median():.3g}, mean max logit {top[:, 0].mean():.3g}): cross-entropy "
+        "gradients underflow to zero, the signature of defensive distillation; use a margin loss."
+        if not passed else
+        f"Softmax not saturated ({frac:.1%} of inputs with top-2 logit gap > {SATURATION_GAP:g}).",
+        {"saturated_fraction": num(frac), "median_top2_gap": num(gap.median()),
+         "mean_max_logit": num(top[:, 0].mean()), "logit_std": num(z.std()) if z.numel() > 1 else None,
+         "gap_threshold": SATURATION_GAP},
+    )
+
+
+def check_randomized_outputs(model: nn.Module, x: torch.Tensor, repeats: int = 4,
+                             thresholds: MaskingThresholds = DEFAULT_THRESHOLDS) -> Check:
+    outs = [_logits(model, x).double() for _ in range(max(repeats, 2))]
+    scale = outs[0].abs().max().clamp_min(1e-12)
+    rel = max(float((o - outs[0]).abs().max() / scale) for o in outs[1:])
+    preds = torch.stack([o.argmax(1) for o in outs])
+    disagree = (preds != preds[0]).any(0).double().mean()
+    passed = not (rel > thresholds.randomized_tolerance)
+    return Check(
+        "randomized_outputs", passed, num(rel),
+        f"Repeated forward passes disagree (relative logit change {rel:.3g}; predictions differ on "
+        f"{disagree:.1%} of inputs): gradients are stochastic, use EOT." if not passed else
+        "The model is deterministic (repeated forward passes agree).",
+        {"max_relative_logit_change": num(rel), "prediction_disagreement": num(disagree), "repeats": len(outs)},
+    )
+
+
+def check_zero_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                         thresholds: MaskingThresholds = DEFAULT_THRESHOLDS,
+                         logits: torch.Tensor | None = None) -> Check:
+    """Fraction of correctly classified inputs whose input gradient is zero or vanishing, for the
+    cross-entropy and for the margin loss."""
+    if logits is None:
+        logits = _logits(model, x)
+    correct = logits.argmax(1) == y
+    xs, ys = (x[correct], y[correct]) if correct.any() else (x, y)
+    fractions = {}
+    for name, loss_fn in (("ce", ce_loss), ("margin", margin_loss)):
+        g = _grad(model, xs, ys, loss_fn).flatten(1).abs().amax(1).double()
+        fractions[name] = {
+            "zero": num((g == 0).double().mean()),
+            "vanishing": num((g <= VANISHING_GRADIENT).double().mean()),
+            "median_max_abs": num(g.median()),
+        }
+    worst = max(fractions["ce"]["vanishing"] or 0.0, fractions["margin"]["vanishing"] or 0.0)
+    passed = worst <= thresholds.zero_gradient_fraction
+    which = [k for k in ("ce", "margin") if (fractions[k]["vanishing"] or 0) > thresholds.zero_gradient_fraction]
+    return Check(
+        "zero_gradients", passed, num(worst),
+        f"Input gradients are zero or vanishing for {worst:.1%} of correctly classified inputs "
+        f"(loss: {', '.join(which)}): gradient attacks on that loss have nothing to follow."
+        if not passed else
+        f"Input gradients are informative (zero or vanishing on {worst:.1%} of inputs, CE and margin).",
+        {"samples": int(xs.shape[0]), "ce": fractions["ce"], "margin": fractions["margin"],
+         "vanishing_below": VANISHING_GRADIENT},
+    )
+
+
+def check_gradient_vs_finite_differences(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                                         directions: int = 4, h: float = 1e-3, seed: int = 0,
+                                         thresholds: MaskingThresholds = DEFAULT_THRESHOLDS) -> Check:
+    """Autograd's directional derivative of the margin loss vs a central finite difference along
+    random sign directions. Shattered (non-differentiable preprocessing) or fake (custom backward)
+    gradients disagree with what the forward pass does. The model's own randomness is held fixed
+    across the passes (common random numbers), so a randomized but differentiable model passes."""
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    x = x.detach().clone().clamp(h, 1 - h)
+    rng_devices = [x.device] if x.device.type == "cuda" else []
+    auto, finite = [], []
+
+    def forward_loss(inp: torch.Tensor, grad: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        with torch.random.fork_rng(devices=rng_devices):
+            torch.manual_seed(seed)
+            if not grad:
+                with torch.no_grad():
+                    return margin_loss(model(inp), y).double(), None
+            with torch.enable_grad():
+                xi = inp.detach().clone().requires_grad_(True)
+                loss = margin_loss(model(xi), y)
+                return loss.double(), input_gradient(loss.sum(), xi)
+
+    with torch.inference_mode(False):
+        y = y.detach().clone()
+        _, g = forward_loss(x, grad=True)
+        for _ in range(directions):
+            u = (torch.randint(0, 2, x.shape, generator=gen) * 2 - 1).to(x.device, x.dtype)
+            plus, _ = forward_loss(x + h * u, grad=False)
+            minus, _ = forward_loss(x - h * u, grad=False)
+            finite.append((plus - minus) / (2 * h))
+            auto.append((g * u).flatten(1).sum(1).double())
+    a, b = torch.cat(auto), torch.cat(finite)
+    informative = (a.abs() + b.abs()) > 0
+    a, b = a[informative], b[informative]
+    if a.numel() < 2:
+        corr = 1.0  # the loss is flat everywhere we looked: nothing to disagree about
+    elif a.std() == 0 or b.std() == 0:
+        corr = 0.0 if (a.abs().max() > 0) != (b.abs().max() > 0) or a.std() != b.std() else 1.0
+    else:
+        corr = float(torch.corrcoef(torch.stack([a, b]))[0, 1])
+    rel = ((a - b).abs() / torch.maximum(a.abs(), b.abs()).clamp_min(1e-30)).median() if a.numel() else torch.tensor(0.0)
+    corr = corr if math.isfinite(corr) else 0.0
+    passed = corr >= thresholds.gradient_correlation
+    return Check(
+        "gradient_mismatch", passed, num(corr),
+        f"Autograd gradients disagree with finite differences of the forward pass (correlation "
+        f"{corr:.2f}, median relative error {float(rel):.2f}): the gradients are shattered or fake; "
+        "use BPDA or a gradient-free attack." if not passed else
+        f"Autograd gradients match finite differences (correlation {corr:.2f}).",
+        {"correlation": num(corr), "median_relative_error": num(rel), "pairs": int(a.numel()),
+         "step": h, "directions": directions, "loss": "margin"},
+    )
+
+
+@contextlib.contextmanager
+def _autograd_call_counter():
+    calls: list[str] = []
+    originals = (torch.autograd.grad, torch.autograd.backward, torch.Tensor.backward)
+
+    def grad(*args, **kwargs):
+        calls.append("torch.autograd.grad")
+        return originals[0](*args, **kwargs)
+
+    def backward(*args, **kwargs):
+        calls.append("torch.autograd.backward")
+        return originals[1](*args, **kwargs)
+
+    def tensor_backward(self, *args, **kwargs):
+        calls.append("Tensor.backward")
+        return originals[2](self, *args, **kwargs)
+
+    torch.autograd.grad, torch.autograd.backward, torch.Tensor.backward = grad, backward, tensor_backward
+    try:
+        yield calls
+    finally:
+        torch.autograd.grad, torch.autograd.backward, torch.Tensor.backward = originals
+
+
+def check_inference_time_optimisation(model: nn.Module, x: torch.Tensor) -> Check:
+    """Does the forward pass itself run autograd (an inner optimisation, e.g. a purifier)? Its
+    gradient is then not the gradient of what the model computes: attack it with BPDA."""
+    with torch.inference_mode(False), torch.no_grad(), _autograd_call_counter() as calls:
+        out = model(x[:8].detach().clone())
+    grad_inside = bool(getattr(out, "requires_grad", False))
+    passed = not calls and not grad_inside
+    return Check(
+        "inference_time_optimisation", passed, float(len(calls) + grad_inside),
+        f"The forward pass runs its own optimisation ({len(calls)} autograd calls"
+        f"{', and re-enables gradients under no_grad' if grad_inside else ''}): its gradient is not "
+        "that of the function it computes; attack it with BPDA." if not passed else
+        "The forward pass does not call autograd.",
+        {"autograd_calls": len(calls), "calls": sorted(set(calls)), "enables_grad_in_no_grad": grad_inside},
+    )
+
+
+def model_checks(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                 thresholds: MaskingThresholds = DEFAULT_THRESHOLDS, fd_samples: int = 200,
+                 seed: int = 0) -> list[Check]:
+    """The checks that need only the model and a batch (cheap: a few passes)."""
+    logits = _logits(model, x)
+    return [
+        check_probability_outputs(logits),
+        check_logit_saturation(logits, thresholds),
+        check_randomized_outputs(model, x[:fd_samples], thresholds=thresholds),
+        check_zero_gradients(model, x, y, thresholds, logits=logits),
+        check_gradient_vs_finite_differences(model, x[:fd_samples], y[:fd_samples], seed=seed,
+                                             thresholds=thresholds),
+        check_inference_time_optimisation(model, x),
+    ]
+
+
+# -------------------------------------------------------------------------------- attack checks
+def _fooled(model: nn.Module, attack: Attack, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    x_adv = attack(model, x, y)
+    with torch.inference_mode(False), torch.no_grad():
+        return (model(x_adv).argmax(1) != y) & attack.threat.contains(x_adv, x)
+
+
+def check_one_step_vs_iterative(one_step: Mapping[float, float], iterative: Mapping[float, float],
+                                thresholds: MaskingThresholds = DEFAULT_THRESHOLDS,
+                                names: tuple[str, str] = ("fgsm", "pgd_ce")) -> Check:
+    gaps = {e: iterative[e] - one_step[e] for e in one_step if e in iterative}
+    eps, gap = max(gaps.items(), key=lambda kv: kv[1]) if gaps else (None, 0.0)
+    passed = gap <= thresholds.one_step_gap
+    return Check(
+        "one_step_beats_iterative", passed, num(gap),
+        f"The one-step attack ({names[0]}) beats the iterative one ({names[1]}) by {gap:.1%} at "
+        f"eps={eps:g}: the iterative attack follows misleading local gradients." if not passed else
+        f"The iterative attack is at least as strong as the one-step one (largest gap {gap:+.1%}).",
+        {"one_step": names[0], "iterative": names[1], "gap_by_eps": {str(k): num(v) for k, v in gaps.items()}},
+    )
+
+
+def check_extra_found(name: str, what: str, before: Mapping[float, float], after: Mapping[float, float],
+                      threshold: float, attacks: Sequence[str]) -> Check:
+    """Attacks run after all white-box ones (on their survivors) must find (almost) nothing more."""
+    extra = {e: before[e] - after[e] for e in before if e in after}
+    eps, gap = max(extra.items(), key=lambda kv: kv[1]) if extra else (None, 0.0)
+    passed = gap <= threshold
+    return Check(
+        name, passed, num(gap),
+        f"{what} ({', '.join(attacks)}) fools {gap:.1%} of the inputs that every white-box attack "
+        f"failed on (eps={eps:g}): the white-box gradients are misleading." if not passed else
+        f"{what} ({', '.join(attacks)}) finds little beyond the white-box attacks (at most {gap:.1%}).",
+        {"attacks": list(attacks), "white_box_accuracy": {str(k): num(v) for k, v in before.items()},
+         "after": {str(k): num(v) for k, v in after.items()}, "extra_by_eps": {str(k): num(v) for k, v in extra.items()}},
+    )
+
+
+def check_unbounded(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: Attack,
+                    thresholds: MaskingThresholds = DEFAULT_THRESHOLDS) -> Check:
+    """The naive attack with an unbounded budget (the whole pixel range) must fool ~every input:
+    a budget that large can turn any image into any other."""
+    big = 1.0 if attack.norm == "linf" else math.sqrt(x[0].numel())
+    unbounded = attack.with_eps(check_eps(attack.norm, big))
+    if hasattr(unbounded, "random_start"):
+        unbounded.random_start = False  # a random start at eps=1 is noise that fools by itself
+    with torch.inference_mode(False), torch.no_grad():
+        correct = model(x).argmax(1) == y
+    xs, ys = x[correct], y[correct]
+    success = _fooled(model, unbounded, xs, ys).double().mean() if xs.shape[0] else torch.tensor(1.0)
+    passed = bool(success >= thresholds.unbounded_success)
+    return Check(
+        "unbounded_attack_fails", passed, num(success),
+        f"An unbounded {attack.name} (eps={big:g}) fools only {success:.1%} of inputs, not ~100%: "
+        "its gradients lead nowhere." if not passed else
+        f"An unbounded {attack.name} (eps={big:g}) fools {success:.1%} of inputs.",
+        {"attack": attack.name, "eps": big, "success_rate": num(success), "samples": int(xs.shape[0])},
+    )
+
+
+def check_monotone(curves: Mapping[str, Mapping[float, float]], clean_accuracy: float,
+                   thresholds: MaskingThresholds = DEFAULT_THRESHOLDS) -> Check:
+    worst_rise, where = 0.0, None
+    for name, curve in curves.items():
+        points = [(0.0, clean_accuracy), *sorted(curve.items())]
+        for (e0, a0), (e1, a1) in zip(points, points[1:], strict=False):
+            if a1 - a0 > worst_rise:
+                worst_rise, where = a1 - a0, (name, e0, e1)
+    passed = worst_rise <= thresholds.monotone_tolerance
+    return Check(
+        "not_monotone_in_eps", passed, num(worst_rise),
+        f"Robust accuracy under {where[0]} rises by {worst_rise:.1%} from eps={where[1]:g} to "
+        f"eps={where[2]:g}: a larger budget can only help a working attack." if not passed else
+        "Robust accuracy falls monotonically with eps for every attack.",
+        {"largest_rise": num(worst_rise), "where": list(where) if where else None},
+    )
+
+
+def check_adaptive_vs_naive(naive: Mapping[float, float], adaptive: Mapping[str, Mapping[float, float]],
+                            thresholds: MaskingThresholds = DEFAULT_THRESHOLDS,
+                            naive_name: str = "pgd_ce") -> Check:
+    best_gap, where = 0.0, None
+    for name, curve in adaptive.items():
+        for e, acc in curve.items():
+            if e in naive and naive[e] - acc > best_gap:
+                best_gap, where = naive[e] - acc, (name, e)
+    passed = best_gap <= thresholds.adaptive_gap
+    return Check(
+        "adaptive_beats_naive", passed, num(best_gap),
+        f"The adaptive attack {where[0]} lowers robust accuracy {best_gap:.1%} below the naive "
+        f"{naive_name} at eps={where[1]:g}: the naive attack's robustness was apparent, not real."
+        if not passed else
+        f"Adaptive attacks ({', '.join(adaptive) or 'none'}) are within {best_gap:.1%} of the naive {naive_name}.",
+        {"naive": naive_name, "adaptive": list(adaptive), "largest_gap": num(best_gap),
+         "where": list(where) if where else None},
+    )
+
+
+def check_incomplete_optimisation(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: Attack,
+                                  thresholds: MaskingThresholds = DEFAULT_THRESHOLDS) -> Check:
+    """Doubling the steps of ``attack`` (a PGD) must not lower robust accuracy much further."""
+    longer = attack.with_eps(attack.eps)
+    longer.steps = attack.steps * 2
+    if longer.step_size is not None:
+        longer.step_size = attack.step_size / 2
+    acc = 1 - _fooled(model, attack, x, y).double().mean()
+    acc2 = 1 - _fooled(model, longer, x, y).double().mean()
+    gap = float(acc - acc2)
+    passed = gap <= thresholds.incomplete_gap
+    return Check(
+        "incomplete_optimisation", passed, num(gap),
+        f"Doubling {attack.name}'s steps ({attack.steps} -> {longer.steps}) lowers accuracy by "
+        f"{gap:.1%} more: the attack had not converged, so its numbers are upper bounds."
+        if not passed else f"Doubling {attack.name}'s steps changes accuracy by {gap:+.1%}: converged.",
+        {"attack": attack.name, "steps": attack.steps, "accuracy": num(acc), "accuracy_2x_steps": num(acc2),
+         "eps": attack.eps}, advisory=True,
+    )
+
+
+def check_silent_success(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: Attack,
+                         thresholds: MaskingThresholds = DEFAULT_THRESHOLDS) -> Check:
+    """How many adversarial points met along ``attack``'s path a last-iterate attack would lose.
+    lit-defense's PGD keeps the first one it meets; many tools return the last iterate."""
+    first = attack.with_eps(attack.eps)
+    first.keep_first_adversarial, first.early_stop_every = True, 0
+    last = attack.with_eps(attack.eps)
+    last.keep_first_adversarial, last.early_stop_every = False, 0
+    met, kept = _fooled(model, first, x, y), _fooled(model, last, x, y)
+    lost = (met & ~kept).double().mean()
+    passed = bool(lost <= thresholds.silent_success_fraction)
+    return Check(
+        "silent_success", passed, num(lost),
+        f"{lost:.1%} of inputs were adversarial somewhere along {attack.name}'s path but not at its "
+        "last iterate: the loss surface is ragged; attacks that return the last iterate overstate "
+        "robustness (lit-defense keeps the first adversarial point)." if not passed else
+        f"A last-iterate {attack.name} loses {lost:.1%} of the adversarial points met on its path.",
+        {"attack": attack.name, "met_along_path": num(met.double().mean()),
+         "kept_at_last_iterate": num(kept.double().mean()), "lost": num(lost)}, advisory=True,
+    )
+
+
+def cheap_attack_check(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, norm: str = "linf",
+                       steps: int = 10, thresholds: MaskingThresholds = DEFAULT_THRESHOLDS) -> Check:
+    """FGSM vs PGD (CE) at one eps on a small batch: the monitor's one attack-based check."""
+    from lit_defense.attacks import FGSM, PGD
+
+    fgsm, pgd = FGSM(eps=eps, norm=norm), PGD(eps=eps, norm=norm, steps=steps)
+    a1 = 1 - _fooled(model, fgsm, x, y).double().mean()
+    a2 = 1 - _fooled(model, pgd, x, y).double().mean()
+    return check_one_step_vs_iterative({eps: float(a1)}, {eps: float(a2)}, thresholds, (fgsm.name, f"pgd{steps}_ce"))
+
+
+__all__ = [
+    "Check", "MaskingThresholds", "MaskingVerdict", "cheap_attack_check", "check_adaptive_vs_naive",
+    "check_extra_found", "check_gradient_vs_finite_differences", "check_incomplete_optimisation",
+    "check_inference_time_optimisation", "check_logit_saturation", "check_monotone",
+    "check_one_step_vs_iterative", "check_probability_outputs", "check_randomized_outputs",
+    "check_silent_success", "check_unbounded", "check_zero_gradients", "looks_like_probabilities",
+    "model_checks", "num", "verdict",
+]

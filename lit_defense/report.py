@@ -1,0 +1,238 @@
+"""The audit's report: ``report.json``, ``report.md`` and PNG plots (and TensorBoard scalars).
+
+``report.json`` holds, per model: ``name``, ``clean_accuracy``, ``results`` (``{attack, eps,
+robust_accuracy, stage}``), ``worst_case`` (eps -> robust accuracy over all attacks) and
+``gradient_masking`` (``{suspected, triggered, checks: [{name, passed, value, summary,
+evidence}]}``). ``report.md`` says the same in tables and plain words.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lit_defense.audit import ModelAudit
+from lit_defense.evaluation import eps_key
+
+HOW_TO_READ = """\
+**How to read this.** *Apparent* robustness is what the naive attack (`{naive}`: PGD on the
+cross-entropy, the attack most papers of 2016-2017 used) leaves standing. *Worst case* is what
+survives every attack of the audit, including those that see through masked gradients: margin
+(logit) losses, BPDA, EOT, random sampling and gradient-free search. A large gap between the two is
+the signature of gradient masking: the model is not robust, its gradients only mislead the naive
+attack. Trust the worst-case column, and only for models the checklist does not flag."""
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None or not math.isfinite(value) else f"{100 * value:.1f}%"
+
+
+def _evidence_text(evidence: dict[str, Any], limit: int = 6) -> str:
+    parts = []
+    for key, value in evidence.items():
+        if isinstance(value, dict):
+            value = ", ".join(f"{k}={v}" for k, v in value.items())
+            value = f"({value})"
+        parts.append(f"{key}={value}")
+        if len(parts) == limit:
+            break
+    return "; ".join(parts).replace("|", "/")
+
+
+def to_json(audits: Sequence[ModelAudit], meta: dict[str, Any]) -> dict[str, Any]:
+    return {**meta, "models": [a.to_dict() for a in audits]}
+
+
+def markdown(audits: Sequence[ModelAudit], meta: dict[str, Any]) -> str:
+    eps = audits[0].eps if audits else []
+    norm = audits[0].norm if audits else "linf"
+    naive = audits[0].roles["naive"] if audits else "pgd_ce"
+    lines = [
+        "# Robustness audit",
+        "",
+        f"{meta.get('num_samples', '?')} {meta.get('split', 'test')} images of `{meta.get('data', '?')}`, "
+        f"{norm} threat model, eps in {', '.join(f'{e:g}' for e in eps)}. Written by lit-defense "
+        f"{meta.get('version', '')} on {meta.get('created', '')}.",
+        "",
+        HOW_TO_READ.format(naive=naive),
+        "",
+        "## Comparison",
+        "",
+        "| model | clean | " + " | ".join(f"apparent @{e:g} | worst case @{e:g}" for e in eps)
+        + " | gradient masking |",
+        "|---|---:|" + "---:|---:|" * len(eps) + "---|",
+    ]
+    for a in audits:
+        naive_curve = a.curve(a.roles["naive"])
+        cells = " | ".join(f"{_pct(naive_curve.get(e))} | **{_pct(a.worst_case[eps_key(e)])}**" for e in a.eps)
+        flag = ("**suspected**: " + ", ".join(a.gradient_masking.triggered)) if a.gradient_masking.suspected \
+            else "not suspected"
+        lines.append(f"| {a.name} | {_pct(a.clean_accuracy)} | {cells} | {flag} |")
+    lines += ["", "![robust accuracy of all models](robust_accuracy_all.png)", ""]
+    for a in audits:
+        lines += [
+            f"## {a.name}",
+            "",
+            f"Source: `{a.source}`. Clean accuracy {_pct(a.clean_accuracy)} on {a.num_samples} images; "
+            f"audited in {a.seconds:.0f} s.",
+            "",
+            f"**Verdict.** {a.gradient_masking.explain()}",
+            "",
+            "| attack | stage | " + " | ".join(f"eps={e:g}" for e in a.eps) + " |",
+            "|---|---|" + "---:|" * len(a.eps),
+        ]
+        seen: list[tuple[str, str]] = []
+        for r in a.results:
+            if (r["attack"], r["stage"]) not in seen:
+                seen.append((r["attack"], r["stage"]))
+        for attack, stage in seen:
+            curve = {r["eps"]: r["robust_accuracy"] for r in a.results if r["attack"] == attack}
+            role = " (naive)" if attack == a.roles["naive"] else ""
+            stage_text = "own" if stage == "white_box" else "after all above"
+            lines.append(f"| {attack}{role} | {stage_text} | " + " | ".join(_pct(curve.get(e)) for e in a.eps) + " |")
+        lines.append("| **worst case** | all | " + " | ".join(f"**{_pct(a.worst_case[eps_key(e)])}**" for e in a.eps) + " |")
+        lines += ["", "| check | result | value | evidence |", "|---|---|---:|---|"]
+        for c in a.gradient_masking.checks:
+            result = "pass" if c.passed else ("warn (advisory)" if c.advisory else "**FAIL**")
+            value = "" if c.value is None else f"{c.value:.4g}"
+            lines.append(f"| {c.name} | {result} | {value} | {_evidence_text(c.evidence)} |")
+        lines += ["", f"![{a.name}](robust_accuracy_{_slug(a.name)}.png)", ""]
+    lines += ["![adversarial examples](adversarial_examples.png)", ""]
+    return "\n".join(lines)
+
+
+def _slug(name: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
+
+
+# --------------------------------------------------------------------------------------- plots
+def model_figure(audit: ModelAudit):
+    from lit_defense.plots import plt
+
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    eps = [0.0, *audit.eps]
+    names: list[str] = []
+    for r in audit.results:
+        if r["stage"] == "white_box" and r["attack"] not in names:
+            names.append(r["attack"])
+    for name in names:
+        curve = audit.curve(name)
+        ax.plot(eps, [audit.clean_accuracy, *(curve[e] for e in audit.eps)], "--o", linewidth=1, alpha=0.8,
+                label=name + (" (naive)" if name == audit.roles["naive"] else ""))
+    ax.plot(eps, [audit.clean_accuracy, *(audit.worst_case[eps_key(e)] for e in audit.eps)], "-o", color="black",
+            linewidth=2.5, label="worst case (all attacks)")
+    _finish(ax, f"{audit.name}: robust accuracy ({audit.norm})", audit.norm)
+    fig.tight_layout()
+    return fig
+
+
+def comparison_figure(audits: Sequence[ModelAudit]):
+    """Apparent (naive attack, dashed) vs worst-case (solid) robust accuracy of every model."""
+    from lit_defense.plots import plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=100)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, a in enumerate(audits):
+        color = colors[i % len(colors)]
+        eps = [0.0, *a.eps]
+        naive = a.curve(a.roles["naive"])
+        ax.plot(eps, [a.clean_accuracy, *(naive[e] for e in a.eps)], "--", color=color, alpha=0.7,
+                label=f"{a.name}: apparent ({a.roles['naive']})")
+        ax.plot(eps, [a.clean_accuracy, *(a.worst_case[eps_key(e)] for e in a.eps)], "-o", color=color,
+                linewidth=2, label=f"{a.name}: worst case" + (" [masking]" if a.gradient_masking.suspected else ""))
+    _finish(ax, "apparent (dashed) vs worst-case (solid) robust accuracy", audits[0].norm if audits else "linf")
+    ax.legend(fontsize=6.5, loc="upper right")
+    fig.tight_layout()
+    return fig
+
+
+def _finish(ax, title: str, norm: str) -> None:
+    ax.set_xlabel(f"eps ({norm})")
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7, loc="best")
+
+
+def examples_figure(audits: Sequence[ModelAudit], eps: float | None = None):
+    """For each model, clean images over their worst-case adversarial versions at ``eps``."""
+    from lit_defense.plots import plt
+
+    rows = [a for a in audits if a.examples.get("x") is not None and len(a.examples["x"])]
+    k = max((len(a.examples["x"]) for a in rows), default=1)
+    fig, axes = plt.subplots(max(2 * len(rows), 1), k, figsize=(1.1 * k, 1.25 * max(2 * len(rows), 1)),
+                             dpi=100, squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for r, a in enumerate(rows):
+        e = eps if eps is not None else a.eps[len(a.eps) // 2]
+        key = eps_key(e)
+        x, adv, pred = a.examples["x"].cpu(), a.examples["adv"][key].cpu(), a.examples["pred"][key].cpu()
+        y = a.examples["y"].cpu()
+        for i in range(x.shape[0]):
+            for row, img, label in ((2 * r, x[i], f"y={int(y[i])}"), (2 * r + 1, adv[i], f"pred={int(pred[i])}")):
+                ax = axes[row, i]
+                img = img.permute(1, 2, 0).clamp(0, 1).numpy()
+                ax.imshow(img.squeeze(-1) if img.shape[-1] == 1 else img, cmap="gray", vmin=0, vmax=1)
+                wrong = row % 2 == 1 and int(pred[i]) != int(y[i])
+                ax.set_title(label, fontsize=6, color="red" if wrong else "black")
+        axes[2 * r, 0].text(-0.1, 0.5, f"{a.name}\nclean", transform=axes[2 * r, 0].transAxes, ha="right",
+                            va="center", fontsize=6)
+        axes[2 * r + 1, 0].text(-0.1, 0.5, f"adv eps={e:g}", transform=axes[2 * r + 1, 0].transAxes, ha="right",
+                                va="center", fontsize=6)
+    fig.tight_layout()
+    return fig
+
+
+# --------------------------------------------------------------------------------------- write
+def write_report(audits: Sequence[ModelAudit], output_dir: str | Path, meta: dict[str, Any] | None = None,
+                 tensorboard: bool = True) -> dict[str, Path]:
+    """Write report.json, report.md, the PNG plots (and TensorBoard scalars) into ``output_dir``."""
+    from lit_defense.plots import plt
+
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    meta = {"created": time.strftime("%Y-%m-%d %H:%M:%S"), **(meta or {})}
+    paths = {"json": out / "report.json", "markdown": out / "report.md"}
+    paths["json"].write_text(json.dumps(to_json(audits, meta), indent=2, allow_nan=False) + "\n")
+    paths["markdown"].write_text(markdown(audits, meta) + "\n")
+    figures = {"robust_accuracy_all.png": comparison_figure(audits),
+               "adversarial_examples.png": examples_figure(audits)}
+    for a in audits:
+        figures[f"robust_accuracy_{_slug(a.name)}.png"] = model_figure(a)
+    for name, fig in figures.items():
+        fig.savefig(out / name)
+        plt.close(fig)
+        paths[name] = out / name
+    if tensorboard:
+        paths["tensorboard"] = write_tensorboard(audits, out / "tensorboard")
+    return paths
+
+
+def write_tensorboard(audits: Sequence[ModelAudit], log_dir: Path) -> Path:
+    """One TensorBoard run per model (``<log_dir>/<model>``), under the project's metric names."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    for a in audits:
+        with SummaryWriter(str(log_dir / _slug(a.name))) as writer:
+            for name, value in a.metrics().items():
+                writer.add_scalar(name, value, 0)
+            writer.add_figure("audit/robust_accuracy_vs_eps", model_figure(a), 0, close=True)
+            if a.examples.get("x") is not None and len(a.examples["x"]):
+                key = eps_key(a.eps[len(a.eps) // 2])
+                grid = torch.cat([a.examples["x"], a.examples["adv"][key]]).cpu()
+                from torchvision.utils import make_grid
+
+                writer.add_image(f"audit/examples/eps={key}", make_grid(grid, nrow=len(a.examples["x"])), 0)
+    return log_dir
+
+
+__all__ = ["comparison_figure", "examples_figure", "markdown", "model_figure", "to_json", "write_report",
+           "write_tensorboard"]

@@ -1,0 +1,115 @@
+"""``lit-defense audit`` end to end on synthetic data: report files, their schema, bad input."""
+
+from __future__ import annotations
+
+import json
+
+import lightning as L
+import pytest
+import torch
+
+from lit_defense.cli import main
+from lit_defense.data import VisionDataModule
+from lit_defense.modules import Classifier
+
+DATA = ["--data.class_path=lit_defense.data.VisionDataModule", "--data.init_args.dataset=synthetic",
+        "--data.init_args.synthetic_test_size=96"]
+FAST = ["--num_samples=96", "--eps=[0.05,0.1,0.2]", "--suite.steps=5", "--suite.square_queries=50",
+        "--suite.random_samples=5", "--suite.eot_samples=2", "--tensorboard=true"]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("ckpt")
+    L.seed_everything(0)
+    dm = VisionDataModule("synthetic", val_size=128, synthetic_train_size=512, batch_size=64)
+    model = Classifier(mean=dm.mean, std=dm.std)
+    trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(model, dm)
+    path = folder / "runs" / "teacher" / "version_0" / "checkpoints" / "last.ckpt"
+    path.parent.mkdir(parents=True)
+    trainer.save_checkpoint(path)
+    torch.save(torch.nn.Module.state_dict(_tiny()), folder / "tiny.pt")
+    return path
+
+
+def _tiny():
+    from toy_models import TinyNet
+
+    torch.manual_seed(0)
+    return TinyNet()
+
+
+def test_audit_writes_report_json_md_plots_and_tensorboard(checkpoint, in_tmp, capsys):
+    weights = checkpoint.parents[4] / "tiny.pt"
+    config = in_tmp / "audit.yaml"
+    config.write_text(
+        "models:\n"
+        f"  - checkpoint: {checkpoint}\n"
+        "  - name: tiny\n"
+        "    class_path: toy_models.TinyNet\n"
+        "    init_args: {num_classes: 10}\n"
+        f"    weights: {weights}\n"
+    )
+    assert main(["audit", "--config", str(config), *DATA, *FAST, "--output_dir=out"]) == 0
+    out = in_tmp / "out"
+    report = json.loads((out / "report.json").read_text())
+    assert [m["name"] for m in report["models"]] == ["teacher", "tiny"]  # name from the run folder
+    for m in report["models"]:
+        assert 0 <= m["clean_accuracy"] <= 1
+        assert set(m["worst_case"]) == {"0.05", "0.1", "0.2"}
+        assert all({"attack", "eps", "robust_accuracy"} <= set(r) for r in m["results"])
+        gm = m["gradient_masking"]
+        assert isinstance(gm["suspected"], bool)
+        assert all({"name", "passed", "evidence"} <= set(c) for c in gm["checks"]) and len(gm["checks"]) >= 14
+        for r in m["results"]:  # worst case is the minimum over every attack
+            assert m["worst_case"][f"{r['eps']:g}"] <= r["robust_accuracy"] + 1e-9
+    md = (out / "report.md").read_text()
+    assert "## Comparison" in md and "| teacher |" in md and "| tiny |" in md and "worst case" in md
+    assert "Verdict" in md
+    for png in ("robust_accuracy_all.png", "adversarial_examples.png", "robust_accuracy_teacher.png",
+                "robust_accuracy_tiny.png"):
+        assert (out / png).stat().st_size > 1000, png
+    assert any((out / "tensorboard" / "teacher").glob("events.out.tfevents*"))
+    printed = capsys.readouterr().out
+    assert "audit: teacher:" in printed and "report written" in printed
+    # a second run never overwrites the report it would replace
+    with pytest.raises(SystemExit) as info:
+        main(["audit", "--checkpoints", str(checkpoint), *DATA, *FAST, "--output_dir=out"])
+    assert info.value.code == 2
+    assert "already holds a report" in capsys.readouterr().err
+    assert json.loads((out / "report.json").read_text()) == report
+
+
+@pytest.mark.parametrize(
+    "model_args, message",
+    [
+        (["--checkpoints", "missing.ckpt"], "does not exist"),
+        (['--models=[{"class_path": "toy_models.SoftmaxNet"}]'], "returns probabilities"),
+        (['--models=[{"class_path": "toy_models.FlatNet"}]'], "needs logits of shape (N, 10)"),
+        (['--models=[{"class_path": "toy_models.EchoNet"}]'], "needs logits of shape (N, 10)"),
+        (['--models=[{"class_path": "toy_models.NoSuchNet"}]'], "cannot import model class"),
+        (['--models=[{"name": "x"}]'], "exactly one of `checkpoint`"),
+        (["--checkpoints", "a.ckpt", "--eps=[1.5]"], "impossible"),
+        ([], "at least one model"),
+    ],
+    ids=["missing_ckpt", "probabilities", "wrong_shape", "not_logits", "bad_class", "no_source", "eps", "none"],
+)
+def test_audit_bad_input_is_one_line_and_exit_2(in_tmp, capsys, model_args, message):
+    with pytest.raises(SystemExit) as info:
+        main(["audit", *DATA, *FAST, *model_args])
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("lit-defense: error:") and message in err, err
+    assert len(err.splitlines()) == 1
+    assert not (in_tmp / "runs").exists() or not any((in_tmp / "runs").rglob("report.json"))
+
+
+def test_audit_allow_probabilities_flags_them(in_tmp):
+    args = ['--models=[{"class_path": "toy_models.SoftmaxNet", "name": "probs"}]', "--allow_probabilities=true",
+            "--tensorboard=false", "--output_dir=p"]
+    assert main(["audit", *args, *DATA, *FAST[:-1]]) == 0
+    model = json.loads((in_tmp / "p" / "report.json").read_text())["models"][0]
+    assert model["gradient_masking"]["suspected"]
+    assert "probability_outputs" in model["gradient_masking"]["triggered"]
