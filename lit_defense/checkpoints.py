@@ -10,6 +10,8 @@ checkpoint is rebuilt from its hyper-parameters; the class named in it is resolv
 from __future__ import annotations
 
 import importlib
+import io
+import os
 import pickle
 import sys
 import zipfile
@@ -17,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from lit_defense.errors import ConfigError, DataFormatError, DataNotFoundError
 
@@ -115,3 +118,43 @@ def load_weights(model: torch.nn.Module, state_dict: dict[str, Any], path: str |
             f"({type(model).__name__}): {detail[:500]}. Use the backbone, class count and input "
             "channels the checkpoint was trained with."
         ) from None
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoints written atomically: serialised in memory, written to a temporary file in the
+    target's own folder, flushed to disk (fsync) and renamed over the target (``os.replace``).
+
+    A crash (even SIGKILL) while saving leaves the previous checkpoint intact; at worst a stray
+    ``.<name>.tmp-<pid>`` file remains. (Lightning's default stages the file in the system temp
+    folder and moves it, which is a copy, not a rename, when that folder is on another file
+    system.) Remote paths (``s3://``...) use Lightning's default.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
+        target = str(path)
+        if "://" in target and not target.startswith("file://"):
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        if storage_options is not None:
+            raise TypeError("AtomicCheckpointIO.save_checkpoint does not take storage_options.")
+        target = Path(target.removeprefix("file://"))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        buffer = io.BytesIO()
+        torch.save(checkpoint, buffer)
+        tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+        try:
+            with open(tmp, "wb") as f:
+                f.write(buffer.getbuffer())
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, target)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
+        try:  # make the rename itself durable
+            fd = os.open(target.parent, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError:
+            pass

@@ -52,6 +52,8 @@ class LitDefenseCLI(LightningCLI):
                     "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
                     "init_args": {"save_dir": "runs", "name": "default"},
                 },
+                # a crash while saving never destroys the previous checkpoint
+                "plugins": [{"class_path": "lit_defense.checkpoints.AtomicCheckpointIO"}],
             },
             args=args,
             run=run,
@@ -105,6 +107,29 @@ class LitDefenseCLI(LightningCLI):
             # last.ckpt into ./checkpoints of whatever folder the user is in
             callbacks = [cb for cb in callbacks if not isinstance(cb, ModelCheckpoint)]
         return super()._instantiate_trainer(config, callbacks)
+
+    def before_fit(self) -> None:
+        """``--ckpt_path last`` resumes the newest run of this recipe: the latest
+        ``<save_dir>/<name>/version_*/checkpoints/last.ckpt``, logging on into the same version."""
+        config = self.config_init[self.subcommand]
+        if config.get("ckpt_path") != "last":
+            return
+        logger = self.trainer.logger
+        root = Path(getattr(logger, "root_dir", "") or "") if logger is not None else None
+        found = []
+        if root is not None and root.is_dir():
+            for ckpt in root.glob("version_*/checkpoints/last.ckpt"):
+                version = ckpt.parent.parent.name.removeprefix("version_")
+                if version.isdigit():
+                    found.append((int(version), ckpt))
+        if not found:
+            rank_zero_info(f"--ckpt_path last: no last.ckpt under {root}/version_*/checkpoints; starting a new run.")
+            config["ckpt_path"] = None
+            return
+        version, ckpt = max(found)
+        logger._version = version  # TensorBoard/CSV loggers: continue the same version folder
+        config["ckpt_path"] = str(ckpt)
+        rank_zero_info(f"resuming from {ckpt}")
 
     def after_fit(self) -> None:
         if not self._get(self.config, "test_after_fit"):
@@ -236,6 +261,35 @@ def audit_main(args: list[str]) -> int:
     return 0
 
 
+def _config_files(argv: list[str]) -> list[str]:
+    files = []
+    for i, arg in enumerate(argv):
+        if arg == "--config" and i + 1 < len(argv):
+            files.append(argv[i + 1])
+        elif arg.startswith("--config="):
+            files.append(arg.split("=", 1)[1])
+    return files
+
+
+def _yaml_problem(argv: list[str]) -> str | None:
+    """``FILE: YAML syntax error at line L, column C: problem`` for the first broken --config."""
+    import yaml
+
+    for name in _config_files(argv):
+        try:
+            yaml.safe_load(Path(name).read_text())
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+            context = getattr(err, "context", None)
+            return (f"config file {name}: YAML syntax error{where}: {problem}"
+                    + (f" ({context})" if context else "") + ". Fix the YAML there.")
+        except OSError:
+            continue
+    return None
+
+
 def main(args: list[str] | None = None) -> int:
     """Entry point of ``lit-defense``. Returns 0, or exits with 2 and one line on bad input."""
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
@@ -245,7 +299,8 @@ def main(args: list[str] | None = None) -> int:
             return audit_main(argv[1:])
         LitDefenseCLI(args=args)
     except (LitDefenseError, ArgumentError, ValueError, FileNotFoundError, pickle.UnpicklingError) as err:
-        print(f"lit-defense: error: {_one_line(err)}", file=sys.stderr)
+        message = _yaml_problem(argv) if "Problems parsing config" in str(err) else None
+        print(f"lit-defense: error: {message or _one_line(err)}", file=sys.stderr)
         raise SystemExit(2) from None
     return 0
 

@@ -193,6 +193,29 @@ def random_crop_flip(x: torch.Tensor, padding: int = 2, flip: bool = False) -> t
     return out
 
 
+class EpochShuffleSampler(torch.utils.data.Sampler[int]):
+    """A fresh random order every epoch, drawn from ``(seed, epoch)`` only.
+
+    Lightning calls ``set_epoch`` before each epoch, so a run resumed from a checkpoint sees the
+    same order in its later epochs as an uninterrupted run, whatever the global RNG did (under DDP
+    Lightning's distributed sampler wraps it and shuffles per epoch itself)."""
+
+    def __init__(self, num_samples: int, seed: int = 0):
+        self.num_samples = num_samples
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return iter(torch.randperm(self.num_samples, generator=g).tolist())
+
+
 def collate_batch(batch):
     """Collate for ``ImageTensorDataset.__getitems__``: the batch is already stacked."""
     if isinstance(batch, tuple) and len(batch) == 3 and isinstance(batch[0], torch.Tensor):
@@ -453,7 +476,10 @@ class VisionDataModule(L.LightningDataModule):
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
-            shuffle=shuffle,
+            sampler=EpochShuffleSampler(len(dataset), self.seed) if shuffle else None,
+            # the loader's own generator seeds its workers: creating an iterator never draws from
+            # the global RNG, so a sanity check or a resume does not shift training randomness
+            generator=torch.Generator().manual_seed(self.seed),
             num_workers=self.num_workers,
             collate_fn=collate_batch,
             pin_memory=torch.cuda.is_available(),

@@ -22,3 +22,7 @@ class DataNotFoundError(LitDefenseError, FileNotFoundError):
 
 class DataFormatError(LitDefenseError, ValueError):
     """A data file exists but is corrupted or is not in the expected format."""
+
+
+class NonFiniteLossError(LitDefenseError, ArithmeticError):
+    """Training diverged: the loss became NaN or infinite."""

@@ -8,6 +8,7 @@ the training loss, ``softmax(z / T)``.
 
 from __future__ import annotations
 
+import random
 from collections import OrderedDict
 from typing import Any, Literal
 
@@ -20,7 +21,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from lit_defense.attacks.base import input_gradient
 from lit_defense.backbones import Normalize, create_backbone
-from lit_defense.errors import ConfigError
+from lit_defense.errors import ConfigError, NonFiniteLossError
 
 
 def unpack_batch(batch: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
@@ -141,6 +142,24 @@ class Classifier(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # which class to rebuild (LightningCLI also stores it as hparams["_class_path"])
         checkpoint["lit_defense_class"] = f"{type(self).__module__}.{type(self).__qualname__}"
+        # RNG states (tensors and ints only: loadable with weights_only=True), so a resumed run
+        # draws the same dropout masks and augmentations as an uninterrupted one
+        checkpoint["lit_defense_rng"] = {
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "python": random.getstate(),
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        rng = checkpoint.get("lit_defense_rng")
+        trainer = self._trainer
+        if rng is None or trainer is None or trainer.state.fn != "fit":
+            return
+        torch.set_rng_state(rng["torch"])
+        if rng["cuda"] and torch.cuda.is_available() and len(rng["cuda"]) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        version, state, gauss = rng["python"]
+        random.setstate((version, tuple(state), gauss))
 
     @classmethod
     def inference_hparams(cls, hparams: dict[str, Any]) -> dict[str, Any]:
@@ -155,13 +174,36 @@ class Classifier(L.LightningModule):
 
     # ------------------------------------------------------------------------------------ steps
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        self._check_previous_loss()
         x, y, index = unpack_batch(batch)
         logits = self(x)
         loss = self.loss(logits, y, x, index)
+        self._pending_finite = (torch.isfinite(loss.detach()), self.global_step, self.current_epoch, batch_idx)
         self.train_acc(logits.detach(), y)
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True)
         self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True)
         return loss
+
+    _pending_finite: tuple[torch.Tensor, int, int, int] | None = None
+
+    def _check_previous_loss(self) -> None:
+        """Stop on a NaN/inf training loss, naming its step. The check reads the flag of the
+        previous step, which the device has finished by now, so it costs no pipeline stall."""
+        pending, self._pending_finite = self._pending_finite, None
+        if pending is not None and not bool(pending[0]):
+            _, step, epoch, batch_idx = pending
+            raise NonFiniteLossError(
+                f"training loss is NaN or infinite at global step {step} (epoch {epoch}, batch {batch_idx}); "
+                "checkpoints written before it are kept. Lower the learning rate, check the data for "
+                "NaNs, or use gradient clipping (--trainer.gradient_clip_val=1.0)."
+            )
+
+    def on_train_epoch_end(self) -> None:
+        self._check_previous_loss()
+
+    def on_validation_start(self) -> None:
+        # before validation, hence before ModelCheckpoint could save diverged weights
+        self._check_previous_loss()
 
     def _eval_step(self, batch: Any, stage: str) -> None:
         x, y, _ = unpack_batch(batch)

@@ -1,0 +1,165 @@
+"""Reliability: resume after SIGKILL, atomic checkpoints, NaN loss, bad YAML, huge/tiny logits."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import CONFIGS, SYNTHETIC, ScaledLogits
+
+from lit_defense.cli import main
+
+TEACHER = CONFIGS / "fashion_mnist" / "teacher.yaml"
+TESTS = Path(__file__).resolve().parent
+
+
+def _fit_args(name: str) -> list[str]:
+    return [
+        "fit", "--config", str(TEACHER), *SYNTHETIC, "--trainer.max_epochs=3",
+        "--model.init_args.lr_scheduler.init_args.T_max=3", "--trainer.deterministic=true",
+        "--seed_everything=0", f"--trainer.logger.init_args.name={name}",
+    ]
+
+
+def _env():
+    return {**os.environ, "PYTHONWARNINGS": "ignore", "PYTHONPATH": f"{TESTS}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+
+
+def _cli():
+    return str(Path(sys.executable).with_name("lit-defense"))
+
+
+def test_sigkill_mid_epoch_then_ckpt_path_last_matches_an_uninterrupted_run(in_tmp):
+    # the uninterrupted reference
+    assert main(_fit_args("ref")) == 0
+    ref = torch.load(in_tmp / "runs/ref/version_0/checkpoints/last.ckpt", weights_only=True)
+
+    # the same run, killed with SIGKILL in the middle of epoch 1 (epoch 0's checkpoint is on disk)
+    marker = in_tmp / "paused"
+    pause = ["--trainer.callbacks+=crash_helpers.PauseMidEpoch", f"--trainer.callbacks.marker={marker}"]
+    proc = subprocess.Popen([_cli(), *_fit_args("crash"), *pause], cwd=in_tmp, env=_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while not marker.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    assert marker.exists(), proc.stderr.read() if proc.poll() is not None else "run never paused"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+    last = in_tmp / "runs/crash/version_0/checkpoints/last.ckpt"
+    assert torch.load(last, weights_only=True)["epoch"] == 0  # the killed epoch left no checkpoint
+
+    # resume: `--ckpt_path last` finds the run and finishes it in the same version folder
+    assert main([*_fit_args("crash"), "--ckpt_path=last"]) == 0
+    assert not (in_tmp / "runs/crash/version_1").exists()
+    resumed = torch.load(last, weights_only=True)
+    assert resumed["epoch"] == ref["epoch"] == 2
+    assert resumed["global_step"] == ref["global_step"]
+    for key, value in ref["state_dict"].items():
+        assert torch.equal(value, resumed["state_dict"][key]), key
+    best_ref = ref["callbacks"][next(k for k in ref["callbacks"] if "ModelCheckpoint" in k)]["best_model_score"]
+    best_res = resumed["callbacks"][next(k for k in resumed["callbacks"] if "ModelCheckpoint" in k)]["best_model_score"]
+    assert torch.equal(best_ref, best_res)
+
+
+def test_ckpt_path_last_without_a_previous_run_starts_fresh(in_tmp):
+    args = [a for a in _fit_args("fresh") if "max_epochs" not in a and "T_max" not in a]
+    assert main([*args, "--trainer.max_epochs=1", "--ckpt_path=last"]) == 0
+    assert (in_tmp / "runs/fresh/version_0/checkpoints/last.ckpt").is_file()
+
+
+def test_sigkill_while_saving_keeps_the_previous_checkpoint(tmp_path):
+    from lit_defense.checkpoints import AtomicCheckpointIO
+
+    path = tmp_path / "last.ckpt"
+    AtomicCheckpointIO().save_checkpoint({"weights": torch.ones(1000)}, path)
+    before = path.read_bytes()
+    code = f"import crash_helpers; crash_helpers.kill_during_write({str(path)!r})"
+    res = subprocess.run([sys.executable, "-c", code], env=_env(), capture_output=True, text=True, timeout=120)
+    assert res.returncode == -signal.SIGKILL, res.stderr
+    assert path.read_bytes() == before  # untouched
+    assert torch.equal(torch.load(path, weights_only=True)["weights"], torch.ones(1000))
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name != "last.ckpt"]
+    assert leftovers and all(name.startswith(".last.ckpt.tmp-") for name in leftovers)  # the half-written temp
+
+
+def test_nan_loss_stops_with_the_step_and_keeps_checkpoints(in_tmp, capsys):
+    args = [a for a in _fit_args("nan") if "max_epochs" not in a and "T_max" not in a]
+    poison = ["--trainer.callbacks+=crash_helpers.PoisonWeights", "--trainer.callbacks.epoch=1"]
+    with pytest.raises(SystemExit) as info:
+        main([*args, "--trainer.max_epochs=3", *poison])
+    err = capsys.readouterr().err
+    assert info.value.code == 2
+    line = next(ln for ln in err.splitlines() if ln.startswith("lit-defense: error:"))
+    assert "NaN or infinite at global step 8 (epoch 1, batch 2)" in line  # 6 batches per epoch and "Traceback" not in err
+    # epoch 0's checkpoint is kept, and the diverged weights never replaced it
+    last = torch.load(in_tmp / "runs/nan/version_0/checkpoints/last.ckpt", weights_only=True)
+    assert last["epoch"] == 0
+    assert all(torch.isfinite(v).all() for v in last["state_dict"].values() if v.is_floating_point())
+
+
+def test_yaml_syntax_error_names_file_and_line(in_tmp, capsys):
+    bad = in_tmp / "bad.yaml"
+    bad.write_text(TEACHER.read_text().replace("max_epochs: 10", "max_epochs: [10"))
+    with pytest.raises(SystemExit) as info:
+        main(["fit", "--config", str(bad), "--trainer.fast_dev_run=true"])
+    assert info.value.code == 2
+    line = capsys.readouterr().err.strip()
+    assert line.startswith("lit-defense: error:") and str(bad) in line and "line " in line, line
+
+
+def test_audit_weights_that_would_run_code_are_refused(in_tmp, capsys):
+    class Boom:
+        def __reduce__(self):
+            return (print, ("pickled code ran",))
+
+    torch.save({"net.0.weight": Boom()}, in_tmp / "evil.pt")
+    with pytest.raises(SystemExit) as info:
+        main(["audit", '--models=[{"class_path": "toy_models.TinyNet", "weights": "evil.pt"}]',
+              "--data.class_path=lit_defense.data.VisionDataModule", "--data.init_args.dataset=synthetic"])
+    out, err = capsys.readouterr()
+    assert info.value.code == 2 and "pickled code ran" not in out
+    assert "refused to load model weights" in err and "weights_only" in err
+
+
+@pytest.mark.parametrize("scale", [1e4, 1e-6])
+def test_attacks_and_reports_survive_huge_and_tiny_logits(trained, scale):
+    from lit_defense.attacks import PGD, Square
+    from lit_defense.audit import AttackSuite, audit_model
+    from lit_defense.evaluation import evaluate_robustness
+
+    model, x, y = trained
+    x, y = x[:64], y[:64]
+    scaled = ScaledLogits(model, scale)
+    attacks = [PGD(steps=10, loss="margin"), PGD(steps=10, loss="dlr"), Square(n_queries=50)]
+    plain = evaluate_robustness(model, x, y, attacks, [0.1], cascade=False)
+    res = evaluate_robustness(scaled, x, y, attacks, [0.1], cascade=False)
+    for a in attacks[:2]:  # logit losses with sign steps are scale-invariant
+        assert abs(res.robust_accuracy[a.name]["0.1"] - plain.robust_accuracy[a.name]["0.1"]) <= 0.05
+    audit = audit_model(scaled, x, y, [0.1], suite=AttackSuite(steps=5, square_queries=20, random_samples=2),
+                        check_samples=32)
+    json.dumps(audit.to_dict(), allow_nan=False)
+
+
+def test_attacks_on_tied_logits_return_finite_points():
+    from lit_defense.attacks import FGSM, PGD, Square
+    from lit_defense.attacks.base import dlr_loss, margin_loss
+
+    class Constant(torch.nn.Module):
+        def forward(self, x):
+            return torch.zeros(x.shape[0], 10) + 0 * x.flatten(1)[:, :1]
+
+    x, y = torch.rand(8, 1, 28, 28), torch.arange(8)
+    for attack in (FGSM(), PGD(steps=3, loss="ce"), PGD(steps=3, loss="dlr"), Square(n_queries=5)):
+        out = attack(Constant(), x, y)
+        assert torch.isfinite(out).all() and attack.threat.contains(out, x).all()
+    logits = torch.zeros(4, 10)
+    assert torch.isfinite(margin_loss(logits, torch.zeros(4, dtype=torch.long))).all()
+    assert torch.isfinite(dlr_loss(logits, torch.zeros(4, dtype=torch.long))).all()
