@@ -14,6 +14,7 @@ single-process run on the same subset.
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Sequence
 
 import lightning as L
@@ -123,10 +124,13 @@ class AdversarialEvaluation(L.Callback):
         total = RobustnessCounts.from_vector(vector, len(self.attacks), len(self.eps))
         result = total.to_result(self.attacks, self.eps, self.norm, self.cascade, time.perf_counter() - start)
         self.last_result = result
-        for name, value in result.metrics().items():
-            pl_module.log(name, value, sync_dist=False, rank_zero_only=False)
-        pl_module.log("adv/clean/acc", result.clean_accuracy, sync_dist=False)
-        pl_module.log("adv/seconds", result.seconds, sync_dist=False)
+        with warnings.catch_warnings():
+            # the counts are already summed over ranks: Lightning's "use sync_dist" hint does not apply
+            warnings.filterwarnings("ignore", ".*when logging on epoch level in distributed setting.*")
+            for name, value in result.metrics().items():
+                pl_module.log(name, value, sync_dist=False, rank_zero_only=False)
+            pl_module.log("adv/clean/acc", result.clean_accuracy, sync_dist=False)
+            pl_module.log("adv/seconds", result.seconds, sync_dist=False)
         if keep:
             self._log_visuals(trainer, result, examples)
 

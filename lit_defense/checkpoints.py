@@ -20,11 +20,12 @@ from typing import Any
 
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.pytorch.callbacks import ModelCheckpoint
 
 from lit_defense.errors import ConfigError, DataFormatError, DataNotFoundError
 
 # Hyper-parameters that configure training only, dropped when a model is rebuilt for inference.
-_TRAINING_ONLY = ("optimizer", "lr_scheduler", "_instantiator")
+_TRAINING_ONLY = ("optimizer", "lr_scheduler", "_instantiator", "compile")
 
 
 def load_checkpoint_file(path: str | Path, what: str = "checkpoint") -> dict[str, Any]:
@@ -158,3 +159,28 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 os.close(fd)
         except OSError:
             pass
+
+
+class ResumableModelCheckpoint(ModelCheckpoint):
+    """``ModelCheckpoint`` whose ``last.ckpt`` is rewritten at every save point.
+
+    Lightning 2.6 refreshes ``last.ckpt`` only when a top-k checkpoint is saved at the same step,
+    so after an epoch that does not improve the monitored metric, ``last.ckpt`` is stale and a
+    crashed run resumed with ``--ckpt_path last`` would silently go back several epochs. Here the
+    last checkpoint always holds the latest epoch.
+    """
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        super().on_validation_end(trainer, pl_module)
+        if not self._should_save_on_train_epoch_end(trainer):
+            self._save_last_if_stale(trainer)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        if self._should_save_on_train_epoch_end(trainer):
+            self._save_last_if_stale(trainer)
+
+    def _save_last_if_stale(self, trainer) -> None:
+        # _should_skip_saving_checkpoint is also True when this step was saved already
+        if self.save_last and not self._should_skip_saving_checkpoint(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))

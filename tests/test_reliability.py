@@ -69,6 +69,15 @@ def test_sigkill_mid_epoch_then_ckpt_path_last_matches_an_uninterrupted_run(in_t
     assert torch.equal(best_ref, best_res)
 
 
+def test_last_checkpoint_is_the_latest_epoch_even_without_improvement(in_tmp):
+    # lr=0: val/acc never improves after epoch 0, so Lightning 2.6 alone would leave last.ckpt at epoch 0
+    args = [a for a in _fit_args("flat") if "max_epochs" not in a and "T_max" not in a]
+    assert main([*args, "--trainer.max_epochs=3", "--model.init_args.optimizer.init_args.lr=0"]) == 0
+    ckpts = in_tmp / "runs/flat/version_0/checkpoints"
+    assert torch.load(ckpts / "last.ckpt", weights_only=True)["epoch"] == 2
+    assert [p.name for p in ckpts.glob("best-*")] == ["best-epoch=0-step=6.ckpt"]
+
+
 def test_ckpt_path_last_without_a_previous_run_starts_fresh(in_tmp):
     args = [a for a in _fit_args("fresh") if "max_epochs" not in a and "T_max" not in a]
     assert main([*args, "--trainer.max_epochs=1", "--ckpt_path=last"]) == 0
