@@ -172,3 +172,39 @@ def test_attacks_on_tied_logits_return_finite_points():
     logits = torch.zeros(4, 10)
     assert torch.isfinite(margin_loss(logits, torch.zeros(4, dtype=torch.long))).all()
     assert torch.isfinite(dlr_loss(logits, torch.zeros(4, dtype=torch.long))).all()
+
+
+def test_bf16_autocast_keeps_the_saturation_mechanism_and_margin_attacks(trained):
+    """Under bf16 autocast the logits are bf16 (3 significant digits) but every attack loss is
+    computed in float32: the CE gradient of a saturated model still vanishes, the margin attack
+    still works, and robust accuracy moves by rounding only."""
+    from lit_defense.attacks import PGD
+    from lit_defense.diagnostics import check_zero_gradients
+    from lit_defense.evaluation import evaluate_robustness
+
+    model, x, y = trained
+    x, y = x[:64], y[:64]
+    scaled = ScaledLogits(model, 1e3)
+    attacks = [PGD(steps=10, loss="ce", random_start=False), PGD(steps=10, loss="margin", random_start=False)]
+    fp32 = evaluate_robustness(scaled, x, y, attacks, [0.1], cascade=False)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert scaled(x).dtype == torch.bfloat16
+        bf16 = evaluate_robustness(scaled, x, y, attacks, [0.1], cascade=False)
+        zero = check_zero_gradients(scaled, x, y)
+    assert zero.evidence["ce"]["vanishing"] > 0.5 and zero.evidence["margin"]["vanishing"] == 0.0
+    for name in ("pgd_ce", "pgd_margin"):
+        assert abs(bf16.robust_accuracy[name]["0.1"] - fp32.robust_accuracy[name]["0.1"]) <= 0.1, name
+    assert bf16.robust_accuracy["pgd_margin"]["0.1"] < bf16.robust_accuracy["pgd_ce"]["0.1"]
+
+
+def test_channels_last_and_compile_switches_keep_outputs_and_checkpoint_keys():
+    from lit_defense.modules import Classifier
+
+    torch.manual_seed(0)
+    plain = Classifier().eval()
+    fast = Classifier(channels_last=True, compile="eager").eval()
+    fast.load_state_dict(plain.state_dict())
+    fast.configure_model()
+    x = torch.rand(4, 1, 28, 28)
+    assert torch.allclose(plain(x), fast(x), atol=1e-5)
+    assert set(fast.state_dict()) == set(plain.state_dict())  # no "_orig_mod." keys

@@ -78,8 +78,10 @@ class Classifier(L.LightningModule):
             T=1. The network still learns its ~T-times-larger logits itself.
         channels_last: keep weights and inputs in the channels-last memory format (faster
             convolutions with mixed precision on recent GPUs).
-        compile: run the network through ``torch.compile`` (training, evaluation and attacks).
-            The compiled graph is kept outside the module tree, so checkpoints are unchanged.
+        compile: run the network through ``torch.compile`` (training, evaluation and attacks);
+            ``True`` uses the default backend (inductor), a string names another (``"eager"``,
+            ``"aot_eager"``). The compiled graph is kept outside the module tree, so checkpoints
+            are unchanged.
     """
 
     def __init__(
@@ -98,7 +100,7 @@ class Classifier(L.LightningModule):
         log_gradient_stats: bool = True,
         head_lr_temperature_scaling: bool = True,
         channels_last: bool = False,
-        compile: bool = False,
+        compile: bool | str = False,
     ):
         super().__init__()
         if not temperature > 0:
@@ -151,7 +153,8 @@ class Classifier(L.LightningModule):
         if self.compile_net:
             if self._compiled_net is None:
                 # stored without registering a submodule: state_dict keys stay "net.*"
-                object.__setattr__(self, "_compiled_net", torch.compile(self.net))
+                backend = self.compile_net if isinstance(self.compile_net, str) else "inductor"
+                object.__setattr__(self, "_compiled_net", torch.compile(self.net, backend=backend))
             return self._compiled_net(x)
         return self.net(x)
 
