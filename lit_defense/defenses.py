@@ -169,10 +169,13 @@ class GaussianNoise(InputDefense):
 
 
 class MedianSmoothing(InputDefense):
-    """Spatial median filter over ``kernel_size x kernel_size`` windows (Xu et al. 2018).
+    """Spatial median filter over ``kernel_size x kernel_size`` windows (feature squeezing, Xu et
+    al. 2018).
 
-    Autograd's gradient flows only to the median pixel of each window: sparse, and declared
-    non-differentiable so BPDA (identity) attacks it as in Athalye et al.
+    Computed outside autograd, as deployed (a SciPy/OpenCV filter in front of the network): the
+    naive gradient is absent. ``bpda_surrogate`` is the same median written in differentiable
+    torch ops, whose gradient (to the median pixel of each window) is exact almost everywhere: BPDA
+    through it recovers the true gradient.
     """
 
     differentiable = False
@@ -183,11 +186,15 @@ class MedianSmoothing(InputDefense):
             raise ConfigError(f"kernel_size must be odd and >= 1, got {kernel_size}.")
         self.kernel_size = kernel_size
 
-    def forward(self, x):
+    def bpda_surrogate(self, x):
         k, p = self.kernel_size, self.kernel_size // 2
         n, c, h, w = x.shape
         patches = F.unfold(F.pad(x, (p, p, p, p), mode="reflect"), k)  # (n, c*k*k, h*w)
         return patches.view(n, c, k * k, h * w).median(dim=2).values.view(n, c, h, w)
+
+    def forward(self, x):
+        with torch.no_grad():
+            return self.bpda_surrogate(x.detach())
 
     def extra_repr(self) -> str:
         return f"kernel_size={self.kernel_size}"

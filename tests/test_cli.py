@@ -25,6 +25,26 @@ def test_every_shipped_config_parses(config, capsys):
     assert "checkpoint:" in out and "monitor: val/acc" in out
 
 
+TRAINER_PRESETS = sorted((CONFIGS / "trainer").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("preset", TRAINER_PRESETS, ids=lambda p: p.stem)
+def test_trainer_presets_compose_with_a_recipe(preset, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["fit", "--config", str(TEACHER), "--config", str(preset), "--print_config"])
+    assert info.value.code in (0, None)
+    import yaml
+
+    merged = yaml.safe_load(capsys.readouterr().out)["trainer"]
+    for key, value in yaml.safe_load(preset.read_text())["trainer"].items():
+        if isinstance(value, dict):  # class_path + the given init_args (print_config adds defaults)
+            assert merged[key]["class_path"] == value["class_path"]
+            assert value["init_args"].items() <= merged[key]["init_args"].items(), key
+        else:
+            assert merged[key] == value, (key, merged[key], value)
+    assert merged["max_epochs"] == 10 and merged["callbacks"]  # the recipe's own settings survive
+
+
 def test_fit_fast_dev_run_from_config(in_tmp):
     assert main(["fit", "--config", str(TEACHER), *SYNTHETIC, "--trainer.fast_dev_run=true"]) == 0
     written = [p for p in in_tmp.rglob("*") if p.is_file()]
@@ -130,8 +150,10 @@ def test_every_recipe_runs_fast_dev_run(config, in_tmp):
         ("fashion_mnist/masked_jpeg.yaml", "lit_defense.defenses.JPEGCompression", "lit_defense.defenses.Nope",
          "Nope"),
         ("fashion_mnist/teacher.yaml", "max_epochs: 10", "max_epochs: [10", "YAML syntax error at line"),
+        ("fashion_mnist/teacher.yaml", "lit_defense.attacks.FGSM", "lit_defense.attacks.Nope", "Nope"),
+        ("fashion_mnist/teacher.yaml", "eps: [0.1]", "eps: [-0.1]", "eps=-0.1 is impossible"),
     ],
-    ids=["impossible-eps", "unknown-defense", "yaml-syntax"],
+    ids=["impossible-eps", "unknown-defense", "yaml-syntax", "unknown-attack", "negative-eps"],
 )
 def test_bad_configs_are_one_line_exit_2(in_tmp, capsys, recipe, old, new, needle):
     text = (CONFIGS / recipe).read_text()
