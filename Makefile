@@ -30,9 +30,13 @@ data:
 	  echo "not root or no apt-get: lit-defense will download Fashion-MNIST into ./data"; \
 	fi
 
-# The main job on the embedded default (Fashion-MNIST): fit the undefended teacher, test it.
+# The main job on the embedded default (Fashion-MNIST): train the undefended teacher, the T=100
+# distillation teacher and student, two masked models and the adversarially trained baseline, then
+# audit them all into runs/<timestamp>-<profile>/report.md. `make run PROFILE=full` for paper-scale
+# epochs. Re-running resumes the unfinished run and skips finished stages.
+PROFILE ?= quick
 run: install data
-	$(BIN)/lit-defense fit --config configs/fashion_mnist/teacher.yaml --test_after_fit true
+	$(BIN)/lit-defense run --profile $(PROFILE)
 
 test: install
 	$(BIN)/ruff check lit_defense callbacks tests benchmarks

@@ -298,6 +298,10 @@ def main(args: list[str] | None = None) -> int:
     try:
         if argv and argv[0] == "audit":
             return audit_main(argv[1:])
+        if argv and argv[0] == "run":
+            from lit_defense.pipeline import main as run_main
+
+            return run_main(argv[1:])
         LitDefenseCLI(args=args)
     except (LitDefenseError, ArgumentError, ValueError, FileNotFoundError, pickle.UnpicklingError) as err:
         message = _yaml_problem(argv) if "Problems parsing config" in str(err) else None

@@ -1,0 +1,209 @@
+"""``lit-defense run``: the whole distillation-vs-masking story, end to end (what ``make run`` does).
+
+Trains, on the shared DataModule (Fashion-MNIST by default), each with ``AdversarialEvaluation``
+every epoch:
+
+1. ``teacher``: the undefended model, T=1;
+2. ``distillation_teacher``: the same network at T=100;
+3. ``distilled``: the student on its soft labels at T=100, deployed at T=1;
+4. ``masked_bit_depth``: bit-depth reduction in front of the network (non-differentiable);
+5. ``masked_random_resize_pad``: random resizing and padding (randomized);
+6. ``adv_train``: PGD adversarial training, the honest baseline;
+
+then audits all of them (``lit-defense audit``) and checks the claims of the distillation and
+gradient-masking papers against the numbers. Everything lands in one folder,
+``runs/<timestamp>-<profile>/``: one TensorBoard run and checkpoints per model, ``report.md``,
+``report.json`` and the plots.
+
+Re-running resumes: the newest unfinished run folder of the profile is reused, finished stages are
+skipped and an interrupted one continues from its ``last.ckpt``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lit_defense.errors import ConfigError
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+
+
+@dataclass
+class Stage:
+    name: str
+    config: str
+    needs: str | None = None  # a stage whose checkpoint is this one's teacher
+    extra: list[str] = field(default_factory=list)
+
+
+STAGES = [
+    Stage("teacher", "fashion_mnist/teacher.yaml"),
+    Stage("distillation_teacher", "fashion_mnist/distillation_teacher.yaml"),
+    Stage("distilled", "fashion_mnist/distilled.yaml", needs="distillation_teacher"),
+    Stage("masked_bit_depth", "fashion_mnist/masked_bit_depth.yaml"),
+    Stage("masked_random_resize_pad", "fashion_mnist/masked_random_resize_pad.yaml"),
+    Stage("adv_train", "fashion_mnist/adv_train.yaml"),
+]
+
+
+@dataclass
+class Profile:
+    """Epochs per stage, extra overrides per stage and for every stage, and the audit's size."""
+
+    epochs: dict[str, int]
+    extra: dict[str, list[str]] = field(default_factory=dict)
+    common: list[str] = field(default_factory=list)
+    audit: list[str] = field(default_factory=list)
+
+
+PROFILES = {
+    # <= 20 minutes on 2 CPU cores, every effect still visible
+    "quick": Profile(
+        epochs={"teacher": 2, "distillation_teacher": 2, "distilled": 2, "masked_bit_depth": 2,
+                "masked_random_resize_pad": 2, "adv_train": 2},
+        extra={"adv_train": ["--model.init_args.attack_steps=3", "--model.init_args.attack_step_size=0.05"]},
+        audit=["--num_samples=500", "--suite.square_queries=300", "--suite.eot_samples=5", "--suite.steps=20"],
+    ),
+    # paper-scale epochs: a GPU or a patient CPU
+    "full": Profile(
+        epochs={"teacher": 10, "distillation_teacher": 10, "distilled": 10, "masked_bit_depth": 10,
+                "masked_random_resize_pad": 10, "adv_train": 20},
+        audit=["--num_samples=1000"],
+    ),
+    # a few minutes, on easy synthetic data: what the tests run
+    "smoke": Profile(
+        epochs={"teacher": 3, "distillation_teacher": 3, "distilled": 3, "masked_bit_depth": 2,
+                "masked_random_resize_pad": 2, "adv_train": 2},
+        extra={"adv_train": ["--model.init_args.attack_steps=3"]},
+        common=["--data.init_args.dataset=synthetic", "--data.init_args.val_size=256",
+                "--data.init_args.synthetic_train_size=1280", "--data.init_args.synthetic_test_size=128",
+                "--data.init_args.synthetic_noise=0.15", "--data.init_args.batch_size=32",
+                "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"],
+        audit=["--data.class_path=lit_defense.data.VisionDataModule", "--data.init_args.dataset=synthetic",
+               "--data.init_args.synthetic_test_size=128", "--data.init_args.synthetic_noise=0.15",
+               "--num_samples=128", "--eps=[0.05,0.1,0.2]", "--suite.steps=10", "--suite.square_queries=40",
+               "--suite.random_samples=5", "--suite.eot_samples=3", "--suite.escalation=2", "--tensorboard=false"],
+    ),
+}
+
+
+def _last_ckpt(run_dir: Path, stage: str) -> Path:
+    return run_dir / stage / "version_0" / "checkpoints" / "last.ckpt"
+
+
+def _find_run_dir(root: Path, profile: str) -> Path | None:
+    """The newest run folder of ``profile`` that is not finished."""
+    for folder in sorted(root.glob(f"*-{profile}"), reverse=True):
+        state = folder / "pipeline.json"
+        if state.is_file() and not json.loads(state.read_text()).get("finished"):
+            return folder
+    return None
+
+
+def stage_args(stage: Stage, profile: Profile, run_dir: Path) -> list[str]:
+    epochs = profile.epochs[stage.name]
+    args = [
+        "fit", "--config", str(CONFIGS / stage.config),
+        f"--trainer.max_epochs={epochs}", f"--model.init_args.lr_scheduler.init_args.T_max={epochs}",
+        f"--trainer.logger.init_args.save_dir={run_dir}", f"--trainer.logger.init_args.name={stage.name}",
+        "--trainer.logger.init_args.version=0", "--ckpt_path=last",
+        *profile.common, *profile.extra.get(stage.name, []), *stage.extra,
+    ]
+    if stage.needs:
+        args.append(f"--model.init_args.teacher_checkpoint={_last_ckpt(run_dir, stage.needs)}")
+    return args
+
+
+def _stage_done(run_dir: Path, stage: Stage, epochs: int) -> bool:
+    import torch
+
+    path = _last_ckpt(run_dir, stage.name)
+    if not path.is_file():
+        return False
+    try:
+        return int(torch.load(path, map_location="cpu", weights_only=True)["epoch"]) >= epochs - 1
+    except Exception:
+        return False
+
+
+def run(profile_name: str = "quick", root: str | Path = "runs", run_dir: str | Path | None = None,
+        log=print) -> Path:
+    """Run (or resume) the pipeline; returns the run folder."""
+    from lit_defense.cli import LitDefenseCLI, audit_main
+
+    if profile_name not in PROFILES:
+        raise ConfigError(f"unknown profile {profile_name!r}; choose one of: {', '.join(PROFILES)}.")
+    profile = PROFILES[profile_name]
+    root = Path(root)
+    if run_dir is not None:
+        folder = Path(run_dir)
+    else:
+        folder = _find_run_dir(root, profile_name) or root / f"{time.strftime('%Y%m%d-%H%M%S')}-{profile_name}"
+    folder.mkdir(parents=True, exist_ok=True)
+    state_path = folder / "pipeline.json"
+    state: dict[str, Any] = json.loads(state_path.read_text()) if state_path.is_file() else {
+        "profile": profile_name, "stages": {}, "finished": False}
+
+    def save_state():
+        tmp = state_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state, indent=2))
+        tmp.replace(state_path)
+
+    save_state()
+    log(f"lit-defense run ({profile_name}): {folder}")
+    total = len(STAGES) + 1
+    for i, stage in enumerate(STAGES, 1):
+        epochs = profile.epochs[stage.name]
+        prefix = f"[{i}/{total}] {stage.name}"
+        if _stage_done(folder, stage, epochs):
+            log(f"{prefix}: done already ({epochs} epochs), skipped")
+            continue
+        resumed = _last_ckpt(folder, stage.name).is_file()
+        log(f"{prefix}: {'resuming' if resumed else 'training'} {epochs} epoch(s) ...")
+        start = time.perf_counter()
+        cli = LitDefenseCLI(args=stage_args(stage, profile, folder))
+        metrics = {k: float(v) for k, v in cli.trainer.callback_metrics.items()
+                   if k in ("val/acc", "adv/worst/eps=0.1/acc") and v.numel() == 1}
+        seconds = time.perf_counter() - start
+        state["stages"][stage.name] = {"epochs": epochs, "seconds": round(seconds, 1), **metrics}
+        save_state()
+        shown = ", ".join(f"{k} {v:.3f}" for k, v in metrics.items())
+        log(f"{prefix}: done in {seconds:.0f} s ({shown})")
+    if (folder / "report.json").is_file() and state.get("audited"):
+        log(f"[{total}/{total}] audit: done already, skipped")
+    else:
+        log(f"[{total}/{total}] audit of {len(STAGES)} models ...")
+        start = time.perf_counter()
+        models = json.dumps([{"name": s.name, "checkpoint": str(_last_ckpt(folder, s.name))} for s in STAGES])
+        audit_main([f"--models={models}", f"--output_dir={folder}", "--overwrite=true", *profile.audit])
+        from lit_defense.claims import add_claims_to_report
+
+        claims = add_claims_to_report(folder)
+        state["audited"] = True
+        state["audit_seconds"] = round(time.perf_counter() - start, 1)
+        state["claims"] = {c["claim"]: c["holds"] for c in claims}
+        log(f"[{total}/{total}] audit: done in {state['audit_seconds']:.0f} s; claims hold: "
+            f"{sum(c['holds'] for c in claims)}/{len(claims)}")
+    state["finished"] = True
+    save_state()
+    log(f"report: {folder / 'report.md'}  (TensorBoard: tensorboard --logdir {folder})")
+    return folder
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="lit-defense run", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--profile", default="quick", choices=sorted(PROFILES))
+    parser.add_argument("--root", default="runs", help="Where run folders are created.")
+    parser.add_argument("--run_dir", default=None, help="Use (or resume) this folder instead.")
+    args = parser.parse_args(argv)
+    run(args.profile, args.root, args.run_dir, log=lambda line: print(line, flush=True))
+    return 0
+
+
+__all__ = ["PROFILES", "STAGES", "main", "run", "stage_args"]
