@@ -5,7 +5,8 @@
 
 On ``--samples`` test images at L-inf ``--eps`` (0.1), for every masked model: the naive attack
 (PGD with the cross-entropy, no BPDA/EOT) and its adaptive counterpart, the same PGD through BPDA
-(for a model with non-differentiable preprocessing) and/or EOT (for a randomized one). Prints the
+(for a model with non-differentiable preprocessing) and/or EOT (for a randomized one), with the
+margin loss by default (``--adaptive_loss ce`` isolates BPDA/EOT from the loss). Prints the
 apparent gain over the undefended teacher and the fraction of it the adaptive attack removes
 (issue bar: gain >= 30 points, removed >= 50%). For the adversarially trained model: PGD-CE,
 PGD-margin, PGD-DLR, Square and the per-sample worst case (bar: worst >= 65% and no adaptive
@@ -40,6 +41,8 @@ def main() -> None:
     parser.add_argument("--eps", type=float, default=0.1)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--eot", type=int, default=10)
+    parser.add_argument("--adaptive_loss", default="margin", choices=["ce", "margin"],
+                        help="loss of the PGD inside BPDA/EOT (margin: Carlini-Wagner, the usual adaptive choice)")
     parser.add_argument("--threads", type=int, default=0)
     args = parser.parse_args()
     if args.threads:
@@ -58,7 +61,7 @@ def main() -> None:
     for item in args.masked:
         name, path = item.split("=", 1)
         model = module_from_checkpoint(path).requires_grad_(False)
-        adaptive = PGD(steps=args.steps, loss="ce")
+        adaptive = PGD(steps=args.steps, loss=args.adaptive_loss)
         if masked_modules(model):
             adaptive = BPDA(adaptive)
         if is_randomized(model, x):

@@ -21,6 +21,7 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
 
+from callbacks._common import due, validation_dataset
 from lit_defense.attacks import FGSM, PGD, Attack
 from lit_defense.data import fixed_subset as validation_subset
 from lit_defense.evaluation import RobustnessCounts, check_attacks, robustness_counts
@@ -80,38 +81,18 @@ class AdversarialEvaluation(L.Callback):
         self.last_result = None
 
     # ------------------------------------------------------------------------------- subset
-    def _dataset(self, trainer: L.Trainer):
-        loaders = trainer.val_dataloaders
-        if isinstance(loaders, (list, tuple)):
-            loaders = loaders[0] if loaders else None
-        if isinstance(loaders, dict):
-            loaders = next(iter(loaders.values()), None)
-        dataset = getattr(loaders, "dataset", None)
-        if dataset is None:
-            dm = trainer.datamodule
-            dataset = getattr(dm, "val_set", None)
-        if dataset is None:
-            raise ValueError("AdversarialEvaluation needs a validation dataset (a val_dataloader with .dataset).")
-        return dataset
-
     def _shard(self, trainer: L.Trainer) -> tuple[torch.Tensor, torch.Tensor]:
         """This rank's part of the fixed subset, built once as normal (non-inference) tensors."""
         if self._subset is None:
-            self._subset = validation_subset(self._dataset(trainer), self.num_samples, self.seed)
+            dataset = validation_dataset(trainer, "AdversarialEvaluation")
+            self._subset = validation_subset(dataset, self.num_samples, self.seed)
         x, y = self._subset
         rank, world = trainer.global_rank, trainer.world_size
         return x[rank::world], y[rank::world]
 
-    # ------------------------------------------------------------------------------ schedule
-    def _due(self, trainer: L.Trainer) -> bool:
-        if trainer.sanity_checking:
-            return False
-        epoch = trainer.current_epoch + 1
-        last = trainer.max_epochs is not None and epoch >= trainer.max_epochs
-        return epoch % self.every_n_epochs == 0 or last or trainer.state.fn != "fit"
-
+    # ------------------------------------------------------------------------------- logging
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not self._due(trainer):
+        if not due(trainer, self.every_n_epochs):
             return
         start = time.perf_counter()
         x, y = self._shard(trainer)

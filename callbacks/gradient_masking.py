@@ -15,6 +15,7 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
 
+from callbacks._common import due, validation_dataset
 from lit_defense.data import fixed_subset
 from lit_defense.diagnostics import MaskingThresholds, cheap_attack_check, model_checks, verdict
 from lit_defense.threat import check_eps
@@ -47,29 +48,15 @@ class GradientMaskingMonitor(L.Callback):
         self._warned = False
         self.last_verdict = None
 
-    def _due(self, trainer: L.Trainer) -> bool:
-        if trainer.sanity_checking:
-            return False
-        epoch = trainer.current_epoch + 1
-        last = trainer.max_epochs is not None and epoch >= trainer.max_epochs
-        return epoch % self.every_n_epochs == 0 or last or trainer.state.fn != "fit"
-
     def _shard(self, trainer: L.Trainer) -> tuple[torch.Tensor, torch.Tensor]:
         if self._subset is None:
-            dm = trainer.datamodule
-            dataset = getattr(dm, "val_set", None)
-            if dataset is None:
-                loaders = trainer.val_dataloaders
-                loaders = loaders[0] if isinstance(loaders, (list, tuple)) else loaders
-                dataset = getattr(loaders, "dataset", None)
-            if dataset is None:
-                raise ValueError("GradientMaskingMonitor needs a validation dataset (a val_dataloader with .dataset).")
+            dataset = validation_dataset(trainer, "GradientMaskingMonitor")
             self._subset = fixed_subset(dataset, self.num_samples, self.seed)
         x, y = self._subset
         return x[trainer.global_rank::trainer.world_size], y[trainer.global_rank::trainer.world_size]
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not self._due(trainer):
+        if not due(trainer, self.every_n_epochs):
             return
         x, y = self._shard(trainer)
         x, y = x.to(pl_module.device), y.to(pl_module.device)

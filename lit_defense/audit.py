@@ -270,7 +270,7 @@ def audit_model(
     by_name = {c.name: c for c in checks}
     randomized = not by_name["randomized_outputs"].passed
     masked = bool(masked_modules(model))
-    margin_zero = (by_name["zero_gradients"].evidence["margin"]["vanishing"] or 0.0) > thresholds.zero_gradient_fraction
+    margin_zero = (by_name["zero_gradients"].evidence["margin"]["zero"] or 0.0) > thresholds.zero_gradient_fraction
     broken = margin_zero or not by_name["gradient_mismatch"].passed or not by_name["inference_time_optimisation"].passed
     roles = default_attacks(norm, suite, masked, randomized, seed, transfer, broken_gradients=broken)
     white = [roles["one_step"], roles["naive"], *roles["adaptive"]]
@@ -292,8 +292,8 @@ def audit_model(
             after.setdefault(a.name, {})[e] = worst[e]
         if survivors.numel() == 0 or not roles["black_box"]:
             continue
-        bb, _ = robustness_counts(model, x[survivors], y[survivors], roles["black_box"], [e],
-                                            batch_size, cascade=True)
+        bb, _ = robustness_counts(model, x[survivors], y[survivors], roles["black_box"], [e], batch_size,
+                                  cascade=True)
         for i, a in enumerate(roles["black_box"]):
             after[a.name][e] = int(bb.robust[i, 0]) / n
         worst[e] = int(bb.worst[0]) / n

@@ -7,7 +7,7 @@ which checks triggered it.
 
 Two families:
 - **model checks** need only the model and a batch (a few forward/backward passes): outputs that
-  are probabilities, saturated softmax / logit scale, randomized outputs, zero or vanishing input
+  are probabilities, saturated softmax / logit scale, randomized outputs, exactly zero input
   gradients (for the cross-entropy *and* the margin loss: AutoAttack's check looks at DLR only and
   never sees the cross-entropy saturation that defensive distillation relies on), gradients that
   disagree with finite differences, and optimisation inside the forward pass. ``model_checks``
@@ -55,8 +55,8 @@ class MaskingThresholds:
         unbounded_success: an unbounded attack fools fewer than this fraction of the points.
         monotone_tolerance: robust accuracy rises with eps by more than this.
         adaptive_gap: an adaptive attack (margin, BPDA, EOT) beats the naive CE-PGD by more.
-        zero_gradient_fraction: more than this fraction of (correct) samples have zero or
-            vanishing input gradients, for the cross-entropy or the margin loss.
+        zero_gradient_fraction: more than this fraction of (correct) samples have exactly zero
+            input gradients, for the cross-entropy or the margin loss.
         saturated_fraction: more than this fraction of samples have a saturated softmax.
         gradient_correlation: correlation between autograd directional derivatives and finite
             differences below this.

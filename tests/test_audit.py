@@ -90,11 +90,14 @@ def test_audit_writes_report_json_md_plots_and_tensorboard(checkpoint, in_tmp, c
         (['--models=[{"class_path": "toy_models.FlatNet"}]'], "needs logits of shape (N, 10)"),
         (['--models=[{"class_path": "toy_models.EchoNet"}]'], "needs logits of shape (N, 10)"),
         (['--models=[{"class_path": "toy_models.NoSuchNet"}]'], "cannot import model class"),
+        (['--models=[{"class_path": "toy_models.TinyNet", "init_args": {"in_chans": 3}}]'],
+         "fails on a batch of shape (64, 1, 28, 28)"),
         (['--models=[{"name": "x"}]'], "exactly one of `checkpoint`"),
         (["--checkpoints", "a.ckpt", "--eps=[1.5]"], "impossible"),
         ([], "at least one model"),
     ],
-    ids=["missing_ckpt", "probabilities", "wrong_shape", "not_logits", "bad_class", "no_source", "eps", "none"],
+    ids=["missing_ckpt", "probabilities", "wrong_shape", "not_logits", "bad_class", "image_mismatch", "no_source",
+         "eps", "none"],
 )
 def test_audit_bad_input_is_one_line_and_exit_2(in_tmp, capsys, model_args, message):
     with pytest.raises(SystemExit) as info:
