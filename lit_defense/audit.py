@@ -98,8 +98,9 @@ class AttackSuite:
         restarts: PGD restarts of the adaptive (margin-loss) attack.
         escalation: when the model checks find the gradients themselves unusable (zero margin
             gradients, gradients that disagree with finite differences, optimisation inside the
-            forward pass), the gradient-free attacks are the main line: their query and sample
-            budgets are multiplied by this.
+            forward pass) and the model declares no module BPDA could route around, the
+            gradient-free attacks are the main line: their query and sample budgets are
+            multiplied by this.
     """
 
     steps: int = 20
@@ -271,7 +272,9 @@ def audit_model(
     randomized = not by_name["randomized_outputs"].passed
     masked = bool(masked_modules(model))
     margin_zero = (by_name["zero_gradients"].evidence["margin"]["zero"] or 0.0) > thresholds.zero_gradient_fraction
-    broken = margin_zero or not by_name["gradient_mismatch"].passed or not by_name["inference_time_optimisation"].passed
+    # gradients unusable and no declared module for BPDA to repair them: gradient-free attacks lead
+    broken = not masked and (margin_zero or not by_name["gradient_mismatch"].passed
+                             or not by_name["inference_time_optimisation"].passed)
     roles = default_attacks(norm, suite, masked, randomized, seed, transfer, broken_gradients=broken)
     white = [roles["one_step"], roles["naive"], *roles["adaptive"]]
     check_attacks(white, eps)
