@@ -12,10 +12,12 @@ from lit_defense.modules import Classifier
 
 
 class SaturatedClassifier(Classifier):
-    """Deploys with logits x1e4: the softmax saturates, as after defensive distillation."""
+    """Trains normally, deploys (eval mode) with logits x1e4: the softmax saturates, as after
+    defensive distillation (train at T, deploy at T=1)."""
 
     def forward(self, x):
-        return super().forward(x) * 1e4
+        logits = super().forward(x)
+        return logits if self.training else logits * 1e4
 
 
 def _fit(model_cls, tmp_path, **trainer_kwargs):
