@@ -9,6 +9,7 @@ checkpoint is rebuilt from its hyper-parameters; the class named in it is resolv
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import io
 import os
@@ -78,6 +79,26 @@ def resolve_module_class(class_path: str | None):
     return cls
 
 
+@contextlib.contextmanager
+def own_hyperparameters():
+    """Build a LightningModule with its *own* hyper-parameters inside another one's ``__init__``.
+
+    LightningCLI instantiates the model inside a context that hands *its* hyper-parameters to
+    every ``save_hyperparameters()`` call; a teacher or surrogate built while the student is being
+    instantiated would otherwise take the student's (class count, image size...) and be built with
+    the wrong architecture."""
+    try:
+        from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
+    except ImportError:  # a Lightning without the mechanism has nothing to undo
+        yield
+        return
+    token = _given_hyperparameters.set(None)
+    try:
+        yield
+    finally:
+        _given_hyperparameters.reset(token)
+
+
 def module_from_checkpoint(path: str | Path, what: str = "checkpoint", strict: bool = True,
                            ckpt: dict[str, Any] | None = None):
     """Rebuild a lit-defense LightningModule from a ``.ckpt`` file, weights loaded, in eval mode.
@@ -99,7 +120,8 @@ def module_from_checkpoint(path: str | Path, what: str = "checkpoint", strict: b
         hparams.pop(key, None)
     hparams = cls.inference_hparams(hparams)
     try:
-        model = cls(**hparams)
+        with own_hyperparameters():
+            model = cls(**hparams)
     except TypeError as err:
         raise DataFormatError(f"{what} {path}: its hyper-parameters do not fit {cls.__name__}: {err}") from None
     load_weights(model, ckpt["state_dict"], path, what, strict=strict)

@@ -441,6 +441,11 @@ class VisionDataModule(L.LightningDataModule):
             raise self._not_found()
         img_path, lbl_path = paths[split]
         images, labels = read_idx(img_path), read_idx(lbl_path)
+        if images.dtype != torch.uint8 or labels.dtype != torch.uint8:
+            raise DataFormatError(
+                f"{img_path} / {lbl_path}: images and labels must be unsigned bytes (IDX type 0x08), got "
+                f"{images.dtype} and {labels.dtype}; the files are corrupted or not MNIST-format data."
+            )
         if images.ndim != 3 or labels.ndim != 1:
             raise DataFormatError(
                 f"{img_path} / {lbl_path}: expected images (N, H, W) and labels (N,), got "

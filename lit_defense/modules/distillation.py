@@ -25,6 +25,7 @@ from lit_defense.checkpoints import (
     load_checkpoint_file,
     load_weights,
     module_from_checkpoint,
+    own_hyperparameters,
 )
 from lit_defense.errors import ConfigError, DataNotFoundError
 from lit_defense.modules.classifier import Classifier
@@ -88,12 +89,13 @@ class DistilledStudent(Classifier):
             teacher = module_from_checkpoint(path, "teacher checkpoint", ckpt=ckpt)
         else:
             state = ckpt.get("state_dict", ckpt)
-            teacher = Classifier(
-                backbone=backbone or hp.backbone,
-                backbone_kwargs=backbone_kwargs if backbone else hp.backbone_kwargs,
-                num_classes=hp.num_classes, in_chans=hp.in_chans, image_size=hp.image_size,
-                mean=hp.mean, std=hp.std, log_gradient_stats=False,
-            )
+            with own_hyperparameters():
+                teacher = Classifier(
+                    backbone=backbone or hp.backbone,
+                    backbone_kwargs=backbone_kwargs if backbone else hp.backbone_kwargs,
+                    num_classes=hp.num_classes, in_chans=hp.in_chans, image_size=hp.image_size,
+                    mean=hp.mean, std=hp.std, log_gradient_stats=False,
+                )
             if not any(k.startswith("net.") for k in state):
                 prefix = "net." if any(k.startswith(("normalize.", "backbone.")) for k in state) else "net.backbone."
                 state = {prefix + k: v for k, v in state.items()}
