@@ -111,6 +111,11 @@ class AttackSuite:
     escalation: int = 5
 
 
+def attack_curve(results: Sequence[dict[str, Any]], attack: str) -> dict[float, float]:
+    """eps -> robust accuracy of one attack, from the audit's result rows."""
+    return {r["eps"]: r["robust_accuracy"] for r in results if r["attack"] == attack}
+
+
 @dataclass
 class ModelAudit:
     name: str
@@ -127,7 +132,7 @@ class ModelAudit:
     examples: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def curve(self, attack: str) -> dict[float, float]:
-        return {r["eps"]: r["robust_accuracy"] for r in self.results if r["attack"] == attack}
+        return attack_curve(self.results, attack)
 
     def to_dict(self) -> dict[str, Any]:
         data = {k: v for k, v in asdict(self).items() if k not in ("examples", "gradient_masking")}
@@ -304,7 +309,7 @@ def audit_model(
         results += [{"attack": a.name, "eps": e, "robust_accuracy": after[a.name][e], "stage": "after_white_box"}
                     for e in eps]
 
-    curve = {a.name: {r["eps"]: r["robust_accuracy"] for r in results if r["attack"] == a.name} for a in white}
+    curve = {a.name: attack_curve(results, a.name) for a in white}
     naive, one_step = roles["naive"].name, roles["one_step"].name
     checks.append(check_one_step_vs_iterative(curve[one_step], curve[naive], thresholds, (one_step, naive)))
     checks.append(check_adaptive_vs_naive(curve[naive], {a.name: curve[a.name] for a in roles["adaptive"]},

@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from lit_defense.attacks.base import Attack, ce_loss, input_gradient, margin_loss
+from lit_defense.evaluation import fooled_by
 from lit_defense.threat import check_eps
 
 # A float32 softmax whose top-2 logit gap exceeds this has cross-entropy gradients below
@@ -353,9 +354,7 @@ def model_checks(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
 
 # -------------------------------------------------------------------------------- attack checks
 def _fooled(model: nn.Module, attack: Attack, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    x_adv = attack(model, x, y)
-    with torch.inference_mode(False), torch.no_grad():
-        return (model(x_adv).argmax(1) != y) & attack.threat.contains(x_adv, x)
+    return fooled_by(model, attack, attack(model, x, y), x, y)
 
 
 def check_one_step_vs_iterative(one_step: Mapping[float, float], iterative: Mapping[float, float],

@@ -129,6 +129,14 @@ def _predict(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor
         return torch.cat([model(xb).argmax(1) for xb in x.split(batch_size)])
 
 
+def fooled_by(model: nn.Module, attack: Attack, x_adv: torch.Tensor, x: torch.Tensor, y: torch.Tensor
+              ) -> torch.Tensor:
+    """Per sample: is ``x_adv`` misclassified *and* inside ``attack``'s threat model around ``x``?
+    (An output outside the threat model is a failed attack, not a success.)"""
+    with torch.inference_mode(False), torch.no_grad():
+        return (model(x_adv).argmax(1) != y) & attack.threat.contains(x_adv, x)
+
+
 def robustness_counts(
     model: nn.Module,
     x: torch.Tensor,
@@ -168,9 +176,7 @@ def robustness_counts(
                 for chunk in idx.split(batch_size):
                     xc, yc = x[chunk], y[chunk]
                     x_adv = attack_e(model, xc, yc)
-                    with torch.no_grad():
-                        # an output outside the threat model is a failed attack, not a success
-                        ok = (model(x_adv).argmax(1) == yc) | ~attack_e.threat.contains(x_adv, xc)
+                    ok = ~fooled_by(model, attack_e, x_adv, xc, yc)
                     fooled[chunk] = ~ok
                     if k:
                         first = chunk < k

@@ -92,7 +92,7 @@ def markdown(audits: Sequence[ModelAudit], meta: dict[str, Any]) -> str:
             if (r["attack"], r["stage"]) not in seen:
                 seen.append((r["attack"], r["stage"]))
         for attack, stage in seen:
-            curve = {r["eps"]: r["robust_accuracy"] for r in a.results if r["attack"] == attack}
+            curve = a.curve(attack)
             role = " (naive)" if attack == a.roles["naive"] else ""
             stage_text = "own" if stage == "white_box" else "after all above"
             lines.append(f"| {attack}{role} | {stage_text} | " + " | ".join(_pct(curve.get(e)) for e in a.eps) + " |")
@@ -203,28 +203,32 @@ def write_report(audits: Sequence[ModelAudit], output_dir: str | Path, meta: dic
     paths = {"json": out / "report.json", "markdown": out / "report.md"}
     paths["json"].write_text(json.dumps(to_json(audits, meta), indent=2, allow_nan=False) + "\n")
     paths["markdown"].write_text(markdown(audits, meta) + "\n")
+    per_model = {a.name: model_figure(a) for a in audits}
     figures = {"robust_accuracy_all.png": comparison_figure(audits),
-               "adversarial_examples.png": examples_figure(audits)}
-    for a in audits:
-        figures[f"robust_accuracy_{_slug(a.name)}.png"] = model_figure(a)
+               "adversarial_examples.png": examples_figure(audits),
+               **{f"robust_accuracy_{_slug(name)}.png": fig for name, fig in per_model.items()}}
     for name, fig in figures.items():
         fig.savefig(out / name)
-        plt.close(fig)
         paths[name] = out / name
     if tensorboard:
-        paths["tensorboard"] = write_tensorboard(audits, out / "tensorboard")
+        paths["tensorboard"] = write_tensorboard(audits, out / "tensorboard", per_model)
+    for fig in figures.values():
+        plt.close(fig)
     return paths
 
 
-def write_tensorboard(audits: Sequence[ModelAudit], log_dir: Path) -> Path:
-    """One TensorBoard run per model (``<log_dir>/<model>``), under the project's metric names."""
+def write_tensorboard(audits: Sequence[ModelAudit], log_dir: Path, figures: dict | None = None) -> Path:
+    """One TensorBoard run per model (``<log_dir>/<model>``), under the project's metric names.
+    ``figures`` (model name -> figure) reuses figures already drawn; the others are drawn here."""
     from torch.utils.tensorboard import SummaryWriter
 
     for a in audits:
         with SummaryWriter(str(log_dir / _slug(a.name))) as writer:
             for name, value in a.metrics().items():
                 writer.add_scalar(name, value, 0)
-            writer.add_figure("audit/robust_accuracy_vs_eps", model_figure(a), 0, close=True)
+            fig = (figures or {}).get(a.name)
+            writer.add_figure("audit/robust_accuracy_vs_eps", fig if fig is not None else model_figure(a), 0,
+                              close=fig is None)
             if a.examples.get("x") is not None and len(a.examples["x"]):
                 key = eps_key(a.eps[len(a.eps) // 2])
                 grid = torch.cat([a.examples["x"], a.examples["adv"][key]]).cpu()
