@@ -219,6 +219,31 @@ def test_eot_averages_gradients_over_draws(trained):
     assert wrapped.name == "eot3_bpda_pgd_ce" and wrapped.with_eps(0.2).eps == 0.2
 
 
+def test_eot_climbs_the_expected_loss_to_the_last_step(trained):
+    """Against a randomized model the first iterate that K draws misclassify sits on the boundary
+    (a fresh draw gets it right about half of the time): EOT runs every step and returns the last
+    iterate, which fresh draws misclassify far more often."""
+    net, x, y = trained
+    model = Noisy(net)
+    x, y = x[:64], y[:64]
+    first = PGD(eps=0.05, steps=10)  # EOT gradients, but stops at the first fooled iterate
+    first.eot_samples = 4
+    wrapped = EOT(PGD(eps=0.05, steps=10), samples=4)
+
+    def fresh_accuracy(x_adv):
+        torch.manual_seed(1)
+        with torch.no_grad():
+            return torch.stack([(model(x_adv).argmax(1) == y).float().mean() for _ in range(20)]).mean().item()
+
+    torch.manual_seed(0)
+    acc_first = fresh_accuracy(first(model, x, y))
+    torch.manual_seed(0)
+    acc_eot = fresh_accuracy(wrapped(model, x, y))
+    assert acc_eot < acc_first - 0.1, (acc_eot, acc_first)
+    # the configured attack is left as it was
+    assert wrapped.attack.keep_first_adversarial and wrapped.attack.early_stop_every == 5
+
+
 def test_jsma_reports_the_papers_statistics(trained):
     model, x, y = trained
     x_adv, stats = JSMA(eps=0.1).run(model, x[:8], y[:8])

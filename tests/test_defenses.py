@@ -80,6 +80,28 @@ def test_bit_depth_and_median_behave():
     assert MedianSmoothing(3)(img).max() == 0
 
 
+@pytest.mark.parametrize("size,top,left", [(22, 3, 5), (28, 0, 0), (25, 0, 3), (23, 5, 5)])
+def test_random_resize_pad_is_bilinear_resize_then_zero_pad(size, top, left):
+    x = torch.rand(3, 2, 28, 28, generator=torch.Generator().manual_seed(0))
+    ref = F.pad(F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False),
+                (left, 28 - size - left, top, 28 - size - top))
+    full = torch.full((3,), size)
+    out = RandomResizePad.place(x, full, full, torch.full((3,), top), torch.full((3,), left))
+    assert torch.allclose(out, ref, atol=1e-5)
+
+
+def test_random_resize_pad_draws_per_image():
+    """Identical images in one batch get different sizes and positions; over many draws every size
+    in [min_scale * S, S] shows up (the image fills the canvas exactly at full size)."""
+    x = torch.ones(256, 1, 28, 28)
+    torch.manual_seed(0)
+    out = RandomResizePad(min_scale=0.8)(x)
+    assert len({tuple(o.flatten().tolist()) for o in out[:16]}) > 1
+    covered = (out > 0.5).flatten(1).sum(1)  # the pixels the resized all-ones image covers
+    sizes = sorted({round(c ** 0.5) for c in covered.tolist()})
+    assert sizes == list(range(22, 29))
+
+
 def test_build_defense_and_errors():
     assert isinstance(build_defense("jpeg"), JPEGCompression)
     d = build_defense({"class_path": "lit_defense.defenses.GaussianNoise", "init_args": {"sigma": 0.1}})
