@@ -11,7 +11,7 @@ Two families:
   gradients (for the cross-entropy *and* the margin loss: AutoAttack's check looks at DLR only and
   never sees the cross-entropy saturation that defensive distillation relies on), gradients that
   disagree with finite differences, and optimisation inside the forward pass. ``model_checks``
-  runs them; ``callbacks.GradientMaskingMonitor`` runs them every epoch.
+  runs them; ``lit_defense_callbacks.GradientMaskingMonitor`` runs them every epoch.
 - **attack checks** compare attack results (``lit_defense.audit`` computes them): one-step
   stronger than iterative, black-box or random sampling stronger than white-box, an unbounded
   attack that does not reach ~100% success, robust accuracy not monotone in eps, adaptive attacks
@@ -394,8 +394,8 @@ def check_unbounded(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: 
     a budget that large can turn any image into any other."""
     big = 1.0 if attack.norm == "linf" else math.sqrt(x[0].numel())
     unbounded = attack.with_eps(check_eps(attack.norm, big))
-    if hasattr(unbounded, "random_start"):
-        unbounded.random_start = False  # a random start at eps=1 is noise that fools by itself
+    if "random_start" in unbounded.init_args:  # a random start at eps=1 is noise that fools by itself
+        unbounded = unbounded.replace(random_start=False)
     with torch.inference_mode(False), torch.no_grad():
         correct = model(x).argmax(1) == y
     xs, ys = x[correct], y[correct]
@@ -451,10 +451,8 @@ def check_adaptive_vs_naive(naive: Mapping[float, float], adaptive: Mapping[str,
 def check_incomplete_optimisation(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: Attack,
                                   thresholds: MaskingThresholds = DEFAULT_THRESHOLDS) -> Check:
     """Doubling the steps of ``attack`` (a PGD) must not lower robust accuracy much further."""
-    longer = attack.with_eps(attack.eps)
-    longer.steps = attack.steps * 2
-    if longer.step_size is not None:
-        longer.step_size = attack.step_size / 2
+    longer = attack.replace(steps=attack.steps * 2,
+                            step_size=None if attack.step_size is None else attack.step_size / 2)
     acc = 1 - _fooled(model, attack, x, y).double().mean()
     acc2 = 1 - _fooled(model, longer, x, y).double().mean()
     gap = float(acc - acc2)
@@ -473,10 +471,8 @@ def check_silent_success(model: nn.Module, x: torch.Tensor, y: torch.Tensor, att
                          thresholds: MaskingThresholds = DEFAULT_THRESHOLDS) -> Check:
     """How many adversarial points met along ``attack``'s path a last-iterate attack would lose.
     lit-defense's PGD keeps the first one it meets; many tools return the last iterate."""
-    first = attack.with_eps(attack.eps)
-    first.keep_first_adversarial, first.early_stop_every = True, 0
-    last = attack.with_eps(attack.eps)
-    last.keep_first_adversarial, last.early_stop_every = False, 0
+    first = attack.replace(keep_first_adversarial=True, early_stop_every=0)
+    last = attack.replace(keep_first_adversarial=False, early_stop_every=0)
     met, kept = _fooled(model, first, x, y), _fooled(model, last, x, y)
     lost = (met & ~kept).double().mean()
     passed = bool(lost <= thresholds.silent_success_fraction)

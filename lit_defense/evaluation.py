@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
-from lit_defense.attacks.base import Attack
+from lit_defense.attacks.base import Attack, MinNormAttack
 from lit_defense.errors import ConfigError
 from lit_defense.threat import check_eps, per_sample
 
@@ -146,14 +146,18 @@ def robustness_counts(
     batch_size: int = 256,
     cascade: bool = True,
     keep_examples: int = 0,
+    alive: dict[str, torch.Tensor] | None = None,
 ) -> tuple[RobustnessCounts, dict]:
     """Counts of robust points for every attack and eps (see module doc), plus examples.
 
     ``keep_examples=k`` also returns, for the first k samples and every eps, the worst-case
     adversarial input (the first attack output that fooled the model, else the clean input):
     ``{"x": x[:k], "y": y[:k], "adv": {eps_key: tensor}, "pred": {eps_key: tensor}}``; and always
-    ``examples["robust"][eps_key]``: the per-sample mask of points no attack fooled.
-    The model is used as it is (its train/eval state is not changed).
+    ``examples["robust"][eps_key]``: the per-sample mask of points no attack fooled, and
+    ``examples["min_norm"][attack]``: per-sample norms found by minimum-norm attacks (``inf``: none
+    found or not attacked). ``alive`` (eps_key -> mask) restricts the attacks to the points an
+    earlier evaluation left robust. A minimum-norm attack runs once for the whole grid, on every
+    point still robust at some eps. The model is used as it is (its train/eval state is not changed).
     """
     check_attacks(attacks, eps)
     with torch.inference_mode(False):
@@ -162,39 +166,56 @@ def robustness_counts(
         n_a, n_e = len(attacks), len(eps)
         clean_ok = _predict(model, x, batch_size) == y
         robust = torch.zeros(n_a, n_e, dtype=torch.long, device=dev)
-        worst = torch.zeros(n_e, dtype=torch.long, device=dev)
         k = min(keep_examples, x.shape[0])
-        examples = {"x": x[:k].clone(), "y": y[:k].clone(), "adv": {}, "pred": {}, "robust": {}}
-        for j, e in enumerate(eps):
-            still = clean_ok.clone()
-            adv_k = x[:k].clone()
-            for i, attack in enumerate(attacks):
+        examples = {"x": x[:k].clone(), "y": y[:k].clone(), "adv": {}, "pred": {}, "robust": {}, "min_norm": {}}
+        start = [clean_ok & alive[eps_key(e)] if alive is not None else clean_ok.clone() for e in eps]
+        still = [m.clone() for m in start]
+        adv_k = [x[:k].clone() for _ in eps]
+        for i, attack in enumerate(attacks):
+            pools = [still[j] if cascade else start[j] for j in range(n_e)]
+            min_norm = None
+            if isinstance(attack, MinNormAttack):  # one run answers every eps
+                union = torch.stack(pools).any(0)
+                min_norm = _min_norms(model, attack, x, y, union, batch_size)
+                examples["min_norm"][attack.name] = min_norm[1]
+            for j, e in enumerate(eps):
                 attack_e = attack.with_eps(e)
-                pool = still if cascade else clean_ok
-                idx = pool.nonzero().squeeze(1)
                 fooled = torch.zeros_like(clean_ok)
-                for chunk in idx.split(batch_size):
+                for chunk in pools[j].nonzero().squeeze(1).split(batch_size):
                     xc, yc = x[chunk], y[chunk]
-                    x_adv = attack_e(model, xc, yc)
-                    ok = ~fooled_by(model, attack_e, x_adv, xc, yc)
-                    fooled[chunk] = ~ok
+                    if min_norm is None:
+                        x_adv = attack_e(model, xc, yc)
+                    else:
+                        x_adv = torch.where(per_sample(min_norm[1][chunk] <= e, xc), min_norm[0][chunk], xc)
+                    hit = fooled_by(model, attack_e, x_adv, xc, yc)
+                    fooled[chunk] = hit
                     if k:
                         first = chunk < k
                         sel = chunk[first]
-                        newly = (~ok[first]) & still[sel]
-                        adv_k[sel] = torch.where(per_sample(newly, x_adv), x_adv[first], adv_k[sel])
-                own = clean_ok & ~fooled
-                still &= ~fooled
-                robust[i, j] = (still if cascade else own).sum()
-            worst[j] = still.sum()
-            examples["robust"][eps_key(e)] = still
+                        newly = hit[first] & still[j][sel]
+                        adv_k[j][sel] = torch.where(per_sample(newly, x_adv), x_adv[first], adv_k[j][sel])
+                still[j] &= ~fooled
+                robust[i, j] = (still[j] if cascade else start[j] & ~fooled).sum()
+        worst = torch.stack([m.sum() for m in still]) if n_e else torch.zeros(0, dtype=torch.long, device=dev)
+        for j, e in enumerate(eps):
+            examples["robust"][eps_key(e)] = still[j]
             if k:
-                examples["adv"][eps_key(e)] = adv_k
-                examples["pred"][eps_key(e)] = _predict(model, adv_k, batch_size)
+                examples["adv"][eps_key(e)] = adv_k[j]
+                examples["pred"][eps_key(e)] = _predict(model, adv_k[j], batch_size)
     counts = RobustnessCounts(
         n=torch.tensor(x.shape[0], device=dev), clean=clean_ok.sum(), robust=robust, worst=worst
     )
     return counts, examples
+
+
+def _min_norms(model: nn.Module, attack: MinNormAttack, x: torch.Tensor, y: torch.Tensor, pool: torch.Tensor,
+               batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A minimum-norm attack's points and norms on the ``pool`` points (``inf`` elsewhere)."""
+    points = x.clone()
+    norms = torch.full((x.shape[0],), float("inf"), device=x.device)
+    for chunk in pool.nonzero().squeeze(1).split(batch_size):
+        points[chunk], norms[chunk] = attack.min_norms(model, x[chunk], y[chunk])
+    return points, norms
 
 
 def evaluate_robustness(

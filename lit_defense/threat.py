@@ -77,3 +77,37 @@ class ThreatModel:
             return (x + delta * factor).clamp_(0, 1)
         over = self.distance(x_adv, x) > self.eps + 1e-7
         return torch.where(per_sample(over, x), x, x_adv.clamp(0, 1))
+
+    # The norm-specific operations of the attacks: one place for the L-inf / L2 branches.
+    def random_point(self, x: torch.Tensor, generator: torch.Generator, where: str = "ball") -> torch.Tensor:
+        """A random point around ``x`` inside [0, 1]: ``where="ball"`` draws uniformly in the
+        L-inf box, or a random direction at a random radius in the L2 ball; ``"surface"`` draws
+        on the boundary (a random corner of the L-inf box, a point of the L2 sphere)."""
+        if self.norm not in ("linf", "l2"):
+            raise ConfigError(f"random points are drawn in linf or l2 balls, not {self.norm}.")
+        if self.norm == "linf":
+            if where == "surface":
+                signs = torch.randint(0, 2, x.shape, generator=generator, device=x.device).to(x.dtype) * 2 - 1
+                return (x + self.eps * signs).clamp(0, 1)
+            noise = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype) * 2 - 1
+            return (x + self.eps * noise).clamp(0, 1)
+        direction = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        direction = direction / per_sample(direction.flatten(1).norm(dim=1).clamp_min(1e-12), x)
+        if where == "surface":
+            return self.project(x + self.eps * direction, x)
+        radius = per_sample(torch.rand(x.shape[0], generator=generator, device=x.device, dtype=x.dtype), x)
+        return (x + self.eps * radius * direction).clamp(0, 1)
+
+    def steepest(self, grad: torch.Tensor) -> torch.Tensor:
+        """Unit steepest-ascent direction for this norm: sign for L-inf, normalised gradient for L2."""
+        if self.norm == "linf":
+            return grad.sign()
+        if self.norm == "l2":
+            return grad / per_sample(grad.flatten(1).norm(dim=1).clamp_min(1e-12), grad)
+        raise ConfigError(f"no steepest step for {self.norm}.")
+
+    def dual_norm(self, grad: torch.Tensor) -> torch.Tensor:
+        """Per-sample dual norm of a gradient (L1 for L-inf, L2 for L2): the first-order distance
+        to a boundary is ``|loss| / dual_norm(grad)``."""
+        flat = grad.flatten(1)
+        return flat.abs().sum(1) if self.norm == "linf" else flat.norm(dim=1)

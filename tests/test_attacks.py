@@ -203,14 +203,13 @@ class Noisy(nn.Module):
 def test_eot_averages_gradients_over_draws(trained):
     net, x, y = trained
     model = Noisy(net)
-    attack = PGD(eps=0.1)
+    attack = PGD(eps=0.1, eot_samples=5)
     x, y = x[:4], y[:4]
-    attack.eot_samples = 5
     torch.manual_seed(0)
-    _, g_eot = attack.loss_and_grad(model, x, y, attack.loss_fn)
+    _, _, g_eot = attack.loss_and_grad(model, x, y, attack.loss_fn)
     torch.manual_seed(0)
     single = PGD(eps=0.1)
-    grads = [single.loss_and_grad(model, x, y, single.loss_fn)[1] for _ in range(5)]
+    grads = [single.loss_and_grad(model, x, y, single.loss_fn)[2] for _ in range(5)]
     assert torch.allclose(g_eot, torch.stack(grads).mean(0), atol=1e-6)
     # composition reaches the inner attack without mutating it
     wrapped = EOT(BPDA(PGD(eps=0.1, steps=2)), samples=3)
@@ -226,8 +225,7 @@ def test_eot_climbs_the_expected_loss_to_the_last_step(trained):
     net, x, y = trained
     model = Noisy(net)
     x, y = x[:64], y[:64]
-    first = PGD(eps=0.05, steps=10)  # EOT gradients, but stops at the first fooled iterate
-    first.eot_samples = 4
+    first = PGD(eps=0.05, steps=10, eot_samples=4)  # EOT gradients, but stops at the first fooled iterate
     wrapped = EOT(PGD(eps=0.05, steps=10), samples=4)
 
     def fresh_accuracy(x_adv):

@@ -15,7 +15,8 @@ from lit_defense.modules import Classifier
 DATA = ["--data.class_path=lit_defense.data.VisionDataModule", "--data.init_args.dataset=synthetic",
         "--data.init_args.synthetic_test_size=96"]
 FAST = ["--num_samples=96", "--eps=[0.05,0.1,0.2]", "--suite.steps=5", "--suite.square_queries=50",
-        "--suite.random_samples=5", "--suite.eot_samples=2", "--tensorboard=true"]
+        "--suite.random_samples=5", "--suite.eot_samples=2", "--suite.apgd_steps=10",
+        "--suite.apgd_targets=2", "--suite.min_norm_steps=10", "--suite.rays_queries=50", "--tensorboard=true"]
 
 
 @pytest.fixture(scope="module")

@@ -97,7 +97,8 @@ class Probabilities(nn.Module):
         return self.model(x).softmax(1)
 
 
-SMALL = AttackSuite(steps=10, eot_samples=4, square_queries=150, random_samples=10)
+SMALL = AttackSuite(steps=10, eot_samples=4, square_queries=150, random_samples=10, apgd_steps=10, apgd_targets=2,
+                    min_norm_steps=10, rays_queries=100)
 
 
 def by_name(checks):
@@ -244,3 +245,31 @@ def test_audit_flags_masked_models_and_never_reports_more_robustness(trained, ho
         # attacks that reach the same points along different paths)
         for key, value in a.worst_case.items():
             assert value <= honest_audit.worst_case[key] + 0.05, (key, value, honest_audit.worst_case[key])
+
+
+class DecisionOnly(nn.Module):
+    """Returns only its decision, a scaled one-hot of the honest model's prediction: no gradient
+    and a margin that is flat wherever the decision does not change."""
+
+    def __init__(self, model: nn.Module, scale: float = 10.0):
+        super().__init__()
+        self.model = model
+        self.scale = scale
+
+    def forward(self, x):
+        with torch.no_grad():
+            pred = self.model(x).argmax(1)
+        return torch.nn.functional.one_hot(pred, 10).float() * self.scale
+
+
+def test_audit_of_a_decision_only_model_comes_close_to_the_honest_one(trained, honest_audit):
+    """Square and random sampling follow a flat margin; the decision-based RayS in the escalated
+    gradient-free stage walks the boundary: the worst case at eps 0.1 is within 5 points of the
+    honest model's own."""
+    model, x, y = trained
+    suite = AttackSuite(steps=10, eot_samples=4, square_queries=150, random_samples=10, apgd_steps=10,
+                        apgd_targets=2, min_norm_steps=10, rays_queries=200)
+    a = audit_model(DecisionOnly(model), x, y, [0.1], name="decision_only", suite=suite, check_samples=128)
+    assert a.gradient_masking.suspected and "zero_gradients" in a.gradient_masking.triggered
+    assert "rays" in a.roles["black_box"]
+    assert a.worst_case["0.1"] <= honest_audit.worst_case["0.1"] + 0.05, (a.worst_case, honest_audit.worst_case)

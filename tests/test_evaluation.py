@@ -69,8 +69,11 @@ def test_points_outside_the_threat_model_do_not_count():
     from lit_defense.attacks.base import Attack
 
     class Cheat(Attack):
-        def __call__(self, model, x, y):
+        def perturb(self, model, x, y, generator):
             return torch.zeros_like(x)
+
+        def __call__(self, model, x, y):  # skips the projection every attack's __call__ makes
+            return self.perturb(model, x, y, None)
 
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2))
     with torch.no_grad():

@@ -152,7 +152,8 @@ def test_attacks_and_reports_survive_huge_and_tiny_logits(trained, scale):
     res = evaluate_robustness(scaled, x, y, attacks, [0.1], cascade=False)
     for a in attacks[:2]:  # logit losses with sign steps are scale-invariant
         assert abs(res.robust_accuracy[a.name]["0.1"] - plain.robust_accuracy[a.name]["0.1"]) <= 0.05
-    audit = audit_model(scaled, x, y, [0.1], suite=AttackSuite(steps=5, square_queries=20, random_samples=2),
+    audit = audit_model(scaled, x, y, [0.1], suite=AttackSuite(steps=5, square_queries=20, random_samples=2, apgd_steps=5,
+                                                              apgd_targets=1, min_norm_steps=5, rays_queries=20),
                         check_samples=32)
     json.dumps(audit.to_dict(), allow_nan=False)
 

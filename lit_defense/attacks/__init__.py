@@ -1,15 +1,27 @@
 """Attacks on [0, 1] pixels: ``attack(model, x, y) -> x_adv``. See ``base.py`` for the contract."""
 
-from lit_defense.attacks.base import Attack, ce_loss, dlr_loss, margin_loss
+from lit_defense.attacks.apgd import APGD
+from lit_defense.attacks.base import (
+    Attack,
+    FixedBudgetAttack,
+    GradientAttack,
+    MinNormAttack,
+    ce_loss,
+    dlr_loss,
+    margin_loss,
+)
 from lit_defense.attacks.cw import CarliniWagnerL2
+from lit_defense.attacks.fmn import FMN
 from lit_defense.attacks.gradient import FGSM, PGD
 from lit_defense.attacks.jsma import JSMA
 from lit_defense.attacks.random_sampling import RandomSampling
+from lit_defense.attacks.rays import RayS
 from lit_defense.attacks.square import Square
 from lit_defense.attacks.transfer import Transfer
 from lit_defense.attacks.wrappers import BPDA, EOT, bpda_hooks, masked_modules
 
 __all__ = [
-    "Attack", "BPDA", "CarliniWagnerL2", "EOT", "FGSM", "JSMA", "PGD", "RandomSampling", "Square", "Transfer",
+    "APGD", "Attack", "BPDA", "CarliniWagnerL2", "EOT", "FGSM", "FMN", "FixedBudgetAttack", "GradientAttack", "JSMA",
+    "MinNormAttack", "PGD", "RandomSampling", "RayS", "Square", "Transfer",
     "bpda_hooks", "ce_loss", "dlr_loss", "margin_loss", "masked_modules",
 ]

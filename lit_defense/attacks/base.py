@@ -1,4 +1,4 @@
-"""The attack contract and what every attack shares.
+"""The attack contract and what every attack shares (after foolbox 3's ``attacks/base.py``).
 
 An attack is a small class, constructible from YAML (``class_path``/``init_args``), called as
 ``attack(model, x, y) -> x_adv`` on [0, 1] pixels. Every attack:
@@ -10,21 +10,33 @@ An attack is a small class, constructible from YAML (``class_path``/``init_args`
 - never syncs with the host inside its step loop (no ``.item()``, no Python branch on a tensor);
 - draws its randomness from a ``torch.Generator`` seeded by ``seed``;
 - returns a point inside its threat model and inside [0, 1].
+
+Two kinds: a ``FixedBudgetAttack`` looks for an adversarial point inside one budget ``eps``; a
+``MinNormAttack`` looks for each input's *smallest* adversarial perturbation, so one run answers
+every budget of a grid. Everything that shapes an attack (loss, EOT samples, which iterate it
+returns) is a constructor argument: ``attack.replace(steps=40)`` is a copy with other arguments,
+and wrappers reach their inner attack only through such copies (``for_eot``), never by setting
+attributes from outside. The norm-specific operations (projection, random start, steepest step)
+live on ``ThreatModel``.
 """
 
 from __future__ import annotations
 
-import copy
-from typing import Literal
+import abc
+import inspect
+from collections.abc import Callable
+from typing import Any, Literal, TypeVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from lit_defense.errors import ConfigError
-from lit_defense.threat import Norm, ThreatModel, per_sample
+from lit_defense.threat import Norm, ThreatModel
 
 LossName = Literal["ce", "margin", "dlr"]
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+A = TypeVar("A", bound="Attack")
 
 
 def other_max(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -51,13 +63,36 @@ def dlr_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 def ce_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per-sample cross-entropy (the naive loss: its gradient vanishes when softmax saturates)."""
     return F.cross_entropy(logits.float(), y, reduction="none")
 
 
-LOSSES = {"ce": ce_loss, "margin": margin_loss, "dlr": dlr_loss}
+def targeted_ce_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Minus the cross-entropy of the target class: maximising it pulls towards ``target``."""
+    return -ce_loss(logits, target)
 
 
-def get_loss(name: str):
+def targeted_margin_loss(logits: torch.Tensor, target: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``z_target - z_y``: > 0 means the target beats the true class (so the input is misclassified)."""
+    logits = logits.float()
+    return logits.gather(1, target[:, None]).squeeze(1) - logits.gather(1, y[:, None]).squeeze(1)
+
+
+def targeted_dlr_loss(logits: torch.Tensor, target: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Croce & Hein's targeted DLR: ``(z_t - z_y) / (z_pi1 - (z_pi3 + z_pi4) / 2)``."""
+    logits = logits.float()
+    top = logits.sort(dim=-1, descending=True).values
+    scale = top[:, 0] - 0.5 * (top[:, 2] + top[:, 3]) + 1e-12
+    return targeted_margin_loss(logits, target, y) / scale
+
+
+LOSSES: dict[str, LossFn] = {"ce": ce_loss, "margin": margin_loss, "dlr": dlr_loss}
+
+
+def get_loss(name: str | LossFn) -> LossFn:
+    """The loss function a name (``ce``, ``margin``, ``dlr``) stands for; a callable is itself."""
+    if callable(name):
+        return name
     if name not in LOSSES:
         raise ConfigError(f"unknown attack loss {name!r}; choose one of: {', '.join(LOSSES)}.")
     return LOSSES[name]
@@ -82,8 +117,11 @@ def _check_inputs(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
         raise ConfigError(f"labels must be integer class indices of shape ({x.shape[0]},), got {y.dtype} {tuple(y.shape)}.")
 
 
-class Attack:
-    """Base class. Subclasses implement ``perturb(model, x, y, generator) -> x_adv``.
+class Attack(abc.ABC):
+    """Abstract base of every attack: ``attack(model, x, y) -> x_adv`` (see module doc).
+
+    Subclasses implement ``perturb``. The constructor's arguments are recorded, so ``replace``
+    and ``with_eps`` build a copy through the constructor (its checks included).
 
     Args:
         eps: budget of the threat model.
@@ -96,6 +134,21 @@ class Attack:
     norms: tuple[str, ...] = ("linf", "l2")
     uses_gradients = True
 
+    def __new__(cls, *args: Any, **kwargs: Any) -> Attack:  # noqa: D102
+        self = super().__new__(cls)
+        try:
+            bound = inspect.signature(cls.__init__).bind(self, *args, **kwargs)
+        except TypeError:  # copy/pickle call __new__ without arguments; __init__ reports bad ones
+            return self
+        bound.apply_defaults()
+        params = dict(bound.arguments)
+        params.pop("self")
+        for pname, param in inspect.signature(cls.__init__).parameters.items():
+            if param.kind is inspect.Parameter.VAR_KEYWORD:
+                params.update(params.pop(pname, {}))
+        self._init_args = params
+        return self
+
     def __init__(self, eps: float = 0.1, norm: Norm = "linf", seed: int = 0, name: str | None = None):
         if norm not in self.norms:
             raise ConfigError(
@@ -104,35 +157,55 @@ class Attack:
         self.threat = ThreatModel(norm, eps)
         self.seed = seed
         self._name = name
-        self.eot_samples = 1
 
     # ------------------------------------------------------------------------------- identity
     @property
     def eps(self) -> float:
+        """The budget of the threat model."""
         return self.threat.eps
 
     @property
     def norm(self) -> str:
+        """The norm of the threat model."""
         return self.threat.norm
 
     @property
     def name(self) -> str:
+        """The attack's name in metrics."""
         return self._name or self.default_name()
 
     def default_name(self) -> str:
+        """The name used when none is given."""
         return type(self).__name__.lower()
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, norm={self.norm!r}, eps={self.eps})"
 
-    def with_eps(self, eps: float) -> Attack:
+    @property
+    def init_args(self) -> dict[str, Any]:
+        """The constructor arguments this attack was built with."""
+        return dict(self._init_args)
+
+    def replace(self: A, **changes: Any) -> A:
+        """A copy of this attack built with other constructor arguments (``attack.replace(steps=40)``)."""
+        unknown = sorted(set(changes) - set(self._init_args))
+        if unknown:
+            raise ConfigError(f"{type(self).__name__} takes no argument {unknown}; it takes {sorted(self._init_args)}.")
+        return type(self)(**{**self._init_args, **changes})
+
+    def with_eps(self: A, eps: float) -> A:
         """A copy of this attack with budget ``eps`` (same norm, seed and settings)."""
-        other = copy.copy(self)
-        other.threat = ThreatModel(self.norm, eps)
-        return other
+        return self.replace(eps=eps)
+
+    def for_eot(self, samples: int) -> Attack:
+        """This attack as Expectation over Transformation wants it: ``samples`` draws per gradient.
+
+        The hook ``EOT`` calls; attacks that take no gradient cannot average one and refuse."""
+        raise ConfigError(f"EOT averages gradients; {type(self).__name__} takes none. Wrap a gradient attack.")
 
     # -------------------------------------------------------------------------------- calling
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Attack ``model`` at ``(x, y)``; returns adversarial inputs inside the threat model."""
         _check_inputs(model, x, y)
         with torch.inference_mode(False), torch.enable_grad():
             x = x.detach().clone()
@@ -144,45 +217,87 @@ class Attack:
             x_adv = self.perturb(model, x, y, generator)
             return self.threat.project(x_adv.detach(), x)
 
+    @abc.abstractmethod
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                 generator: torch.Generator) -> torch.Tensor:
-        raise NotImplementedError
+        """The adversarial inputs for ``(x, y)`` (cloned, gradient-enabled; projected afterwards)."""
 
-    # ------------------------------------------------------------------------------- gradients
-    def loss_and_grad(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn
-                      ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits at ``x`` and the gradient of ``sum(loss_fn(logits, y))`` w.r.t. ``x``.
 
-        With ``eot_samples = K > 1`` (set by the ``EOT`` wrapper) the gradient is the mean over K
-        forward/backward passes (Expectation over Transformation) and the logits are the mean
-        logits.
+class FixedBudgetAttack(Attack, abc.ABC):
+    """An attack that looks for an adversarial point inside one budget ``eps``."""
+
+
+class GradientAttack(FixedBudgetAttack, abc.ABC):
+    """A fixed-budget attack driven by input gradients of a loss.
+
+    Args:
+        eot_samples: forward/backward passes averaged per gradient (Expectation over
+            Transformation, for randomized models; ``EOT`` sets it through ``for_eot``).
+    """
+
+    def __init__(self, eps: float = 0.1, norm: Norm = "linf", eot_samples: int = 1, seed: int = 0,
+                 name: str | None = None):
+        super().__init__(eps=eps, norm=norm, seed=seed, name=name)
+        if eot_samples < 1:
+            raise ConfigError(f"eot_samples must be >= 1, got {eot_samples}.")
+        self.eot_samples = eot_samples
+
+    def for_eot(self, samples: int) -> GradientAttack:  # noqa: D102
+        return self.replace(eot_samples=samples)
+
+    def loss_and_grad(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: LossFn
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Logits at ``x``, the per-sample loss and its gradient w.r.t. ``x``.
+
+        With ``eot_samples = K > 1`` the three are means over K forward/backward passes
+        (Expectation over Transformation).
         """
         grad = torch.zeros_like(x)
-        logits_sum = None
+        logits_sum = loss_sum = None
         for _ in range(self.eot_samples):
             x_in = x.detach().requires_grad_(True)
             logits = model(x_in)
-            grad += input_gradient(loss_fn(logits, y).sum(), x_in)
+            loss = loss_fn(logits, y)
+            grad += input_gradient(loss.sum(), x_in)
             logits_sum = logits.detach() if logits_sum is None else logits_sum + logits.detach()
+            loss_sum = loss.detach() if loss_sum is None else loss_sum + loss.detach()
         if self.eot_samples > 1:
             grad /= self.eot_samples
             logits_sum = logits_sum / self.eot_samples
-        return logits_sum, grad
+            loss_sum = loss_sum / self.eot_samples
+        return logits_sum, loss_sum, grad
 
 
-def random_start(x: torch.Tensor, threat: ThreatModel, generator: torch.Generator) -> torch.Tensor:
-    """A uniform point of the L-inf ball, or a random direction at a random radius in the L2 ball."""
-    if threat.norm == "linf":
-        noise = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype) * 2 - 1
-        return (x + threat.eps * noise).clamp(0, 1)
-    direction = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-    direction = direction / per_sample(direction.flatten(1).norm(dim=1).clamp_min(1e-12), x)
-    radius = per_sample(torch.rand(x.shape[0], generator=generator, device=x.device, dtype=x.dtype), x)
-    return (x + threat.eps * radius * direction).clamp(0, 1)
+class MinNormAttack(Attack, abc.ABC):
+    """An attack that looks for each input's smallest adversarial perturbation.
 
+    ``minimize`` returns the adversarial points and their norms (``inf`` where none was found);
+    called with a budget (``attack(model, x, y)``) it returns the point where its norm is within
+    ``eps``, else the clean input. ``eps`` only matters for that call.
+    """
 
-def steepest_step(grad: torch.Tensor, norm: str) -> torch.Tensor:
-    """Unit steepest-ascent direction: sign for L-inf, normalised gradient for L2."""
-    if norm == "linf":
-        return grad.sign()
-    return grad / per_sample(grad.flatten(1).norm(dim=1).clamp_min(1e-12), grad)
+    def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                generator: torch.Generator) -> torch.Tensor:
+        """The minimal adversarial point where it lies within ``eps``, else ``x``."""
+        x_adv, norms = self.minimize(model, x, y, generator)
+        inside = (norms <= self.eps * (1 + 1e-5) + 1e-7).view(-1, *([1] * (x.dim() - 1)))
+        return torch.where(inside, x_adv, x)
+
+    @abc.abstractmethod
+    def minimize(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                 generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(x_adv, norms)``: each input's smallest adversarial point found and its norm."""
+
+    def min_norms(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Public entry of ``minimize`` under the attack contract: ``(x_adv, norms)``; inputs the
+        model already misclassifies get norm 0."""
+        _check_inputs(model, x, y)
+        with torch.inference_mode(False), torch.enable_grad():
+            x, y = x.detach().clone(), y.detach().clone()
+            generator = torch.Generator(device=x.device)
+            generator.manual_seed(self.seed)
+            x_adv, norms = self.minimize(model, x, y, generator)
+            with torch.no_grad():
+                wrong = model(x).argmax(1) != y
+            x_adv = torch.where(wrong.view(-1, *([1] * (x.dim() - 1))), x, x_adv.detach().clamp(0, 1))
+            return x_adv, torch.where(wrong, torch.zeros_like(norms), norms)

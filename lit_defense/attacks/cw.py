@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import torch
 
-from lit_defense.attacks.base import Attack, margin_loss
+from lit_defense.attacks.base import MinNormAttack, margin_loss
 from lit_defense.errors import ConfigError
 from lit_defense.threat import per_sample
 
 
-class CarliniWagnerL2(Attack):
-    """Args:
+class CarliniWagnerL2(MinNormAttack):
+    """Carlini & Wagner's L2 attack: a minimum-norm attack (``min_norms``); at a budget, its point
+    where it lies within ``eps``.
+
+    Args:
         steps: Adam iterations per binary-search step.
         binary_search_steps: searches over the constant c (per sample).
         initial_const: first c.
@@ -41,7 +44,7 @@ class CarliniWagnerL2(Attack):
     def default_name(self) -> str:
         return "cw_l2"
 
-    def perturb(self, model, x, y, generator):
+    def minimize(self, model, x, y, generator):  # noqa: D102
         n = x.shape[0]
         w0 = torch.atanh((x * 2 - 1).clamp(-1 + 1e-6, 1 - 1e-6))
         const = torch.full((n,), self.initial_const, device=x.device)
@@ -72,4 +75,4 @@ class CarliniWagnerL2(Attack):
                 upper = torch.where(found, torch.minimum(upper, const), upper)
                 lower = torch.where(found, lower, torch.maximum(lower, const))
                 const = torch.where(torch.isinf(upper), const * 10, (lower + upper) / 2)
-        return best
+        return best, best_l2.sqrt()

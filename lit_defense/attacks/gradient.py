@@ -10,40 +10,47 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lit_defense.attacks.base import Attack, LossName, get_loss, random_start, steepest_step
+from lit_defense.attacks.base import GradientAttack, LossFn, LossName, get_loss
 from lit_defense.errors import ConfigError
 from lit_defense.threat import Norm, per_sample
 
 
-class FGSM(Attack):
+def loss_label(loss: LossName | LossFn) -> str:
+    """How a loss appears in attack names: its name, or the function's name for a custom loss."""
+    return loss if isinstance(loss, str) else getattr(loss, "__name__", "custom")
+
+
+class FGSM(GradientAttack):
     """Fast gradient sign method (Goodfellow et al. 2015): one step of size eps.
 
     For ``norm="l2"`` it is the fast gradient method (one normalised-gradient step).
     """
 
-    def __init__(self, eps: float = 0.1, norm: Norm = "linf", loss: LossName = "ce", seed: int = 0,
-                 name: str | None = None):
-        super().__init__(eps=eps, norm=norm, seed=seed, name=name)
+    def __init__(self, eps: float = 0.1, norm: Norm = "linf", loss: LossName | LossFn = "ce",
+                 eot_samples: int = 1, seed: int = 0, name: str | None = None):
+        super().__init__(eps=eps, norm=norm, eot_samples=eot_samples, seed=seed, name=name)
         self.loss = loss
         self.loss_fn = get_loss(loss)
 
-    def default_name(self) -> str:
-        name = "fgsm" if self.loss == "ce" else f"fgsm_{self.loss}"
+    def default_name(self) -> str:  # noqa: D102
+        name = "fgsm" if self.loss == "ce" else f"fgsm_{loss_label(self.loss)}"
         return name if self.norm == "linf" else f"{name}_{self.norm}"
 
-    def perturb(self, model, x, y, generator):
-        _, grad = self.loss_and_grad(model, x, y, self.loss_fn)
-        return x + self.eps * steepest_step(grad, self.norm)
+    def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                generator: torch.Generator) -> torch.Tensor:  # noqa: D102
+        _, _, grad = self.loss_and_grad(model, x, y, self.loss_fn)
+        return x + self.eps * self.threat.steepest(grad)
 
 
-class PGD(Attack):
+class PGD(GradientAttack):
     """Projected gradient descent (Madry et al. 2018), L-inf or L2.
 
     Args:
         steps: gradient steps per restart.
         step_size: absolute step size; ``None`` uses ``rel_step_size * eps / steps``
             (2.5 * eps / steps, Madry et al.'s choice, by default).
-        loss: ``ce`` (naive), ``margin`` or ``dlr`` (logit losses, see module doc).
+        loss: ``ce`` (naive), ``margin`` or ``dlr`` (logit losses, see module doc), or a
+            function ``(logits, y) -> per-sample loss`` (TRADES' KL term).
         random_start: start from a random point of the ball (restarts after the first always do).
         restarts: independent runs; each later run attacks only the points not yet fooled.
         early_stop_every: every this many steps, drop the points already fooled from the batch
@@ -52,16 +59,18 @@ class PGD(Attack):
         keep_first_adversarial: return the first misclassified iterate (evaluation: no adversarial
             point found is lost). ``False`` returns the last iterate, the maximum of the loss, as
             adversarial training wants (and disables early stopping).
+        eot_samples: gradients averaged over this many draws (``EOT`` sets it, with the last
+            iterate: see ``for_eot``).
 
     Returns, per sample, the first misclassified iterate met along the path (so no adversarial
     point found is lost), else the last iterate.
     """
 
     def __init__(self, eps: float = 0.1, norm: Norm = "linf", steps: int = 20, step_size: float | None = None,
-                 rel_step_size: float = 2.5, loss: LossName = "ce", random_start: bool = True,
+                 rel_step_size: float = 2.5, loss: LossName | LossFn = "ce", random_start: bool = True,
                  restarts: int = 1, early_stop_every: int = 5, keep_first_adversarial: bool = True,
-                 seed: int = 0, name: str | None = None):
-        super().__init__(eps=eps, norm=norm, seed=seed, name=name)
+                 eot_samples: int = 1, seed: int = 0, name: str | None = None):
+        super().__init__(eps=eps, norm=norm, eot_samples=eot_samples, seed=seed, name=name)
         if steps < 1 or restarts < 1:
             raise ConfigError(f"PGD needs steps >= 1 and restarts >= 1, got steps={steps}, restarts={restarts}.")
         if step_size is not None and step_size <= 0:
@@ -78,14 +87,21 @@ class PGD(Attack):
         self.early_stop_every = early_stop_every if keep_first_adversarial else 0
         self.keep_first_adversarial = keep_first_adversarial
 
-    def default_name(self) -> str:
-        return f"pgd_{self.loss}" + ("" if self.norm == "linf" else f"_{self.norm}")
+    def default_name(self) -> str:  # noqa: D102
+        return f"pgd_{loss_label(self.loss)}" + ("" if self.norm == "linf" else f"_{self.norm}")
+
+    def for_eot(self, samples: int) -> PGD:
+        """EOT gradients, every step run and the last iterate returned: against a randomized
+        model, "fooled by the mean of K draws" sits on the boundary and is not "fooled"."""
+        return self.replace(eot_samples=samples, keep_first_adversarial=False, early_stop_every=0)
 
     @property
     def alpha(self) -> float:
+        """The absolute step size."""
         return self.step_size if self.step_size is not None else self.rel_step_size * self.eps / self.steps
 
-    def perturb(self, model, x, y, generator):
+    def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                generator: torch.Generator) -> torch.Tensor:  # noqa: D102
         out = x.clone()
         fooled = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
         for restart in range(self.restarts):
@@ -104,7 +120,7 @@ class PGD(Attack):
         out = torch.empty_like(x)
         fooled = torch.zeros(n, dtype=torch.bool, device=x.device)
         act = torch.arange(n, device=x.device)  # samples still attacked
-        xa = random_start(x, self.threat, generator) if start else x.clone()
+        xa = self.threat.random_point(x, generator) if start else x.clone()
         xo, ya = x, y
         alpha = self.alpha
         for step in range(self.steps):
@@ -113,12 +129,12 @@ class PGD(Attack):
                 act, xa, xo, ya = act[keep], xa[keep], xo[keep], ya[keep]
                 if act.numel() == 0:
                     return out, fooled
-            logits, grad = self.loss_and_grad(model, xa, ya, self.loss_fn)
+            logits, _, grad = self.loss_and_grad(model, xa, ya, self.loss_fn)
             was = fooled[act]
             newly = (logits.argmax(1) != ya) & ~was
             out[act] = torch.where(per_sample(newly, xa), xa, out[act])
             fooled[act] = was | newly
-            xa = self.threat.project(xa + alpha * steepest_step(grad, self.norm), xo)
+            xa = self.threat.project(xa + alpha * self.threat.steepest(grad), xo)
         with torch.no_grad():
             final_adv = model(xa).argmax(1) != ya
         was = fooled[act]

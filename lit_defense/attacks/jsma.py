@@ -15,11 +15,11 @@ from typing import Literal
 
 import torch
 
-from lit_defense.attacks.base import Attack
+from lit_defense.attacks.base import FixedBudgetAttack
 from lit_defense.errors import ConfigError
 
 
-class JSMA(Attack):
+class JSMA(FixedBudgetAttack):
     """Args:
         eps: maximum fraction of features changed (gamma).
         theta: change applied to each chosen feature (+1: set to the maximum).

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import torch
 
-from lit_defense.attacks.base import Attack, random_start
+from lit_defense.attacks.base import FixedBudgetAttack
 from lit_defense.errors import ConfigError
-from lit_defense.threat import Norm, ThreatModel, per_sample
+from lit_defense.threat import Norm, per_sample
 
 
-class RandomSampling(Attack):
+class RandomSampling(FixedBudgetAttack):
     """Args:
         samples: random points tried per input (each costs one forward pass).
     """
@@ -33,14 +33,9 @@ class RandomSampling(Attack):
         return "random" if self.norm == "linf" else f"random_{self.norm}"
 
     def _draw(self, x: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
-        if self.norm == "linf" and k % 2 == 0:  # a corner of the box: the largest perturbation
-            signs = torch.randint(0, 2, x.shape, generator=generator, device=x.device).to(x.dtype) * 2 - 1
-            return (x + self.eps * signs).clamp(0, 1)
-        if self.norm == "l2":  # on the sphere, not inside it
-            direction = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-            direction = direction / per_sample(direction.flatten(1).norm(dim=1).clamp_min(1e-12), x)
-            return ThreatModel("l2", self.eps).project(x + self.eps * direction, x)
-        return random_start(x, self.threat, generator)
+        # L-inf: half at the corners of the box (the largest perturbations); L2: on the sphere
+        on_surface = self.norm == "l2" or k % 2 == 0
+        return self.threat.random_point(x, generator, "surface" if on_surface else "ball")
 
     def perturb(self, model, x, y, generator):
         out = x.clone()

@@ -10,7 +10,7 @@ import math
 
 import torch
 
-from lit_defense.attacks.base import Attack, margin_loss
+from lit_defense.attacks.base import FixedBudgetAttack, margin_loss
 from lit_defense.errors import ConfigError
 
 # Halving schedule of the square size (fractions of 10,000 queries, as in the paper's code).
@@ -26,7 +26,7 @@ def _p_at(p_init: float, it: int, n_queries: int) -> float:
     return p
 
 
-class Square(Attack):
+class Square(FixedBudgetAttack):
     """Args:
         n_queries: model evaluations per sample (the first is the stripe initialisation).
         p_init: initial fraction of pixels changed per query (0.8 for MNIST-like data in the paper).

@@ -6,13 +6,15 @@ gradients are masked. The surrogate is a lit-defense checkpoint, loaded safely.
 
 from __future__ import annotations
 
-from lit_defense.attacks.base import Attack
+import copy
+
+from lit_defense.attacks.base import Attack, FixedBudgetAttack
 from lit_defense.attacks.gradient import PGD
 from lit_defense.checkpoints import module_from_checkpoint
-from lit_defense.threat import Norm
+from lit_defense.threat import Norm, ThreatModel
 
 
-class Transfer(Attack):
+class Transfer(FixedBudgetAttack):
     """Args:
         surrogate_checkpoint: a lit-defense ``.ckpt`` of the surrogate (e.g. an undefended model).
         attack: the attack run on the surrogate (default: PGD-20, margin loss).
@@ -37,7 +39,10 @@ class Transfer(Attack):
         return self.attack.with_eps(self.eps)(surrogate, x, y)
 
     def with_eps(self, eps: float) -> Transfer:
-        other = super().with_eps(eps)
+        """A copy at budget ``eps`` that shares the loaded surrogate (no second checkpoint read)."""
+        other = copy.copy(self)
+        other.threat = ThreatModel(self.norm, eps)
         other.attack = self.attack.with_eps(eps)
+        other._init_args = {**self._init_args, "eps": eps, "attack": other.attack}
         return other
 

@@ -8,7 +8,6 @@ plain PGD, unlike the masked models'.
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import torch
@@ -50,13 +49,12 @@ class AdversarialTraining(Classifier):
         try:
             attack = self.attack
             if clean_probs is not None:  # TRADES: the same PGD, maximising KL(f(x) || f(x_adv))
-                attack = copy.copy(self.attack)
 
                 def kl(logits, _y):
                     return F.kl_div(F.log_softmax(logits / self.temperature, -1), clean_probs,
                                     reduction="none").sum(-1)
 
-                attack.loss_fn = kl
+                attack = self.attack.replace(loss=kl)
             return attack(self, x, y)
         finally:
             self.train(was_training)

@@ -1,0 +1,135 @@
+"""The audit against the reference AutoAttack (Croce & Hein 2020), side by side, same models and images.
+
+    pip install --no-deps pyautoattack==0.2.0          # benchmark-only, never a runtime dependency
+    python benchmarks/vs_autoattack.py --run runs/<make-run-folder> \
+        --models teacher distillation_teacher distilled adv_train --samples 1000 --eps 0.1 --grid
+    python benchmarks/vs_autoattack.py --run runs/<folder> --models masked_bit_depth \
+        masked_random_resize_pad --samples 200               # randomized models: AutoAttack 'rand'
+    python benchmarks/vs_autoattack.py --run runs/<folder> --models teacher adv_train --norm l2 --eps 1.0
+
+For every model, on the audit's own fixed subset of the Fashion-MNIST test set
+(``fixed_subset(test_set, samples, seed=0)``): AutoAttack ``standard`` (APGD-CE, APGD-T, FAB-T,
+Square-5000; its ``rand`` version, EOT-20 APGD-CE and APGD-DLR, for a model whose outputs are
+random) and ``audit_model`` with the default suite at the same eps, each timed. Prints both robust
+accuracies, how many images each finds that the other misses, the time ratio, and with ``--grid``
+the time of the audit's default three-eps grid (0.05, 0.1, 0.2 for L-inf). ``--output`` writes the
+rows as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+
+import torch
+from _data import benchmark_datamodule
+
+from lit_defense.audit import AttackSuite, audit_model
+from lit_defense.checkpoints import module_from_checkpoint
+from lit_defense.data import fixed_subset
+from lit_defense.evaluation import eps_key
+
+GRID = {"linf": [0.05, 0.1, 0.2], "l2": [0.5, 1.0, 2.0]}
+
+
+def is_randomized(model, x) -> bool:
+    with torch.no_grad():
+        return not torch.equal(model(x[:32]), model(x[:32]))
+
+
+def autoattack(model, x, y, norm: str, eps: float, version: str, batch_size: int) -> tuple[torch.Tensor, float]:
+    """AutoAttack's per-sample robustness (True: still classified correctly) and its time."""
+    from pyautoattack import AutoAttack
+
+    logging.getLogger("auto-attack").setLevel(logging.WARNING)
+    adversary = AutoAttack(model, norm={"linf": "Linf", "l2": "L2"}[norm], eps=eps, version=version,
+                           seed=0, device=x.device)
+    adversary.verbose = False
+    start = time.perf_counter()
+    x_adv, _ = adversary.run_standard_evaluation(x, y, batch_size=batch_size)
+    seconds = time.perf_counter() - start
+    with torch.no_grad():
+        robust = torch.cat([model(xb).argmax(1) == yb for xb, yb in zip(x_adv.split(batch_size),
+                                                                        y.split(batch_size), strict=True)])
+    return robust, seconds
+
+
+def ours(model, x, y, norm: str, eps: list[float], suite: AttackSuite) -> tuple[dict[str, torch.Tensor], float, dict]:
+    start = time.perf_counter()
+    audit = audit_model(model, x, y, eps, norm, suite=suite)
+    seconds = time.perf_counter() - start
+    return audit.examples["robust"], seconds, audit.to_dict()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run", required=True, help="a `make run` folder (runs/<timestamp>-<profile>)")
+    parser.add_argument("--models", nargs="+", default=["teacher", "distillation_teacher", "distilled", "adv_train"])
+    parser.add_argument("--samples", type=int, default=1000)
+    parser.add_argument("--norm", default="linf", choices=["linf", "l2"])
+    parser.add_argument("--eps", type=float, default=0.1)
+    parser.add_argument("--grid", action="store_true", help="also time the audit's default three-eps grid")
+    parser.add_argument("--batch_size", type=int, default=500)
+    parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--output", help="write the rows as JSON here")
+    parser.add_argument("--suite", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="AttackSuite overrides (integers), e.g. apgd_targets=9; default: the audit's defaults")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    dm = benchmark_datamodule("fashion_mnist", stages=("test",))
+    x, y = fixed_subset(dm.test_set, args.samples, seed=0)
+    key = eps_key(args.eps)
+    suite = AttackSuite(**{k: int(v) for k, v in (kv.split("=", 1) for kv in args.suite)})
+    rows = []
+    print(f"{args.samples} Fashion-MNIST test images, {args.norm} eps={args.eps:g}; threads={torch.get_num_threads()}; "
+          f"{suite}")
+    header = (f"{'model':<26}{'AutoAttack':>11}{'audit':>8}{'AA only':>8}{'audit only':>11}"
+              f"{'AA s':>8}{'audit s':>9}{'audit/AA':>9}" + (f"{'grid s':>8}{'grid/AA':>8}" if args.grid else ""))
+    print(header)
+    for name in args.models:
+        ckpt = Path(args.run) / name / "version_0" / "checkpoints" / "last.ckpt"
+        model = module_from_checkpoint(ckpt).requires_grad_(False)
+        randomized = is_randomized(model, x)
+        torch.manual_seed(0)
+        aa_robust, aa_s = autoattack(model, x, y, args.norm, args.eps, "rand" if randomized else "standard",
+                                     args.batch_size)
+        torch.manual_seed(0)
+        robust, our_s, report = ours(model, x, y, args.norm, [args.eps], suite)
+        row = {
+            "model": name, "randomized": randomized, "norm": args.norm, "eps": args.eps, "samples": args.samples,
+            "autoattack_version": "rand" if randomized else "standard",
+            "autoattack": aa_robust.double().mean().item(), "audit": robust[key].double().mean().item(),
+            "autoattack_only": int((robust[key] & ~aa_robust).sum()), "audit_only": int((aa_robust & ~robust[key]).sum()),
+            "autoattack_seconds": round(aa_s, 1), "audit_seconds": round(our_s, 1),
+            "audit_results": report["results"],
+        }
+        line = (f"{name:<26}{row['autoattack']:>11.2%}{row['audit']:>8.2%}{row['autoattack_only']:>8}"
+                f"{row['audit_only']:>11}{aa_s:>8.0f}{our_s:>9.0f}{our_s / aa_s:>9.2f}")
+        if args.grid:
+            torch.manual_seed(0)
+            grid_robust, grid_s, _ = ours(model, x, y, args.norm, GRID[args.norm], suite)
+            row["grid_seconds"] = round(grid_s, 1)
+            row["grid_worst"] = {k: v.double().mean().item() for k, v in grid_robust.items()}
+            line += f"{grid_s:>8.0f}{grid_s / aa_s:>8.2f}"
+        print(line, flush=True)
+        rows.append(row)
+    aa_total = sum(r["autoattack_seconds"] for r in rows)
+    our_total = sum(r["audit_seconds"] for r in rows)
+    ties = all(r["audit"] <= r["autoattack"] + 1 / r["samples"] + 1e-12 for r in rows)
+    print(f"total: AutoAttack {aa_total:.0f} s, audit {our_total:.0f} s at one eps "
+          f"(ratio {our_total / aa_total:.2f}; bar <= 0.33)")
+    if args.grid:
+        grid_total = sum(r["grid_seconds"] for r in rows)
+        print(f"total: audit {grid_total:.0f} s on the {len(GRID[args.norm])}-eps grid "
+              f"(ratio to AutoAttack at one eps {grid_total / aa_total:.2f}; bar < 1)")
+    print(f"audit worst case <= AutoAttack (+1 image) on every model: {ties}")
+    if args.output:
+        Path(args.output).write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()

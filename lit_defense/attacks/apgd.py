@@ -1,0 +1,228 @@
+"""Auto-PGD (Croce & Hein 2020, Algorithm 1): PGD without a step size to tune.
+
+The step size starts at ``2 * eps`` and is halved at checkpoints where the loss stopped rising
+(fewer than ``rho`` of the steps since the last checkpoint raised it, or the step size and best
+loss did not change since the last checkpoint); each halving restarts from the best point so far.
+Steps move with momentum 0.75. Untargeted losses are ``ce``, ``dlr`` and ``margin``; with
+``targets=k`` the attack runs once per target, the k most likely wrong classes at the clean input,
+with the targeted loss (APGD-T: targeted DLR by default), each run only on the inputs no earlier
+run fooled.
+
+Per-sample early exit: at every checkpoint the inputs already misclassified leave the batch (one
+host sync per checkpoint, none in the steps between). Under EOT (``for_eot``) nothing leaves the
+batch and each input's highest-expected-loss point is returned.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from lit_defense.attacks.base import (
+    GradientAttack,
+    LossName,
+    get_loss,
+    targeted_ce_loss,
+    targeted_dlr_loss,
+    targeted_margin_loss,
+)
+from lit_defense.errors import ConfigError
+from lit_defense.threat import Norm, per_sample
+
+
+def checkpoints(steps: int) -> list[int]:
+    """The iterations at which APGD may halve its step size: ``p_0 = 0``, ``p_1 = 0.22``,
+    ``p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06)``, times ``steps``."""
+    p = [0.0, 0.22]
+    while p[-1] < 1:
+        p.append(p[-1] + max(p[-1] - p[-2] - 0.03, 0.06))
+    marks = {math.ceil(round(q * steps, 6)) for q in p[1:]}  # round: 0.41 + 0.16 is not 0.57 in floats
+    return sorted(m for m in marks if m < steps)
+
+
+class APGD(GradientAttack):
+    """Auto-PGD (see module doc), L-inf or L2.
+
+    Args:
+        steps: iterations per restart (and per target).
+        loss: ``ce``, ``dlr`` or ``margin``; with ``targets > 0``, its targeted form (``ce``: minus
+            the target's cross-entropy, ``dlr``: targeted DLR, ``margin``: ``z_t - z_y``).
+        targets: 0 for the untargeted attack; ``k`` runs the targeted attack against each of the
+            k most likely wrong classes in turn (APGD-T).
+        restarts: random restarts (per target), each on the inputs not yet fooled.
+        rho: a checkpoint halves the step size when fewer than this fraction of its steps raised
+            the loss.
+        momentum: weight of the new step against the last move (0.75 in the paper).
+        keep_first_adversarial: return each input's first misclassified iterate and drop fooled
+            inputs at checkpoints (evaluation); ``False`` returns the highest-loss point (EOT).
+        eot_samples: gradients averaged over this many draws (set by ``EOT``).
+    """
+
+    def __init__(self, eps: float = 0.1, norm: Norm = "linf", steps: int = 100, loss: LossName = "ce",
+                 targets: int = 0, restarts: int = 1, rho: float = 0.75, momentum: float = 0.75,
+                 keep_first_adversarial: bool = True, eot_samples: int = 1, seed: int = 0,
+                 name: str | None = None):
+        super().__init__(eps=eps, norm=norm, eot_samples=eot_samples, seed=seed, name=name)
+        if steps < 2 or restarts < 1 or targets < 0:
+            raise ConfigError(f"APGD needs steps >= 2, restarts >= 1, targets >= 0; got {steps}, {restarts}, {targets}.")
+        if not 0 < rho <= 1 or not 0 < momentum <= 1:
+            raise ConfigError(f"APGD needs 0 < rho <= 1 and 0 < momentum <= 1, got {rho}, {momentum}.")
+        get_loss(loss)
+        self.steps = steps
+        self.loss = loss
+        self.targets = targets
+        self.restarts = restarts
+        self.rho = rho
+        self.momentum = momentum
+        self.keep_first_adversarial = keep_first_adversarial
+
+    def default_name(self) -> str:  # noqa: D102
+        base = f"apgd_{self.loss}" if not self.targets else f"apgd_t{self.targets}_{self.loss}"
+        return base if self.norm == "linf" else f"{base}_{self.norm}"
+
+    def for_eot(self, samples: int) -> APGD:
+        """EOT gradients; no input leaves early and the highest expected loss is returned."""
+        return self.replace(eot_samples=samples, keep_first_adversarial=False)
+
+    # -------------------------------------------------------------------------------- driver
+    def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                generator: torch.Generator) -> torch.Tensor:  # noqa: D102
+        out = x.clone()
+        fooled = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+        best_loss = torch.full((x.shape[0],), -float("inf"), device=x.device)
+        if self.targets:
+            with torch.no_grad():
+                order = model(x).sort(dim=1, descending=True).indices
+            n_classes = order.shape[1]
+            if n_classes < 2 + (2 if self.loss == "dlr" else 0):
+                raise ConfigError(f"targeted APGD with the {self.loss} loss needs more classes than {n_classes}.")
+        runs = range(min(self.targets, order.shape[1] - 1)) if self.targets else [None]
+        for t in runs:
+            for _ in range(self.restarts):
+                idx = (~fooled).nonzero().squeeze(1) if self.keep_first_adversarial else \
+                    torch.arange(x.shape[0], device=x.device)
+                if idx.numel() == 0:
+                    return out
+                yi = y[idx]
+                if t is None:
+                    loss_fn = get_loss(self.loss)
+                else:
+                    # the (t+1)-th most likely class other than the true one
+                    others = order[idx][order[idx] != yi[:, None]].view(idx.numel(), -1)
+                    target = others[:, t]
+                    loss_fn = _targeted(self.loss, target)
+                adv, hit, loss = self._run(model, x[idx], yi, loss_fn, generator)
+                if self.keep_first_adversarial:
+                    out[idx] = adv
+                    fooled[idx] = hit
+                else:  # EOT: keep each input's highest-loss point over targets and restarts
+                    better = loss > best_loss[idx]
+                    out[idx] = torch.where(per_sample(better, adv), adv, out[idx])
+                    best_loss[idx] = torch.where(better, loss, best_loss[idx])
+        return out
+
+    # ------------------------------------------------------------------------------ one run
+    def _run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn, generator: torch.Generator
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One APGD run: ``(points, fooled, best loss)`` per input."""
+        n = x.shape[0]
+        dev = x.device
+        threat, keep_first = self.threat, self.keep_first_adversarial
+        out = torch.empty_like(x)
+        fooled_out = torch.zeros(n, dtype=torch.bool, device=dev)
+        loss_out = torch.full((n,), -float("inf"), device=dev)
+
+        act = torch.arange(n, device=dev)
+        xo, ya = x, y
+        xa = threat.random_point(x, generator)
+        logits, loss, grad = self.loss_and_grad(model, xa, ya, loss_fn)
+        step = torch.full((n,), 2.0 * self.eps, device=dev)
+        x_best, loss_best, g_best = xa.clone(), loss.clone(), grad.clone()
+        fooled = logits.argmax(1) != ya
+        x_adv = xa.clone()  # first misclassified point per input (else the last one)
+        x_prev = xa.clone()
+        # checkpoint bookkeeping
+        increases = torch.zeros(n, device=dev)
+        loss_at_check = loss_best.clone()
+        reduced_at_check = torch.ones(n, dtype=torch.bool, device=dev)
+        marks = checkpoints(self.steps)
+        last_mark = 0
+
+        def scatter_back() -> None:
+            out[act] = torch.where(per_sample(fooled, xa), x_adv, x_best) if keep_first else x_best
+            fooled_out[act] = fooled
+            loss_out[act] = loss_best
+
+        for k in range(self.steps - 1):
+            # step with momentum from the current point, then the loss at the new point
+            a = self.momentum if k > 0 else 1.0
+            z = threat.project(xa + per_sample(step, xa) * threat.steepest(grad), xo)
+            x_new = threat.project(xa + a * (z - xa) + (1 - a) * (xa - x_prev), xo)
+            x_prev = xa
+            xa = x_new
+            prev_loss = loss
+            logits, loss, grad = self.loss_and_grad(model, xa, ya, loss_fn)
+            wrong = logits.argmax(1) != ya
+            x_adv = torch.where(per_sample(wrong & ~fooled, xa), xa, x_adv)
+            fooled = fooled | wrong
+            increases += (loss > prev_loss).float()
+            improved = loss > loss_best
+            x_best = torch.where(per_sample(improved, xa), xa, x_best)
+            g_best = torch.where(per_sample(improved, xa), grad, g_best)
+            loss_best = torch.where(improved, loss, loss_best)
+
+            if k + 1 in marks:
+                span = k + 1 - last_mark
+                oscillating = increases <= self.rho * span
+                stalled = ~reduced_at_check & (loss_at_check >= loss_best)
+                halve = oscillating | stalled
+                reduced_at_check = halve
+                loss_at_check = loss_best.clone()
+                step = torch.where(halve, step / 2, step)
+                # restart from the best point where the step size was halved
+                xa = torch.where(per_sample(halve, xa), x_best, xa)
+                grad = torch.where(per_sample(halve, xa), g_best, grad)
+                x_prev = torch.where(per_sample(halve, xa), x_best, x_prev)
+                loss = torch.where(halve, loss_best, loss)
+                increases.zero_()
+                last_mark = k + 1
+                if keep_first:  # per-sample early exit: fooled inputs are done
+                    scatter_back()
+                    keep = (~fooled).nonzero().squeeze(1)
+                    if keep.numel() == 0:
+                        return out, fooled_out, loss_out
+                    if keep.numel() < act.numel():
+                        act, xo, ya = act[keep], xo[keep], ya[keep]
+                        xa, x_prev, grad, loss, step = xa[keep], x_prev[keep], grad[keep], loss[keep], step[keep]
+                        x_best, g_best, loss_best = x_best[keep], g_best[keep], loss_best[keep]
+                        x_adv, fooled, increases = x_adv[keep], fooled[keep], increases[keep]
+                        loss_at_check, reduced_at_check = loss_at_check[keep], reduced_at_check[keep]
+                        loss_fn = _subset(loss_fn, keep)
+        scatter_back()
+        return out, fooled_out, loss_out
+
+
+class _TargetedLoss:
+    """A targeted loss bound to its per-sample targets; ``subset`` follows the active batch."""
+
+    def __init__(self, fn, target: torch.Tensor):
+        self.fn, self.target = fn, target
+
+    def __call__(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if self.fn is targeted_ce_loss:
+            return self.fn(logits, self.target)
+        return self.fn(logits, self.target, y)
+
+    def subset(self, keep: torch.Tensor) -> _TargetedLoss:
+        return _TargetedLoss(self.fn, self.target[keep])
+
+
+def _targeted(loss: str, target: torch.Tensor) -> _TargetedLoss:
+    fn = {"ce": targeted_ce_loss, "dlr": targeted_dlr_loss, "margin": targeted_margin_loss}[loss]
+    return _TargetedLoss(fn, target)
+
+
+def _subset(loss_fn, keep: torch.Tensor):
+    return loss_fn.subset(keep) if isinstance(loss_fn, _TargetedLoss) else loss_fn
