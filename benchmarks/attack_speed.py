@@ -27,11 +27,11 @@ import torch
 import torch.nn.functional as F
 from _data import benchmark_datamodule
 
-from callbacks.adversarial_evaluation import AdversarialEvaluation, validation_subset
 from lit_defense.attacks import FGSM, PGD
 from lit_defense.checkpoints import module_from_checkpoint
 from lit_defense.evaluation import evaluate_robustness, robustness_counts
 from lit_defense.modules import Classifier
+from lit_defense_callbacks.adversarial_evaluation import AdversarialEvaluation, validation_subset
 
 
 def _median_time(fn, repeats):

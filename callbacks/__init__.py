@@ -1,7 +1,7 @@
 """Lightning callbacks of lit-defense: thin, they schedule, shard and log; the logic lives in
 ``lit_defense``."""
 
-from callbacks.adversarial_evaluation import AdversarialEvaluation
-from callbacks.gradient_masking import GradientMaskingMonitor
+from .adversarial_evaluation import AdversarialEvaluation
+from .gradient_masking import GradientMaskingMonitor
 
 __all__ = ["AdversarialEvaluation", "GradientMaskingMonitor"]

@@ -15,10 +15,11 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
 
-from callbacks._common import due, validation_dataset
 from lit_defense.data import fixed_subset
 from lit_defense.diagnostics import MaskingThresholds, cheap_attack_check, model_checks, verdict
 from lit_defense.threat import check_eps
+
+from ._common import due, validation_dataset
 
 
 class GradientMaskingMonitor(L.Callback):

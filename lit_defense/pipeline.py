@@ -25,12 +25,19 @@ import argparse
 import json
 import time
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from lit_defense.errors import ConfigError
 
-CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+
+def recipes() -> Path:
+    """The shipped recipes: ``configs/`` of a checkout, installed as ``lit_defense.recipes``."""
+    return Path(str(resources.files("lit_defense.recipes")))
+
+
+CONFIGS = recipes()
 
 
 @dataclass
@@ -92,7 +99,8 @@ PROFILES = {
         audit=["--data.class_path=lit_defense.data.VisionDataModule", "--data.init_args.dataset=synthetic",
                "--data.init_args.synthetic_test_size=128", "--data.init_args.synthetic_noise=0.15",
                "--num_samples=128", "--eps=[0.05,0.1,0.2]", "--suite.steps=10", "--suite.square_queries=40",
-               "--suite.random_samples=5", "--suite.eot_samples=3", "--suite.escalation=2", "--tensorboard=false"],
+               "--suite.random_samples=5", "--suite.eot_samples=3", "--suite.escalation=2", "--suite.apgd_steps=10",
+               "--suite.apgd_targets=2", "--suite.min_norm_steps=10", "--suite.rays_queries=50", "--tensorboard=false"],
     ),
 }
 

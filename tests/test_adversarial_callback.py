@@ -4,11 +4,11 @@ import lightning as L
 import torch
 from conftest import CONFIGS, SYNTHETIC
 
-from callbacks import AdversarialEvaluation
 from lit_defense.attacks import FGSM, PGD
 from lit_defense.cli import main
 from lit_defense.data import VisionDataModule
 from lit_defense.modules import Classifier
+from lit_defense_callbacks import AdversarialEvaluation
 
 
 def _setup(**cb_kwargs):

@@ -23,7 +23,7 @@ DDP_CPU = ["--config", str(DDP), "--trainer.accelerator=cpu", "--trainer.devices
 EVAL = """\
 trainer:
   callbacks:
-    - class_path: callbacks.AdversarialEvaluation
+    - class_path: lit_defense_callbacks.AdversarialEvaluation
       init_args:
         num_samples: 128
         eps: [0.05, 0.1]
@@ -33,7 +33,7 @@ trainer:
             init_args: {steps: 5, loss: ce, random_start: false}
           - class_path: lit_defense.attacks.PGD
             init_args: {steps: 5, loss: margin, random_start: false}
-    - class_path: callbacks.GradientMaskingMonitor
+    - class_path: lit_defense_callbacks.GradientMaskingMonitor
       init_args: {num_samples: 64}
 """
 

@@ -6,9 +6,9 @@ import lightning as L
 import pytest
 import torch
 
-from callbacks import GradientMaskingMonitor
 from lit_defense.data import VisionDataModule
 from lit_defense.modules import Classifier
+from lit_defense_callbacks import GradientMaskingMonitor
 
 
 class SaturatedClassifier(Classifier):
