@@ -182,6 +182,8 @@ def robustness_counts(
                 attack_e = attack.with_eps(e)
                 fooled = torch.zeros_like(clean_ok)
                 for chunk in pools[j].nonzero().squeeze(1).split(batch_size):
+                    if chunk.numel() == 0:  # an empty pool splits into one empty chunk
+                        continue
                     xc, yc = x[chunk], y[chunk]
                     if min_norm is None:
                         x_adv = attack_e(model, xc, yc)
@@ -214,7 +216,8 @@ def _min_norms(model: nn.Module, attack: MinNormAttack, x: torch.Tensor, y: torc
     points = x.clone()
     norms = torch.full((x.shape[0],), float("inf"), device=x.device)
     for chunk in pool.nonzero().squeeze(1).split(batch_size):
-        points[chunk], norms[chunk] = attack.min_norms(model, x[chunk], y[chunk])
+        if chunk.numel():
+            points[chunk], norms[chunk] = attack.min_norms(model, x[chunk], y[chunk])
     return points, norms
 
 

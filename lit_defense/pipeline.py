@@ -79,7 +79,9 @@ PROFILES = {
                 "masked_random_resize_pad": 2, "adv_train": 2},
         extra={"adv_train": ["--model.init_args.attack_steps=3", "--model.init_args.attack_step_size=0.05"]},
         common=["--trainer.limit_train_batches=0.75"],
-        audit=["--num_samples=400", "--suite.square_queries=300", "--suite.eot_samples=5", "--suite.steps=20"],
+        audit=["--num_samples=400", "--suite.square_queries=300", "--suite.eot_samples=5", "--suite.steps=20",
+               "--suite.apgd_steps=25", "--suite.apgd_targets=3", "--suite.apgd_targeted_steps=25",
+               "--suite.min_norm_steps=25"],
     ),
     # paper-scale epochs: a GPU or a patient CPU
     "full": Profile(

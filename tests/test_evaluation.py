@@ -105,3 +105,24 @@ def test_ce_attack_on_saturated_model_reports_false_robustness(trained):
                                  eps=[0.1], cascade=False)
     ce, margin = result.robust_accuracy["pgd_ce"]["0.1"], result.robust_accuracy["pgd_margin"]["0.1"]
     assert ce - margin > 0.3, (ce, margin)
+
+
+def test_attacks_never_see_an_empty_batch(trained):
+    """Once every point is fooled, later attacks of the cascade are not called on an empty batch
+    (a model with a resize inside fails on one)."""
+    model, x, y = trained
+
+    class NoEmpty(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            if x.shape[0] == 0:
+                raise ValueError("empty batch")
+            return self.inner(x)
+
+    guarded = NoEmpty(model).eval()
+    result = evaluate_robustness(guarded, x[:16], y[:16], [PGD(steps=10, loss="margin"), FGSM(name="after")],
+                                 eps=[1.0])
+    assert result.worst(1.0) == 0.0
