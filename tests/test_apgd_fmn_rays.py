@@ -6,6 +6,7 @@ import pytest
 import torch
 from conftest import ScaledLogits
 from torch import nn
+from toy_models import DecisionOnly
 
 from lit_defense.attacks import APGD, BPDA, EOT, FMN, PGD, Attack, RayS, Square
 from lit_defense.attacks.apgd import checkpoints
@@ -122,24 +123,11 @@ def test_fmn_gives_each_input_its_smallest_perturbation_and_every_eps_at_once(tr
     assert int(counts.worst[1]) / len(y) <= apgd + 0.1
 
 
-class OneHot(nn.Module):
-    """Returns only its decision, a scaled one-hot: no gradient, a flat margin."""
-
-    def __init__(self, model: nn.Module, scale: float = 10.0):
-        super().__init__()
-        self.model = model
-        self.scale = scale
-
-    def forward(self, x):
-        with torch.no_grad():
-            pred = self.model(x).argmax(1)
-        return torch.nn.functional.one_hot(pred, 10).float() * self.scale
-
 
 def test_rays_needs_only_the_decision(trained):
     model, x, y = trained
     x, y = x[:48], y[:48]
-    hidden = OneHot(model).eval()
+    hidden = DecisionOnly(model).eval()
     square = evaluate_robustness(hidden, x, y, [Square(eps=0.1, n_queries=300)], eps=[0.1]).worst(0.1)
     rays = evaluate_robustness(hidden, x, y, [RayS(eps=0.1, queries=300)], eps=[0.1]).worst(0.1)
     truth = evaluate_robustness(model, x, y, [APGD(steps=20, loss="dlr", targets=3)], eps=[0.1]).worst(0.1)

@@ -9,6 +9,7 @@ import pytest
 import torch
 from conftest import ScaledLogits
 from torch import nn
+from toy_models import DecisionOnly
 
 from lit_defense.attacks import PGD
 from lit_defense.audit import AttackSuite, audit_model
@@ -246,20 +247,6 @@ def test_audit_flags_masked_models_and_never_reports_more_robustness(trained, ho
         for key, value in a.worst_case.items():
             assert value <= honest_audit.worst_case[key] + 0.05, (key, value, honest_audit.worst_case[key])
 
-
-class DecisionOnly(nn.Module):
-    """Returns only its decision, a scaled one-hot of the honest model's prediction: no gradient
-    and a margin that is flat wherever the decision does not change."""
-
-    def __init__(self, model: nn.Module, scale: float = 10.0):
-        super().__init__()
-        self.model = model
-        self.scale = scale
-
-    def forward(self, x):
-        with torch.no_grad():
-            pred = self.model(x).argmax(1)
-        return torch.nn.functional.one_hot(pred, 10).float() * self.scale
 
 
 def test_audit_of_a_decision_only_model_comes_close_to_the_honest_one(trained, honest_audit):

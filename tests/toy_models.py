@@ -39,3 +39,18 @@ class EchoNet(nn.Module):
 
     def forward(self, x):
         return torch.as_tensor(x)
+
+
+class DecisionOnly(nn.Module):
+    """Returns only its decision, a scaled one-hot of ``model``'s prediction: no gradient and a
+    margin that is flat wherever the decision does not change."""
+
+    def __init__(self, model: nn.Module, scale: float = 10.0):
+        super().__init__()
+        self.model = model
+        self.scale = scale
+
+    def forward(self, x):
+        with torch.no_grad():
+            logits = self.model(x)
+        return torch.nn.functional.one_hot(logits.argmax(1), logits.shape[1]).float() * self.scale
