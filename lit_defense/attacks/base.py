@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lit_defense.errors import ConfigError
-from lit_defense.threat import Norm, ThreatModel
+from lit_defense.threat import Norm, ThreatModel, per_sample
 
 LossName = Literal["ce", "margin", "dlr"]
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -280,8 +280,8 @@ class MinNormAttack(Attack, abc.ABC):
                 generator: torch.Generator) -> torch.Tensor:
         """The minimal adversarial point where it lies within ``eps``, else ``x``."""
         x_adv, norms = self.minimize(model, x, y, generator)
-        inside = (norms <= self.eps * (1 + 1e-5) + 1e-7).view(-1, *([1] * (x.dim() - 1)))
-        return torch.where(inside, x_adv, x)
+        inside = norms <= self.eps * (1 + 1e-5) + 1e-7
+        return torch.where(per_sample(inside, x), x_adv, x)
 
     @abc.abstractmethod
     def minimize(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
@@ -299,5 +299,5 @@ class MinNormAttack(Attack, abc.ABC):
             x_adv, norms = self.minimize(model, x, y, generator)
             with torch.no_grad():
                 wrong = model(x).argmax(1) != y
-            x_adv = torch.where(wrong.view(-1, *([1] * (x.dim() - 1))), x, x_adv.detach().clamp(0, 1))
+            x_adv = torch.where(per_sample(wrong, x), x, x_adv.detach().clamp(0, 1))
             return x_adv, torch.where(wrong, torch.zeros_like(norms), norms)

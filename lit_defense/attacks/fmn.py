@@ -16,7 +16,7 @@ import math
 import torch
 from torch import nn
 
-from lit_defense.attacks.base import GradientAttack, MinNormAttack, input_gradient, margin_loss
+from lit_defense.attacks.base import Attack, MinNormAttack, input_gradient, margin_loss
 from lit_defense.errors import ConfigError
 from lit_defense.threat import Norm, per_sample
 
@@ -50,7 +50,7 @@ class FMN(MinNormAttack):
     def default_name(self) -> str:  # noqa: D102
         return "fmn" if self.norm == "linf" else f"fmn_{self.norm}"
 
-    def for_eot(self, samples: int) -> GradientAttack:  # noqa: D102
+    def for_eot(self, samples: int) -> Attack:  # noqa: D102
         raise ConfigError("FMN has no EOT form (its radius follows single draws); use EOT(APGD(...)).")
 
     def minimize(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
