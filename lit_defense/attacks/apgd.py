@@ -136,7 +136,7 @@ class APGD(GradientAttack):
 
         act = torch.arange(n, device=dev)
         xo, ya = x, y
-        xa = threat.random_point(x, generator)
+        xa = threat.random_point(x, generator, "surface" if self.norm == "l2" else "ball")
         logits, loss, grad = self.loss_and_grad(model, xa, ya, loss_fn)
         step = torch.full((n,), 2.0 * self.eps, device=dev)
         x_best, loss_best, g_best = xa.clone(), loss.clone(), grad.clone()
