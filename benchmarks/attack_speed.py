@@ -28,9 +28,9 @@ import torch.nn.functional as F
 from _data import benchmark_datamodule
 
 from lit_defense.attacks import FGSM, PGD
-from lit_defense.checkpoints import module_from_checkpoint
 from lit_defense.evaluation import evaluate_robustness, robustness_counts
 from lit_defense.modules import Classifier
+from lit_defense.modules.loading import module_from_checkpoint
 from lit_defense_callbacks.adversarial_evaluation import AdversarialEvaluation, validation_subset
 
 

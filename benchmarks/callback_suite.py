@@ -22,9 +22,9 @@ from _data import benchmark_datamodule
 
 from lit_defense.attacks import FGSM, PGD
 from lit_defense.audit import audit_model
-from lit_defense.checkpoints import module_from_checkpoint
 from lit_defense.data import fixed_subset
 from lit_defense.evaluation import evaluate_robustness
+from lit_defense.modules.loading import module_from_checkpoint
 from lit_defense_callbacks.adversarial_evaluation import default_attacks
 
 

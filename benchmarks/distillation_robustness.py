@@ -21,9 +21,9 @@ import torch
 from _data import benchmark_datamodule
 
 from lit_defense.attacks import FGSM, PGD
-from lit_defense.checkpoints import module_from_checkpoint
 from lit_defense.evaluation import eps_key, evaluate_robustness
 from lit_defense.modules.classifier import zero_input_gradient
+from lit_defense.modules.loading import module_from_checkpoint
 
 
 def main() -> None:

@@ -22,9 +22,9 @@ import torch
 from _data import benchmark_datamodule
 
 from lit_defense.attacks import BPDA, EOT, PGD, Square, masked_modules
-from lit_defense.checkpoints import module_from_checkpoint
 from lit_defense.data import fixed_subset
 from lit_defense.evaluation import WORST, evaluate_robustness
+from lit_defense.modules.loading import module_from_checkpoint
 
 
 def is_randomized(model, x) -> bool:

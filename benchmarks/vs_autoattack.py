@@ -28,9 +28,9 @@ import torch
 from _data import benchmark_datamodule
 
 from lit_defense.audit import AttackSuite, audit_model
-from lit_defense.checkpoints import module_from_checkpoint
 from lit_defense.data import fixed_subset
 from lit_defense.evaluation import eps_key
+from lit_defense.modules.loading import module_from_checkpoint
 
 GRID = {"linf": [0.05, 0.1, 0.2], "l2": [0.5, 1.0, 2.0]}
 

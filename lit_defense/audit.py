@@ -24,10 +24,9 @@ AutoAttack (``benchmarks/vs_autoattack.py``): at least as strong, in a fraction 
 
 from __future__ import annotations
 
-import importlib
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -51,12 +50,9 @@ from lit_defense.checkpoints import (
     is_lightning_checkpoint,
     load_checkpoint_file,
     load_weights,
-    module_from_checkpoint,
 )
 from lit_defense.diagnostics import (
-    Check,
     MaskingThresholds,
-    MaskingVerdict,
     check_adaptive_vs_naive,
     check_extra_found,
     check_incomplete_optimisation,
@@ -66,11 +62,15 @@ from lit_defense.diagnostics import (
     check_unbounded,
     looks_like_probabilities,
     model_checks,
-    num,
-    verdict,
 )
 from lit_defense.errors import ConfigError
-from lit_defense.evaluation import check_attacks, eps_key, robustness_counts
+from lit_defense.evaluation import check_attacks, robustness_counts
+from lit_defense.modules.loading import module_from_checkpoint
+from lit_defense.naming import resolve_class
+from lit_defense.results import Check, ModelAudit, attack_curve, eps_key, num, verdict
+
+# The default eps grid of ``lit-defense audit`` (L-inf on [0, 1] pixels, Fashion-MNIST/MNIST scale).
+DEFAULT_EPS = (0.05, 0.1, 0.2)
 
 
 @dataclass
@@ -141,59 +141,7 @@ class AttackSuite:
     escalation: int = 5
 
 
-def attack_curve(results: Sequence[dict[str, Any]], attack: str) -> dict[float, float]:
-    """eps -> robust accuracy of one attack, from the audit's result rows."""
-    return {r["eps"]: r["robust_accuracy"] for r in results if r["attack"] == attack}
-
-
-@dataclass
-class ModelAudit:
-    name: str
-    source: str
-    norm: str
-    eps: list[float]
-    num_samples: int
-    clean_accuracy: float
-    results: list[dict[str, Any]]
-    worst_case: dict[str, float]
-    gradient_masking: MaskingVerdict
-    roles: dict[str, Any]
-    seconds: float
-    examples: dict[str, Any] = field(default_factory=dict, repr=False)
-
-    def curve(self, attack: str) -> dict[float, float]:
-        return attack_curve(self.results, attack)
-
-    def to_dict(self) -> dict[str, Any]:
-        data = {k: v for k, v in asdict(self).items() if k not in ("examples", "gradient_masking")}
-        data["gradient_masking"] = self.gradient_masking.to_dict()
-        return data
-
-    def metrics(self) -> dict[str, float]:
-        """The audit's numbers under the project's metric names (TensorBoard, callbacks)."""
-        out = {"adv/clean/acc": self.clean_accuracy}
-        for r in self.results:
-            out[f"adv/{r['attack']}/eps={eps_key(r['eps'])}/acc"] = r["robust_accuracy"]
-        for key, value in self.worst_case.items():
-            out[f"adv/worst/eps={key}/acc"] = value
-        for check in self.gradient_masking.checks:
-            if check.value is not None:
-                out[f"masking/{check.name}"] = check.value
-        out["masking/suspected"] = float(self.gradient_masking.suspected)
-        return out
-
-
 # ---------------------------------------------------------------------------------- loading
-def _import(class_path: str):
-    module_name, _, attr = class_path.rpartition(".")
-    if not module_name:
-        raise ConfigError(f"class_path {class_path!r} must be a dotted path like 'my_pkg.models.Net'.")
-    try:
-        return getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as err:
-        raise ConfigError(f"cannot import model class {class_path!r}: {err}.") from None
-
-
 def load_model(spec: ModelSpec) -> nn.Module:
     """The model a spec names, in eval mode (see ``ModelSpec``)."""
     if bool(spec.checkpoint) == bool(spec.class_path):
@@ -205,9 +153,7 @@ def load_model(spec: ModelSpec) -> nn.Module:
         if not Path(spec.checkpoint).is_file():
             raise ConfigError(f"checkpoint {spec.checkpoint} does not exist; check the path.")
         return module_from_checkpoint(spec.checkpoint, "audited checkpoint")
-    cls = _import(spec.class_path)
-    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
-        raise ConfigError(f"{spec.class_path} is not an nn.Module class.")
+    cls = resolve_class(spec.class_path, nn.Module, what="model class")
     try:
         model = cls(**(spec.init_args or {}))
     except TypeError as err:
@@ -477,6 +423,6 @@ def audit_metrics_summary(audit: ModelAudit) -> dict[str, float | None]:
 
 
 __all__ = [
-    "AttackSuite", "ModelAudit", "ModelSpec", "audit_metrics_summary", "audit_model", "check_model_outputs",
+    "DEFAULT_EPS", "AttackSuite", "ModelAudit", "ModelSpec", "audit_metrics_summary", "audit_model", "check_model_outputs",
     "default_attacks", "load_model", "run_audit",
 ]

@@ -8,18 +8,22 @@
   ``small_input=True`` (the default for images up to 64 pixels) a ResNet-style stem is adapted to
   small images (3x3 stride-1 first conv, no max-pool), as is usual for CIFAR-10.
 
+- a class path (``my_pkg.nets.TinyNet``): the user's own ``nn.Module`` class or factory.
+
 A user adds a backbone with ``@register_backbone("name")`` on a function or ``nn.Module`` class
-taking ``num_classes``, ``in_chans`` and ``image_size``.
+taking ``num_classes``, ``in_chans`` and ``image_size``, or names it by class path.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
 
 from lit_defense.errors import ConfigError
+from lit_defense.naming import resolve_class
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 
@@ -41,18 +45,37 @@ def list_backbones() -> list[str]:
 
 
 def create_backbone(name: str, num_classes: int, in_chans: int, image_size: int, **kwargs) -> nn.Module:
-    """Build the backbone registered as ``name`` (or ``timm/<model>``)."""
+    """Build the backbone registered as ``name``, ``timm/<model>``, or a class path.
+
+    A class path (``my_pkg.nets.TinyNet``: an ``nn.Module`` subclass or a factory returning one)
+    is honoured exactly (``lit_defense.naming``); it receives those of ``num_classes``,
+    ``in_chans`` and ``image_size`` its signature takes, plus ``kwargs``.
+    """
     if name.startswith("timm/"):
         return timm_backbone(name[len("timm/"):], num_classes=num_classes, in_chans=in_chans,
                              image_size=image_size, **kwargs)
-    if name not in _REGISTRY:
+    sizes = {"num_classes": num_classes, "in_chans": in_chans, "image_size": image_size}
+    if name in _REGISTRY:
+        factory = _REGISTRY[name]
+    elif "." in name:
+        factory = resolve_class(name, None, what="backbone")
+        if isinstance(factory, type) and not issubclass(factory, nn.Module):
+            raise ConfigError(f"backbone {name!r} is not an nn.Module subclass.")
+        params = inspect.signature(factory).parameters
+        if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+            sizes = {k: v for k, v in sizes.items() if k in params}
+    else:
         raise ConfigError(
-            f"unknown backbone {name!r}; choose one of: {', '.join(list_backbones())}."
+            f"unknown backbone {name!r}; choose one of: {', '.join(list_backbones())}, or a class path "
+            "like 'my_pkg.nets.TinyNet'."
         )
     try:
-        return _REGISTRY[name](num_classes=num_classes, in_chans=in_chans, image_size=image_size, **kwargs)
+        net = factory(**sizes, **kwargs)
     except TypeError as err:
         raise ConfigError(f"backbone {name!r} rejected its arguments {sorted(kwargs)}: {err}") from None
+    if not isinstance(net, nn.Module):
+        raise ConfigError(f"backbone {name!r} returned a {type(net).__name__}, not an nn.Module.")
+    return net
 
 
 class Normalize(nn.Module):

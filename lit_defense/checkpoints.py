@@ -1,20 +1,16 @@
-"""Safe checkpoint loading.
+"""Safe checkpoint files: reading, writing, and the checkpoint callback.
 
 Every checkpoint and state dict is read with ``torch.load(..., weights_only=True)``: tensors,
-numbers, strings and containers only, so nothing in a file can execute code. A lit-defense
-checkpoint is rebuilt from its hyper-parameters; the class named in it is resolved only among
-``lit_defense`` modules and classes already imported by the user's own code, and must be a
-``Classifier``: a checkpoint never makes us import arbitrary code.
+numbers, strings and containers only, so nothing in a file can execute code. Rebuilding a
+LightningModule from a checkpoint is ``lit_defense.modules.loading.module_from_checkpoint`` (it
+needs the modules, which sit above this file).
 """
 
 from __future__ import annotations
 
-import contextlib
-import importlib
 import io
 import os
 import pickle
-import sys
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -24,9 +20,6 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from lit_defense.errors import ConfigError, DataFormatError, DataNotFoundError
-
-# Hyper-parameters that configure training only, dropped when a model is rebuilt for inference.
-_TRAINING_ONLY = ("optimizer", "lr_scheduler", "_instantiator", "compile")
 
 
 def load_checkpoint_file(path: str | Path, what: str = "checkpoint") -> dict[str, Any]:
@@ -55,77 +48,6 @@ def load_checkpoint_file(path: str | Path, what: str = "checkpoint") -> dict[str
 
 def is_lightning_checkpoint(ckpt: dict[str, Any]) -> bool:
     return "state_dict" in ckpt and "hyper_parameters" in ckpt
-
-
-def resolve_module_class(class_path: str | None):
-    """The LightningModule class named in a checkpoint, resolved without importing foreign code."""
-    from lit_defense.modules.classifier import Classifier
-
-    if not class_path:
-        return Classifier
-    module_name, _, name = class_path.rpartition(".")
-    if module_name.split(".")[0] == "lit_defense":
-        module = importlib.import_module(module_name)
-    elif module_name in sys.modules:
-        module = sys.modules[module_name]
-    else:
-        raise ConfigError(
-            f"checkpoint names class {class_path!r} from a module that is not imported; import it "
-            "yourself before loading (checkpoints never trigger imports of foreign code)."
-        )
-    cls = getattr(module, name, None)
-    if not (isinstance(cls, type) and issubclass(cls, Classifier)):
-        raise ConfigError(f"checkpoint class {class_path!r} is not a lit-defense Classifier.")
-    return cls
-
-
-@contextlib.contextmanager
-def own_hyperparameters():
-    """Build a LightningModule with its *own* hyper-parameters inside another one's ``__init__``.
-
-    LightningCLI instantiates the model inside a context that hands *its* hyper-parameters to
-    every ``save_hyperparameters()`` call; a teacher or surrogate built while the student is being
-    instantiated would otherwise take the student's (class count, image size...) and be built with
-    the wrong architecture."""
-    try:
-        from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
-    except ImportError:  # a Lightning without the mechanism has nothing to undo
-        yield
-        return
-    token = _given_hyperparameters.set(None)
-    try:
-        yield
-    finally:
-        _given_hyperparameters.reset(token)
-
-
-def module_from_checkpoint(path: str | Path, what: str = "checkpoint", strict: bool = True,
-                           ckpt: dict[str, Any] | None = None):
-    """Rebuild a lit-defense LightningModule from a ``.ckpt`` file, weights loaded, in eval mode.
-
-    Training-only settings (optimizer, scheduler, a student's teacher) are not restored. Pass
-    ``ckpt`` when the file was already read with ``load_checkpoint_file`` (``path`` then only
-    names it in errors).
-    """
-    if ckpt is None:
-        ckpt = load_checkpoint_file(path, what)
-    if not is_lightning_checkpoint(ckpt):
-        raise DataFormatError(
-            f"{what} {path} is not a lit-defense/Lightning checkpoint (no 'hyper_parameters'); "
-            "for a plain state dict give the backbone configuration as well."
-        )
-    hparams = dict(ckpt["hyper_parameters"])
-    cls = resolve_module_class(hparams.pop("_class_path", None) or ckpt.get("lit_defense_class"))
-    for key in _TRAINING_ONLY:
-        hparams.pop(key, None)
-    hparams = cls.inference_hparams(hparams)
-    try:
-        with own_hyperparameters():
-            model = cls(**hparams)
-    except TypeError as err:
-        raise DataFormatError(f"{what} {path}: its hyper-parameters do not fit {cls.__name__}: {err}") from None
-    load_weights(model, ckpt["state_dict"], path, what, strict=strict)
-    return model.eval()
 
 
 def load_weights(model: torch.nn.Module, state_dict: dict[str, Any], path: str | Path, what: str,

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lit_defense.errors import ConfigError
+from lit_defense.naming import class_path, resolve_class
 
 
 class InputDefense(nn.Module):
@@ -256,13 +257,15 @@ def defense_spec(defense: InputDefense) -> dict:
         for name in inspect.signature(type(defense).__init__).parameters
         if name != "self" and hasattr(defense, name)
     }
-    return {"class_path": f"{type(defense).__module__}.{type(defense).__qualname__}", "init_args": args}
+    return {"class_path": class_path(defense), "init_args": args}
 
 
 def build_defense(spec) -> InputDefense:
     """An ``InputDefense`` from an instance, a short name (``jpeg``) or a ``class_path`` dict.
 
-    Class paths are resolved only among ``lit_defense.defenses`` (a checkpoint never imports code).
+    A class path is honoured exactly (``my_pkg.BitDepthReduction`` is the user's class, never
+    ours); while a checkpoint is rebuilt, it imports no module the user has not imported
+    (``lit_defense.naming``).
     """
     if isinstance(spec, InputDefense):
         return spec
@@ -270,12 +273,9 @@ def build_defense(spec) -> InputDefense:
         spec = {"class_path": spec}
     if not isinstance(spec, dict) or "class_path" not in spec:
         raise ConfigError(f"a defense is an InputDefense, a name or a class_path dict; got {spec!r}.")
-    name = spec["class_path"].rsplit(".", 1)[-1]
-    classes = {cls.__name__: cls for cls in DEFENSES.values()}
-    cls = DEFENSES.get(name) or classes.get(name)
-    if cls is None:
-        raise ConfigError(
-            f"unknown defense {spec['class_path']!r}; choose one of: {', '.join(DEFENSES)} "
-            f"(or {', '.join(classes)})."
-        )
-    return cls(**spec.get("init_args", {}))
+    short = {**DEFENSES, **{cls.__name__: cls for cls in DEFENSES.values()}}
+    cls = resolve_class(spec["class_path"], InputDefense, what="defense", short_names=short)
+    try:
+        return cls(**spec.get("init_args", {}))
+    except TypeError as err:
+        raise ConfigError(f"defense {spec['class_path']!r} rejected its init_args: {err}") from None

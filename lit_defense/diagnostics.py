@@ -27,14 +27,15 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from lit_defense.attacks.base import Attack, ce_loss, input_gradient, margin_loss
+from lit_defense.attacks.base import Attack, ce_loss, margin_loss
 from lit_defense.evaluation import fooled_by
+from lit_defense.gradients import input_gradient
+from lit_defense.results import Check, MaskingVerdict, num, verdict
 from lit_defense.threat import check_eps
 
 # A float32 softmax whose top-2 logit gap exceeds this has cross-entropy gradients below
@@ -84,60 +85,7 @@ class MaskingThresholds:
 DEFAULT_THRESHOLDS = MaskingThresholds()
 
 
-@dataclass
-class Check:
-    """One item of the checklist. ``advisory`` checks are reported but do not decide the verdict."""
-
-    name: str
-    passed: bool
-    value: float | None
-    summary: str
-    evidence: dict[str, Any] = field(default_factory=dict)
-    advisory: bool = False
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass
-class MaskingVerdict:
-    suspected: bool
-    triggered: list[str]
-    checks: list[Check]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "suspected": self.suspected,
-            "triggered": list(self.triggered),
-            "checks": [c.to_dict() for c in self.checks],
-        }
-
-    def explain(self) -> str:
-        """The verdict in plain words."""
-        if not self.suspected:
-            advisory = [c for c in self.checks if not c.passed]
-            text = "No sign of gradient masking: every check passed"
-            if advisory:
-                text += f" (advisory: {'; '.join(c.summary for c in advisory)})"
-            return text + "."
-        failed = [c for c in self.checks if not c.passed and not c.advisory]
-        return "Gradient masking suspected: " + " ".join(c.summary for c in failed)
-
-
-def verdict(checks: Sequence[Check]) -> MaskingVerdict:
-    triggered = [c.name for c in checks if not c.passed and not c.advisory]
-    return MaskingVerdict(bool(triggered), triggered, list(checks))
-
-
 # ------------------------------------------------------------------------------------- helpers
-def num(value: Any, digits: int = 6) -> float | None:
-    """A finite Python float (rounded), or ``None`` for NaN/inf/None: safe for JSON."""
-    if value is None:
-        return None
-    value = float(value.item() if isinstance(value, torch.Tensor) else value)
-    return round(value, digits) if math.isfinite(value) else None
-
-
 def _logits(model: nn.Module, x: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
     with torch.inference_mode(False), torch.no_grad():
         return torch.cat([model(xb) for xb in x.detach().clone().split(batch_size)])

@@ -27,14 +27,10 @@ from torch import nn
 
 from lit_defense.attacks.base import Attack, MinNormAttack
 from lit_defense.errors import ConfigError
+from lit_defense.results import eps_key
 from lit_defense.threat import check_eps, per_sample
 
 WORST = "worst"
-
-
-def eps_key(eps: float) -> str:
-    """How an eps appears in metric names: ``adv/<attack>/eps=<eps_key>/acc``."""
-    return f"{eps:.6g}"
 
 
 @dataclass

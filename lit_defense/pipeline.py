@@ -60,12 +60,15 @@ STAGES = [
 
 @dataclass
 class Profile:
-    """Epochs per stage, extra overrides per stage and for every stage, and the audit's size."""
+    """Epochs per stage, extra overrides per stage and for every stage, and the audit's settings:
+    ``audit`` holds keyword arguments of ``lit_defense.audit.run_audit`` (``suite`` as
+    ``AttackSuite`` fields), ``audit_data`` those of the audited ``VisionDataModule``."""
 
     epochs: dict[str, int]
     extra: dict[str, list[str]] = field(default_factory=dict)
     common: list[str] = field(default_factory=list)
-    audit: list[str] = field(default_factory=list)
+    audit: dict[str, Any] = field(default_factory=dict)
+    audit_data: dict[str, Any] = field(default_factory=dict)
 
 
 PROFILES = {
@@ -79,15 +82,15 @@ PROFILES = {
                 "masked_random_resize_pad": 2, "adv_train": 2},
         extra={"adv_train": ["--model.init_args.attack_steps=3", "--model.init_args.attack_step_size=0.05"]},
         common=["--trainer.limit_train_batches=0.75"],
-        audit=["--num_samples=400", "--suite.square_queries=300", "--suite.eot_samples=5", "--suite.steps=20",
-               "--suite.apgd_steps=25", "--suite.apgd_targets=3", "--suite.apgd_targeted_steps=25",
-               "--suite.min_norm_steps=25"],
+        audit={"num_samples": 400,
+               "suite": {"square_queries": 300, "eot_samples": 5, "steps": 20, "apgd_steps": 25,
+                         "apgd_targets": 3, "apgd_targeted_steps": 25, "min_norm_steps": 25}},
     ),
     # paper-scale epochs: a GPU or a patient CPU
     "full": Profile(
         epochs={"teacher": 10, "distillation_teacher": 10, "distilled": 10, "masked_bit_depth": 10,
                 "masked_random_resize_pad": 10, "adv_train": 20},
-        audit=["--num_samples=1000"],
+        audit={"num_samples": 1000},
     ),
     # a few minutes, on easy synthetic data: what the tests run
     "smoke": Profile(
@@ -98,11 +101,10 @@ PROFILES = {
                 "--data.init_args.synthetic_train_size=1280", "--data.init_args.synthetic_test_size=128",
                 "--data.init_args.synthetic_noise=0.15", "--data.init_args.batch_size=32",
                 "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"],
-        audit=["--data.class_path=lit_defense.data.VisionDataModule", "--data.init_args.dataset=synthetic",
-               "--data.init_args.synthetic_test_size=128", "--data.init_args.synthetic_noise=0.15",
-               "--num_samples=128", "--eps=[0.05,0.1,0.2]", "--suite.steps=10", "--suite.square_queries=40",
-               "--suite.random_samples=5", "--suite.eot_samples=3", "--suite.escalation=2", "--suite.apgd_steps=10",
-               "--suite.apgd_targets=2", "--suite.min_norm_steps=10", "--suite.rays_queries=50", "--tensorboard=false"],
+        audit={"num_samples": 128, "eps": [0.05, 0.1, 0.2], "tensorboard": False,
+               "suite": {"steps": 10, "square_queries": 40, "random_samples": 5, "eot_samples": 3, "escalation": 2,
+                         "apgd_steps": 10, "apgd_targets": 2, "min_norm_steps": 10, "rays_queries": 50}},
+        audit_data={"dataset": "synthetic", "synthetic_test_size": 128, "synthetic_noise": 0.15},
     ),
 }
 
@@ -149,7 +151,7 @@ def _stage_done(run_dir: Path, stage: Stage, epochs: int) -> bool:
 def run(profile_name: str = "quick", root: str | Path = "runs", run_dir: str | Path | None = None,
         log=print) -> Path:
     """Run (or resume) the pipeline; returns the run folder."""
-    from lit_defense.cli import LitDefenseCLI, audit_main
+    from lit_defense.lightning_cli import LitDefenseCLI
 
     if profile_name not in PROFILES:
         raise ConfigError(f"unknown profile {profile_name!r}; choose one of: {', '.join(PROFILES)}.")
@@ -194,8 +196,7 @@ def run(profile_name: str = "quick", root: str | Path = "runs", run_dir: str | P
     else:
         log(f"[{total}/{total}] audit of {len(STAGES)} models ...")
         start = time.perf_counter()
-        models = json.dumps([{"name": s.name, "checkpoint": str(_last_ckpt(folder, s.name))} for s in STAGES])
-        audit_main([f"--models={models}", f"--output_dir={folder}", "--overwrite=true", *profile.audit])
+        audit_stages(profile, folder, log)
         from lit_defense.claims import add_claims_to_report
 
         claims = add_claims_to_report(folder)
@@ -210,6 +211,19 @@ def run(profile_name: str = "quick", root: str | Path = "runs", run_dir: str | P
     return folder
 
 
+def audit_stages(profile: Profile, folder: Path, log=print) -> None:
+    """``run_audit`` on every stage's last checkpoint, with the profile's settings; the report
+    lands in ``folder``."""
+    from lit_defense.audit import DEFAULT_EPS, AttackSuite, ModelSpec, run_audit
+    from lit_defense.data import VisionDataModule
+
+    settings = dict(profile.audit)
+    suite = AttackSuite(**settings.pop("suite", {}))
+    models = [ModelSpec(name=s.name, checkpoint=str(_last_ckpt(folder, s.name))) for s in STAGES]
+    run_audit(models, VisionDataModule(**profile.audit_data), settings.pop("eps", DEFAULT_EPS),
+              suite=suite, output_dir=folder, overwrite=True, log=log, **settings)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="lit-defense run", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -221,4 +235,4 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-__all__ = ["PROFILES", "STAGES", "main", "run", "stage_args"]
+__all__ = ["PROFILES", "STAGES", "Profile", "audit_stages", "main", "run", "stage_args"]

@@ -17,8 +17,7 @@ from typing import Any
 
 import torch
 
-from lit_defense.audit import ModelAudit
-from lit_defense.evaluation import eps_key
+from lit_defense.results import ModelAudit, eps_key
 
 HOW_TO_READ = """\
 **How to read this.** *Apparent* robustness is what the naive attack (`{naive}`: PGD on the

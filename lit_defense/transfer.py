@@ -2,6 +2,9 @@
 
 Needs no gradient of the target. If it beats white-box attacks on the target, the target's
 gradients are masked. The surrogate is a lit-defense checkpoint, loaded safely.
+
+It lives above the attack package (``lit_defense.transfer.Transfer``, not in ``lit_defense.attacks``):
+loading a checkpoint needs the LightningModules, and those (adversarial training) need the attacks.
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ import copy
 
 from lit_defense.attacks.base import Attack, FixedBudgetAttack
 from lit_defense.attacks.gradient import PGD
-from lit_defense.checkpoints import module_from_checkpoint
+from lit_defense.modules.loading import module_from_checkpoint
 from lit_defense.threat import Norm, ThreatModel
 
 

@@ -13,7 +13,6 @@ from lit_defense.attacks import (
     PGD,
     CarliniWagnerL2,
     Square,
-    Transfer,
     bpda_hooks,
 )
 from lit_defense.errors import ConfigError
@@ -253,6 +252,8 @@ def test_jsma_reports_the_papers_statistics(trained):
 
 def test_transfer_from_a_checkpoint(trained, tmp_path):
     import lightning as L
+
+    from lit_defense.transfer import Transfer
 
     model, x, y = trained
     ckpt = tmp_path / "surrogate.ckpt"

@@ -6,7 +6,6 @@ import torch
 import torch.nn.functional as F
 
 from lit_defense.attacks import BPDA, EOT, PGD, bpda_hooks
-from lit_defense.checkpoints import module_from_checkpoint
 from lit_defense.defenses import (
     DEFENSES,
     BitDepthReduction,
@@ -20,6 +19,7 @@ from lit_defense.defenses import (
 )
 from lit_defense.errors import ConfigError
 from lit_defense.modules import AdversarialTraining, MaskedClassifier
+from lit_defense.modules.loading import module_from_checkpoint
 
 
 @pytest.mark.parametrize("name", sorted(DEFENSES))
@@ -106,7 +106,9 @@ def test_build_defense_and_errors():
     assert isinstance(build_defense("jpeg"), JPEGCompression)
     d = build_defense({"class_path": "lit_defense.defenses.GaussianNoise", "init_args": {"sigma": 0.1}})
     assert isinstance(d, GaussianNoise) and d.sigma == 0.1
-    with pytest.raises(ConfigError, match="unknown defense"):
+    with pytest.raises(ConfigError, match="unknown defense 'jpg'; choose one of: bit_depth, jpeg"):
+        build_defense("jpg")
+    with pytest.raises(ConfigError, match="'os.system' is not a subclass of lit_defense.defenses.InputDefense"):
         build_defense({"class_path": "os.system"})
     with pytest.raises(ConfigError):
         BitDepthReduction(bits=0)

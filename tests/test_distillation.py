@@ -5,11 +5,11 @@ import pytest
 import torch
 from conftest import CONFIGS, SYNTHETIC
 
-from lit_defense.checkpoints import module_from_checkpoint
 from lit_defense.cli import main
 from lit_defense.data import VisionDataModule
 from lit_defense.errors import ConfigError, DataFormatError, DataNotFoundError
 from lit_defense.modules import Classifier, DistilledStudent
+from lit_defense.modules.loading import module_from_checkpoint
 
 TEACHER_CFG = CONFIGS / "fashion_mnist" / "distillation_teacher.yaml"
 STUDENT_CFG = CONFIGS / "fashion_mnist" / "distilled.yaml"

@@ -17,11 +17,17 @@ from lit_defense.attacks.jsma import JSMA
 from lit_defense.attacks.random_sampling import RandomSampling
 from lit_defense.attacks.rays import RayS
 from lit_defense.attacks.square import Square
-from lit_defense.attacks.transfer import Transfer
 from lit_defense.attacks.wrappers import BPDA, EOT, bpda_hooks, masked_modules
 
 __all__ = [
     "APGD", "Attack", "BPDA", "CarliniWagnerL2", "EOT", "FGSM", "FMN", "FixedBudgetAttack", "GradientAttack", "JSMA",
-    "MinNormAttack", "PGD", "RandomSampling", "RayS", "Square", "Transfer",
+    "MinNormAttack", "PGD", "RandomSampling", "RayS", "Square",
     "bpda_hooks", "ce_loss", "dlr_loss", "margin_loss", "masked_modules",
 ]
+
+
+def __getattr__(name: str):
+    if name == "Transfer":  # moved: it loads a checkpoint, which sits above the attack package
+        raise AttributeError("lit_defense.attacks.Transfer is now lit_defense.transfer.Transfer "
+                             "(class_path: lit_defense.transfer.Transfer).")
+    raise AttributeError(f"module 'lit_defense.attacks' has no attribute {name!r}")

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lit_defense.errors import ConfigError
+from lit_defense.gradients import input_gradient
 from lit_defense.threat import Norm, ThreatModel, per_sample
 
 LossName = Literal["ce", "margin", "dlr"]
@@ -96,16 +97,6 @@ def get_loss(name: str | LossFn) -> LossFn:
     if name not in LOSSES:
         raise ConfigError(f"unknown attack loss {name!r}; choose one of: {', '.join(LOSSES)}.")
     return LOSSES[name]
-
-
-def input_gradient(loss: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """``d loss / d x``, with zeros where the model gives none: a forward pass computed outside
-    autograd (e.g. JPEG) or one that ignores ``x`` has no gradient, which attacks see as zero."""
-    if loss.requires_grad:
-        (grad,) = torch.autograd.grad(loss, x, allow_unused=True)
-        if grad is not None:
-            return grad
-    return torch.zeros_like(x)
 
 
 def _check_inputs(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:

@@ -16,8 +16,9 @@ import math
 import torch
 from torch import nn
 
-from lit_defense.attacks.base import Attack, MinNormAttack, input_gradient, margin_loss
+from lit_defense.attacks.base import Attack, MinNormAttack, margin_loss
 from lit_defense.errors import ConfigError
+from lit_defense.gradients import input_gradient
 from lit_defense.threat import Norm, per_sample
 
 

@@ -19,9 +19,9 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
-from lit_defense.attacks.base import input_gradient
 from lit_defense.backbones import Normalize, create_backbone
 from lit_defense.errors import ConfigError, NonFiniteLossError
+from lit_defense.gradients import input_gradient
 
 
 def unpack_batch(batch: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:

@@ -24,11 +24,10 @@ from lit_defense.checkpoints import (
     is_lightning_checkpoint,
     load_checkpoint_file,
     load_weights,
-    module_from_checkpoint,
-    own_hyperparameters,
 )
 from lit_defense.errors import ConfigError, DataNotFoundError
 from lit_defense.modules.classifier import Classifier
+from lit_defense.modules.loading import module_from_checkpoint, own_hyperparameters
 
 
 class DistilledStudent(Classifier):
