@@ -99,9 +99,9 @@ def test_a_users_defense_attack_and_backbone_given_by_class_path_are_the_ones_us
 
 
 def test_build_defense_honours_the_exact_class_path(my_pkg):
-    from lit_defense.defenses import BitDepthReduction, build_defense
-
     import my_pkg as users
+
+    from lit_defense.defenses import BitDepthReduction, build_defense
 
     assert type(build_defense({"class_path": "my_pkg.BitDepthReduction"})) is users.BitDepthReduction
     assert type(build_defense({"class_path": "lit_defense.defenses.BitDepthReduction"})) is BitDepthReduction
@@ -125,11 +125,10 @@ def test_a_checkpoint_imports_no_module_the_user_has_not_imported(my_pkg):
 
 def test_a_saved_user_defense_comes_back_from_its_checkpoint(my_pkg, tmp_path):
     import lightning as L
+    import my_pkg as users
 
     from lit_defense.modules import MaskedClassifier
     from lit_defense.modules.loading import module_from_checkpoint
-
-    import my_pkg as users
 
     model = MaskedClassifier(defense=users.BitDepthReduction(shift=0.25), num_classes=10, in_chans=1, image_size=28)
     trainer = L.Trainer(logger=False, enable_checkpointing=False, max_epochs=0, enable_progress_bar=False)
