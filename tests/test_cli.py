@@ -11,7 +11,10 @@ from conftest import CONFIGS, SYNTHETIC
 
 from lit_defense.cli import main
 
-RECIPES = sorted(p for p in CONFIGS.rglob("*.yaml") if p.parent.name != "trainer")
+# configs/<dataset>/*.yaml are recipes; trainer/, data/, optim/ and callbacks/ hold the parts they
+# are composed of (a recipe names a part by its relative path, a trainer preset is a second --config)
+PARTS = ("trainer", "data", "optim", "callbacks")
+RECIPES = sorted(p for p in CONFIGS.rglob("*.yaml") if p.parent.name not in PARTS)
 TEACHER = CONFIGS / "fashion_mnist" / "teacher.yaml"
 
 
@@ -23,6 +26,16 @@ def test_every_shipped_config_parses(config, capsys):
     out = capsys.readouterr().out
     assert "class_path: lit_defense." in out
     assert "checkpoint:" in out and "monitor: val/acc" in out
+    # the parts a recipe names by path are read in: data, optimizer, callbacks
+    assert "class_path: lit_defense.data.VisionDataModule" in out and "class_path: torch.optim." in out
+    assert "class_path: lit_defense_callbacks.AdversarialEvaluation" in out
+    assert ".yaml" not in out.split("ckpt_path")[0], "a part's path was left unresolved"
+
+
+def test_every_shared_part_is_used_by_a_recipe():
+    used = "\n".join(p.read_text() for p in RECIPES)
+    for part in sorted(p for name in PARTS[1:] for p in (CONFIGS / name).glob("*.yaml")):
+        assert f"../{part.parent.name}/{part.name}" in used, f"{part} is shipped but no recipe uses it"
 
 
 TRAINER_PRESETS = sorted((CONFIGS / "trainer").glob("*.yaml"))
