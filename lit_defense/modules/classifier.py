@@ -16,8 +16,10 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.utilities.types import OptimizerLRScheduler
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
+from typing_extensions import override
 
 from lit_defense.backbones import Normalize, create_backbone
 from lit_defense.errors import ConfigError, NonFiniteLossError
@@ -101,7 +103,7 @@ class Classifier(L.LightningModule):
         head_lr_temperature_scaling: bool = True,
         channels_last: bool = False,
         compile: bool | str = False,
-    ):
+    ) -> None:
         super().__init__()
         if not temperature > 0:
             raise ConfigError(f"temperature must be > 0, got {temperature}.")
@@ -121,30 +123,44 @@ class Classifier(L.LightningModule):
         self.head_lr_temperature_scaling = head_lr_temperature_scaling
         self.channels_last = channels_last
         self.compile_net = compile
-        self.net = self.build_net()
         self._compiled_net = None
+        self.configure_models()
         self.example_input_array = torch.zeros(2, in_chans, image_size, image_size)
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
 
     # ------------------------------------------------------------------------------------ model
-    def build_backbone(self) -> nn.Module:
+    def configure_models(self) -> None:
+        """Build the networks from ``self.hparams``, once, at the end of ``__init__``.
+
+        The one place a module's networks are made (as torchgeo's ``BaseTask`` does): a subclass
+        that adds a part (an input defense, a frozen teacher) overrides this hook and has every
+        hyper-parameter at hand, instead of preparing state before ``Classifier.__init__`` runs.
+        """
+        self.net = self.build_net()
+
+    def build_backbone(self, in_chans: int) -> nn.Module:
+        """The backbone for ``in_chans`` input channels (an input defense may change them)."""
         hp = self.hparams
         return create_backbone(
-            hp.backbone, num_classes=hp.num_classes, in_chans=self.backbone_in_chans(),
+            hp.backbone, num_classes=hp.num_classes, in_chans=in_chans,
             image_size=hp.image_size, **(hp.backbone_kwargs or {}),
         )
 
-    def backbone_in_chans(self) -> int:
-        """Channels the backbone sees (an input defense may change them)."""
-        return self.hparams.in_chans
+    def build_net(self, defense: nn.Module | None = None) -> nn.Sequential:
+        """``[0,1] pixels -> logits``: ``defense`` (if any), normalisation, backbone.
 
-    def build_net(self) -> nn.Module:
-        """``[0,1] pixels -> logits``. Subclasses insert input defenses here."""
+        Normalisation follows the defense when it keeps the channel count; a defense that
+        changes it (thermometer encoding) feeds the backbone directly.
+        """
         hp = self.hparams
-        normalize = Normalize(hp.mean, hp.std) if hp.mean is not None else nn.Identity()
-        return nn.Sequential(OrderedDict(normalize=normalize, backbone=self.build_backbone()))
+        in_chans = defense.out_chans(hp.in_chans) if defense is not None else hp.in_chans
+        keeps_chans = in_chans == hp.in_chans
+        normalize = Normalize(hp.mean, hp.std) if hp.mean is not None and keeps_chans else nn.Identity()
+        parts = OrderedDict(defense=defense) if defense is not None else OrderedDict()
+        parts.update(normalize=normalize, backbone=self.build_backbone(in_chans))
+        return nn.Sequential(parts)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Deployment logits (T=1) for images in [0, 1]."""
@@ -158,10 +174,12 @@ class Classifier(L.LightningModule):
             return self._compiled_net(x)
         return self.net(x)
 
+    @override
     def configure_model(self) -> None:
         if self.channels_last:
             self.net.to(memory_format=torch.channels_last)
 
+    @override
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # which class to rebuild (LightningCLI also stores it as hparams["_class_path"])
         checkpoint["lit_defense_class"] = f"{type(self).__module__}.{type(self).__qualname__}"
@@ -173,6 +191,7 @@ class Classifier(L.LightningModule):
             "python": random.getstate(),
         }
 
+    @override
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         rng = checkpoint.get("lit_defense_rng")
         trainer = self._trainer
@@ -196,6 +215,7 @@ class Classifier(L.LightningModule):
         return F.cross_entropy(logits / self.temperature, y)
 
     # ------------------------------------------------------------------------------------ steps
+    @override
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         self._check_previous_loss()
         x, y, index = unpack_batch(batch)
@@ -210,8 +230,11 @@ class Classifier(L.LightningModule):
     _pending_finite: tuple[torch.Tensor, int, int, int] | None = None
 
     def _check_previous_loss(self) -> None:
-        """Stop on a NaN/inf training loss, naming its step. The check reads the flag of the
-        previous step, which the device has finished by now, so it costs no pipeline stall."""
+        """Stop on a NaN/inf training loss, naming its step.
+
+        The check reads the flag of the previous step, which the device has finished by now, so it
+        costs no pipeline stall.
+        """
         pending, self._pending_finite = self._pending_finite, None
         if pending is not None and not bool(pending[0]):
             _, step, epoch, batch_idx = pending
@@ -221,9 +244,11 @@ class Classifier(L.LightningModule):
                 "NaNs, or use gradient clipping (--trainer.gradient_clip_val=1.0)."
             )
 
+    @override
     def on_train_epoch_end(self) -> None:
         self._check_previous_loss()
 
+    @override
     def on_validation_start(self) -> None:
         # before validation, hence before ModelCheckpoint could save diverged weights
         self._check_previous_loss()
@@ -242,12 +267,15 @@ class Classifier(L.LightningModule):
             self.log(f"{stage}/logit_scale", logits.detach().amax(-1).mean(), sync_dist=True)
             self.log(f"{stage}/zero_grad_frac", zero.float().mean(), sync_dist=True)
 
+    @override
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         self._eval_step(batch, "val")
 
+    @override
     def test_step(self, batch: Any, batch_idx: int) -> None:
         self._eval_step(batch, "test")
 
+    @override
     def predict_step(self, batch: Any, batch_idx: int) -> dict[str, torch.Tensor]:
         x = unpack_batch(batch)[0] if isinstance(batch, (list, tuple, dict)) else batch
         logits = self(x)
@@ -255,8 +283,10 @@ class Classifier(L.LightningModule):
 
     # ------------------------------------------------------------------------------- optimizers
     def head_parameters(self) -> list[nn.Parameter]:
-        """Parameters of the classification head: timm's ``get_classifier()``, else the
-        backbone's last ``nn.Linear``."""
+        """Parameters of the classification head.
+
+        From timm's ``get_classifier()``, else the backbone's last ``nn.Linear``.
+        """
         backbone = self.net.backbone
         head = backbone.get_classifier() if hasattr(backbone, "get_classifier") else None
         if not isinstance(head, nn.Module):
@@ -264,7 +294,8 @@ class Classifier(L.LightningModule):
             head = linears[-1] if linears else None
         return list(head.parameters()) if head is not None else []
 
-    def configure_optimizers(self):
+    @override
+    def configure_optimizers(self) -> OptimizerLRScheduler:
         head = self.head_parameters() if self.head_lr_temperature_scaling and self.temperature != 1 else []
         if head:
             head_ids = {id(p) for p in head}

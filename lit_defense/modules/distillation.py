@@ -14,11 +14,13 @@ checkpoint) and is loaded on every rank under DDP.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_info
+from typing_extensions import override
 
 from lit_defense.checkpoints import (
     is_lightning_checkpoint,
@@ -28,6 +30,18 @@ from lit_defense.checkpoints import (
 from lit_defense.errors import ConfigError, DataNotFoundError
 from lit_defense.modules.classifier import Classifier
 from lit_defense.modules.loading import module_from_checkpoint, own_hyperparameters
+
+
+@dataclass(frozen=True)
+class FrozenTeacher:
+    """Holds the teacher outside the student's module tree.
+
+    ``nn.Module`` registers a module assigned as an attribute; one held by this plain object is
+    not a submodule, so it stays out of the student's ``state_dict``, ``parameters()`` (and so
+    the optimizer), ``.train()`` and ``.to()``.
+    """
+
+    net: torch.nn.Module | None
 
 
 class DistilledStudent(Classifier):
@@ -58,27 +72,31 @@ class DistilledStudent(Classifier):
         hard_label_weight: float = 0.0,
         cache_teacher: bool = True,
         **kwargs: Any,
-    ):
-        super().__init__(**kwargs)
+    ) -> None:
         if not 0.0 <= hard_label_weight <= 1.0:
             raise ConfigError(f"hard_label_weight must lie in [0, 1], got {hard_label_weight}.")
+        super().__init__(**kwargs)  # builds the student and loads the teacher: configure_models
         self.hard_label_weight = hard_label_weight
         self.cache_teacher = cache_teacher
-        # Not a submodule: excluded from state_dict, parameters(), .train() and the optimizer.
-        self.__dict__["teacher"] = (
-            self._load_teacher(teacher_checkpoint, teacher_backbone, teacher_backbone_kwargs)
-            if teacher_checkpoint is not None
-            else None
-        )
         self._cache: torch.Tensor | None = None
         self._cached: torch.Tensor | None = None
         self._verify_batch = False
 
+    @override
     @classmethod
     def inference_hparams(cls, hparams: dict[str, Any]) -> dict[str, Any]:
         return {**hparams, "teacher_checkpoint": None}
 
     # ---------------------------------------------------------------------------------- teacher
+    def configure_models(self) -> None:
+        """The student's network, then the teacher from ``hparams.teacher_checkpoint`` (if any)."""
+        super().configure_models()
+        hp = self.hparams
+        path = hp.get("teacher_checkpoint")
+        teacher = None if path is None else self._load_teacher(
+            path, hp.get("teacher_backbone"), hp.get("teacher_backbone_kwargs"))
+        self._frozen_teacher = FrozenTeacher(teacher)
+
     def _load_teacher(self, path: str, backbone: str | None, backbone_kwargs: dict | None) -> torch.nn.Module:
         hp = self.hparams
         if not path:
@@ -136,7 +154,8 @@ class DistilledStudent(Classifier):
 
     @property
     def teacher(self) -> torch.nn.Module | None:
-        return self.__dict__["teacher"]
+        """The frozen teacher (``None`` when the student was rebuilt for inference)."""
+        return self._frozen_teacher.net
 
     def _teacher_soft_labels(self, x: torch.Tensor) -> torch.Tensor:
         teacher = self.teacher
@@ -146,6 +165,7 @@ class DistilledStudent(Classifier):
             return F.softmax(teacher(x).float() / self.temperature, dim=-1)
 
     # ------------------------------------------------------------------------------------ hooks
+    @override
     def on_fit_start(self) -> None:
         if self.teacher is None:
             raise ConfigError(
@@ -163,6 +183,7 @@ class DistilledStudent(Classifier):
                 "(the teacher labels every augmented batch) or turn augmentation off."
             )
 
+    @override
     def on_train_start(self) -> None:
         if self.cache_teacher and self._cache is None:
             size = len(self.trainer.train_dataloader.dataset)
@@ -200,6 +221,7 @@ class DistilledStudent(Classifier):
         return labels
 
     # ------------------------------------------------------------------------------------- loss
+    @override
     def loss(self, logits: torch.Tensor, y: torch.Tensor, x: torch.Tensor,
              index: torch.Tensor | None) -> torch.Tensor:
         soft = self.soft_labels(x, index, verify=self._verify_batch)
@@ -210,6 +232,7 @@ class DistilledStudent(Classifier):
             return soft_loss
         return (1.0 - w) * temp**2 * soft_loss + w * F.cross_entropy(logits, y)
 
+    @override
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         # Check the cache against a fresh teacher pass on the first batch of every later epoch.
         self._verify_batch = batch_idx == 0 and self.current_epoch > 0

@@ -8,12 +8,8 @@ Gaussian noise); BPDA and EOT attacks see through them (Athalye et al. 2018).
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from typing import Any
 
-from torch import nn
-
-from lit_defense.backbones import Normalize
 from lit_defense.defenses import InputDefense, build_defense, defense_spec
 from lit_defense.modules.classifier import Classifier
 
@@ -28,22 +24,16 @@ class MaskedClassifier(Classifier):
         **kwargs: every ``Classifier`` argument.
     """
 
-    def __init__(self, defense: InputDefense | dict | str = "bit_depth", **kwargs: Any):
-        # build_net() runs inside Classifier.__init__ and needs the defense already.
-        object.__setattr__(self, "_pending_defense", build_defense(defense))
-        super().__init__(**kwargs)
-        self.hparams["defense"] = defense_spec(self.net.defense)  # plain data in the checkpoint
+    def __init__(self, defense: InputDefense | dict | str = "bit_depth", **kwargs: Any) -> None:
+        super().__init__(**kwargs)  # ``defense`` reaches ``configure_models`` through the hparams
+
+    def configure_models(self) -> None:
+        """Build the defense from ``hparams.defense``, then the network behind it."""
+        defense = build_defense(self.hparams.defense)
+        self.hparams["defense"] = defense_spec(defense)  # plain data in the checkpoint
+        self.net = self.build_net(defense)
 
     @property
     def defense(self) -> InputDefense:
+        """The input defense in front of the backbone."""
         return self.net.defense
-
-    def backbone_in_chans(self) -> int:
-        return self._pending_defense.out_chans(self.hparams.in_chans)
-
-    def build_net(self) -> nn.Module:
-        hp = self.hparams
-        defense = self._pending_defense
-        keeps_chans = defense.out_chans(hp.in_chans) == hp.in_chans
-        normalize = Normalize(hp.mean, hp.std) if hp.mean is not None and keeps_chans else nn.Identity()
-        return nn.Sequential(OrderedDict(defense=defense, normalize=normalize, backbone=self.build_backbone()))
