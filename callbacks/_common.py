@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import lightning as L
+from torch.utils.data import Dataset
 
 
 def due(trainer: L.Trainer, every_n_epochs: int) -> bool:
-    """Every ``every_n_epochs``-th validation epoch of ``fit`` and its last one, every
-    ``trainer.validate``; never the sanity check."""
+    """Whether this validation epoch is due for an evaluation.
+
+    Every ``every_n_epochs``-th validation epoch of ``fit`` and its last one, every
+    ``trainer.validate``; never the sanity check.
+    """
     if trainer.sanity_checking:
         return False
     epoch = trainer.current_epoch + 1
@@ -15,7 +19,7 @@ def due(trainer: L.Trainer, every_n_epochs: int) -> bool:
     return epoch % every_n_epochs == 0 or last or trainer.state.fn != "fit"
 
 
-def validation_dataset(trainer: L.Trainer, who: str):
+def validation_dataset(trainer: L.Trainer, who: str) -> Dataset:
     """The dataset behind the first validation dataloader (or the DataModule's ``val_set``)."""
     loaders = trainer.val_dataloaders
     if isinstance(loaders, (list, tuple)):

@@ -20,29 +20,39 @@ from collections.abc import Sequence
 import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
+from typing_extensions import override
 
 from lit_defense.attacks import APGD, FGSM, Attack
 from lit_defense.data import fixed_subset as validation_subset
-from lit_defense.evaluation import RobustnessCounts, check_attacks, robustness_counts
+from lit_defense.evaluation import (
+    RobustnessCounts,
+    RobustnessResult,
+    check_attacks,
+    robustness_counts,
+)
 from lit_defense.threat import per_sample
 
 from ._common import due, validation_dataset
 
 
 def default_attacks() -> list[Attack]:
-    """FGSM and APGD-5 with the cross-entropy (the naive view: more steps do not help a CE
-    attack whose gradient is zero), then targeted APGD-10 with the DLR loss against the most
-    likely wrong class (sees through saturated softmax, as the audit's APGD-T does). As a
-    cascade, each attack only runs on the points the earlier ones missed. Same cost as the former
-    FGSM / PGD-5 CE / PGD-10 margin default, closer to the audit (``benchmarks/callback_suite.py``)."""
-    return [FGSM(), APGD(steps=5, loss="ce"), APGD(steps=10, loss="dlr", targets=1)]
+    """The per-epoch cascade: FGSM, APGD-5 on the cross-entropy, APGD-10 on the logit margin.
+
+    FGSM and APGD-CE are the naive view (more steps do not help a CE attack whose gradient is
+    zero); APGD on the margin loss sees through saturated softmax. As a cascade, each attack only
+    runs on the points the earlier ones missed. ``benchmarks/callback_suite.py`` chose it: on the
+    quick-profile teacher, T=100 teacher and student (500 images, eps 0.1) it lands 2.2, 1.2 and
+    2.4 points above the audit's worst case at 0.84-0.96 of the former PGD default's time, where
+    targeted APGD-10 on the DLR loss (one target) stayed 3.2, 6.4 and 8.6 points above.
+    """
+    return [FGSM(), APGD(steps=5, loss="ce"), APGD(steps=10, loss="margin")]
 
 
 class AdversarialEvaluation(L.Callback):
     """Adversarial evaluation at the end of every ``every_n_epochs``-th validation epoch.
 
     Args:
-        attacks: attacks run in order (default: FGSM, APGD-5 CE, APGD-T-10 DLR). Their ``eps`` is
+        attacks: attacks run in order (default: FGSM, APGD-5 CE, APGD-10 margin). Their ``eps`` is
             replaced by each value of ``eps``; all must share one norm.
         eps: the budgets evaluated (default: 0.1, the usual Fashion-MNIST/MNIST budget; each
             extra value costs as much again; the audit evaluates full grids).
@@ -66,7 +76,7 @@ class AdversarialEvaluation(L.Callback):
         cascade: bool = True,
         seed: int = 0,
         num_images: int = 8,
-    ):
+    ) -> None:
         super().__init__()
         self.attacks = list(attacks) if attacks is not None else default_attacks()
         self.eps = [float(e) for e in eps]
@@ -94,6 +104,7 @@ class AdversarialEvaluation(L.Callback):
         return x[rank::world], y[rank::world]
 
     # ------------------------------------------------------------------------------- logging
+    @override
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not due(trainer, self.every_n_epochs):
             return
@@ -119,7 +130,7 @@ class AdversarialEvaluation(L.Callback):
             self._log_visuals(trainer, result, examples)
 
     # ------------------------------------------------------------------------------- visuals
-    def _log_visuals(self, trainer: L.Trainer, result, examples: dict) -> None:
+    def _log_visuals(self, trainer: L.Trainer, result: RobustnessResult, examples: dict) -> None:
         loggers = [lg for lg in trainer.loggers if hasattr(getattr(lg, "experiment", None), "add_image")]
         if not loggers:
             return

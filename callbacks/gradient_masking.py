@@ -14,6 +14,7 @@ from __future__ import annotations
 import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
+from typing_extensions import override
 
 from lit_defense.data import fixed_subset
 from lit_defense.diagnostics import MaskingThresholds, cheap_attack_check, model_checks, verdict
@@ -23,7 +24,9 @@ from ._common import due, validation_dataset
 
 
 class GradientMaskingMonitor(L.Callback):
-    """Args:
+    """Runs the gradient-masking checklist's cheap checks on a fixed validation subset.
+
+    Args:
         num_samples: size of the fixed, seeded validation subset.
         eps: budget of the one-step vs iterative check (FGSM vs PGD-10, CE loss).
         norm: ``linf`` or ``l2``.
@@ -34,7 +37,7 @@ class GradientMaskingMonitor(L.Callback):
     """
 
     def __init__(self, num_samples: int = 256, eps: float = 0.1, norm: str = "linf", every_n_epochs: int = 1,
-                 thresholds: MaskingThresholds | None = None, attack_check: bool = True, seed: int = 0):
+                 thresholds: MaskingThresholds | None = None, attack_check: bool = True, seed: int = 0) -> None:
         super().__init__()
         if num_samples < 2 or every_n_epochs < 1:
             raise ValueError("GradientMaskingMonitor needs num_samples >= 2 and every_n_epochs >= 1.")
@@ -56,6 +59,7 @@ class GradientMaskingMonitor(L.Callback):
         x, y = self._subset
         return x[trainer.global_rank::trainer.world_size], y[trainer.global_rank::trainer.world_size]
 
+    @override
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not due(trainer, self.every_n_epochs):
             return

@@ -1,5 +1,7 @@
-"""``lit-defense audit``: attack any model with attacks that see through masking, run the
-gradient-masking checklist, and write a report people can read.
+"""``lit-defense audit``.
+
+Attack any model with attacks that see through masking, run the gradient-masking checklist, and
+write a report people can read.
 
 A model is a lit-defense checkpoint or any ``torch.nn.Module`` that maps [0, 1] images to logits,
 given as ``class_path``/``init_args`` with optional state-dict ``weights`` (loaded with
@@ -25,7 +27,7 @@ AutoAttack (``benchmarks/vs_autoattack.py``): at least as strong, in a fraction 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -75,9 +77,12 @@ DEFAULT_EPS = (0.05, 0.1, 0.2)
 
 @dataclass
 class ModelSpec:
-    """One model to audit: ``checkpoint`` (a lit-defense ``.ckpt``), or ``class_path`` +
-    ``init_args`` of any ``nn.Module`` (plus optional ``weights``: a state dict or a Lightning
-    checkpoint, read with ``weights_only=True``). ``name`` defaults to the run's folder name."""
+    """One model to audit.
+
+    ``checkpoint`` (a lit-defense ``.ckpt``), or ``class_path`` + ``init_args`` of any ``nn.Module``
+    (plus optional ``weights``: a state dict or a Lightning checkpoint, read with
+    ``weights_only=True``). ``name`` defaults to the run's folder name.
+    """
 
     name: str | None = None
     checkpoint: str | None = None
@@ -87,6 +92,7 @@ class ModelSpec:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelSpec:
+        """A spec from one entry of the audit's YAML ``models`` list; unknown keys are refused."""
         known = {"name", "checkpoint", "class_path", "init_args", "weights"}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -94,6 +100,7 @@ class ModelSpec:
         return cls(**data)
 
     def display_name(self) -> str:
+        """The name in the report: ``name``, else the checkpoint's run folder, else the class."""
         if self.name:
             return self.name
         if self.checkpoint:
@@ -197,8 +204,11 @@ def check_model_outputs(model: nn.Module, x: torch.Tensor, num_classes: int, nam
 # -------------------------------------------------------------------------------- attacks
 def default_attacks(norm: str, suite: AttackSuite, masked: bool, randomized: bool, seed: int = 0,
                     transfer: Sequence[Attack] = (), broken_gradients: bool = False) -> dict[str, Any]:
-    """The attack roles: ``one_step``, ``naive``, ``adaptive`` (list) run side by side, then the
-    ``cascade`` (list: APGD-CE, APGD-T, FMN) and ``black_box`` (list) on the survivors."""
+    """The attack roles.
+
+    ``one_step``, ``naive``, ``adaptive`` (list) run side by side, then the ``cascade`` (list:
+    APGD-CE, APGD-T, FMN) and ``black_box`` (list) on the survivors.
+    """
     factor = max(1, suite.escalation) if broken_gradients else 1
 
     def adapt(attack: Attack) -> Attack:
@@ -356,7 +366,7 @@ def run_audit(
     tensorboard: bool = True,
     allow_probabilities: bool = False,
     overwrite: bool = False,
-    log=print,
+    log: Callable[[str], None] = print,
 ) -> tuple[list[ModelAudit], dict[str, Path]]:
     """Audit every model on a fixed, seeded subset of ``data``'s ``split`` and write the report."""
     from lit_defense import __version__

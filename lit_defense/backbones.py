@@ -18,20 +18,23 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
+from typing_extensions import override
 
 from lit_defense.errors import ConfigError
 from lit_defense.naming import resolve_class
 
-_REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+BackboneFactory = Callable[..., nn.Module]
+_REGISTRY: dict[str, BackboneFactory] = {}
 
 
-def register_backbone(name: str):
+def register_backbone(name: str) -> Callable[[BackboneFactory], BackboneFactory]:
     """Register a backbone factory under ``name`` (decorator)."""
 
-    def wrap(fn):
+    def wrap(fn: BackboneFactory) -> BackboneFactory:
         if name in _REGISTRY:
             raise ValueError(f"backbone {name!r} is already registered")
         _REGISTRY[name] = fn
@@ -41,10 +44,11 @@ def register_backbone(name: str):
 
 
 def list_backbones() -> list[str]:
+    """The registered backbone names, and the ``timm/<name>`` form."""
     return sorted(_REGISTRY) + ["timm/<any timm model name>"]
 
 
-def create_backbone(name: str, num_classes: int, in_chans: int, image_size: int, **kwargs) -> nn.Module:
+def create_backbone(name: str, num_classes: int, in_chans: int, image_size: int, **kwargs: Any) -> nn.Module:
     """Build the backbone registered as ``name``, ``timm/<model>``, or a class path.
 
     A class path (``my_pkg.nets.TinyNet``: an ``nn.Module`` subclass or a factory returning one)
@@ -81,7 +85,7 @@ def create_backbone(name: str, num_classes: int, in_chans: int, image_size: int,
 class Normalize(nn.Module):
     """``(x - mean) / std`` per channel, inside the model, so attacks work on [0, 1] pixels."""
 
-    def __init__(self, mean: Sequence[float], std: Sequence[float]):
+    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
         super().__init__()
         if len(mean) != len(std):
             raise ConfigError(f"mean has {len(mean)} channels but std has {len(std)}.")
@@ -90,9 +94,11 @@ class Normalize(nn.Module):
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
 
+    @override
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.mean) / self.std
 
+    @override
     def extra_repr(self) -> str:
         return f"mean={self.mean.flatten().tolist()}, std={self.std.flatten().tolist()}"
 
@@ -108,7 +114,7 @@ class _PapernotNet(nn.Module):
     """Two blocks of two valid 3x3 convs + max-pool, then two ReLU fully connected layers."""
 
     def __init__(self, widths: tuple[int, int], fc: int, num_classes: int, in_chans: int,
-                 image_size: int, dropout: float):
+                 image_size: int, dropout: float) -> None:
         super().__init__()
         out = _conv_out(image_size, 2, 2)
         if out < 1:
@@ -141,7 +147,7 @@ class _PapernotNet(nn.Module):
 class PapernotMNIST(_PapernotNet):
     """Papernot et al. 2016 MNIST net: conv32-conv32-pool-conv64-conv64-pool-fc200-fc200."""
 
-    def __init__(self, num_classes: int = 10, in_chans: int = 1, image_size: int = 28, dropout: float = 0.5):
+    def __init__(self, num_classes: int = 10, in_chans: int = 1, image_size: int = 28, dropout: float = 0.5) -> None:
         super().__init__((32, 64), 200, num_classes, in_chans, image_size, dropout)
 
 
@@ -149,12 +155,12 @@ class PapernotMNIST(_PapernotNet):
 class PapernotCIFAR(_PapernotNet):
     """Papernot et al. 2016 CIFAR-10 net: conv64-conv64-pool-conv128-conv128-pool-fc256-fc256."""
 
-    def __init__(self, num_classes: int = 10, in_chans: int = 3, image_size: int = 32, dropout: float = 0.5):
+    def __init__(self, num_classes: int = 10, in_chans: int = 3, image_size: int = 32, dropout: float = 0.5) -> None:
         super().__init__((64, 128), 256, num_classes, in_chans, image_size, dropout)
 
 
 def timm_backbone(name: str, num_classes: int, in_chans: int, image_size: int,
-                  pretrained: bool = False, small_input: bool | None = None, **kwargs) -> nn.Module:
+                  pretrained: bool = False, small_input: bool | None = None, **kwargs: Any) -> nn.Module:
     """A timm model with the given classes and input channels.
 
     ``small_input`` (default: ``image_size <= 64``) replaces a ResNet-style stem (``conv1`` +

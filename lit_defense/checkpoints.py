@@ -15,9 +15,11 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+import lightning as L
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
+from typing_extensions import override
 
 from lit_defense.errors import ConfigError, DataFormatError, DataNotFoundError
 
@@ -47,6 +49,7 @@ def load_checkpoint_file(path: str | Path, what: str = "checkpoint") -> dict[str
 
 
 def is_lightning_checkpoint(ckpt: dict[str, Any]) -> bool:
+    """Whether a loaded file is a Lightning checkpoint (weights and hyper-parameters)."""
     return "state_dict" in ckpt and "hyper_parameters" in ckpt
 
 
@@ -66,8 +69,10 @@ def load_weights(model: torch.nn.Module, state_dict: dict[str, Any], path: str |
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Checkpoints written atomically: serialised in memory, written to a temporary file in the
-    target's own folder, flushed to disk (fsync) and renamed over the target (``os.replace``).
+    """Checkpoints written atomically.
+
+    Serialised in memory, written to a temporary file in the target's own folder, flushed to disk
+    (fsync) and renamed over the target (``os.replace``).
 
     A crash (even SIGKILL) while saving leaves the previous checkpoint intact; at worst a stray
     ``.<name>.tmp-<pid>`` file remains. (Lightning's default stages the file in the system temp
@@ -75,7 +80,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     system.) Remote paths (``s3://``...) use Lightning's default.
     """
 
-    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
+    @override
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any | None = None) -> None:
         target = str(path)
         if "://" in target and not target.startswith("file://"):
             return super().save_checkpoint(checkpoint, path, storage_options)
@@ -114,17 +120,19 @@ class ResumableModelCheckpoint(ModelCheckpoint):
     last checkpoint always holds the latest epoch.
     """
 
-    def on_validation_end(self, trainer, pl_module) -> None:
+    @override
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_validation_end(trainer, pl_module)
         if not self._should_save_on_train_epoch_end(trainer):
             self._save_last_if_stale(trainer)
 
-    def on_train_epoch_end(self, trainer, pl_module) -> None:
+    @override
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_train_epoch_end(trainer, pl_module)
         if self._should_save_on_train_epoch_end(trainer):
             self._save_last_if_stale(trainer)
 
-    def _save_last_if_stale(self, trainer) -> None:
+    def _save_last_if_stale(self, trainer: L.Trainer) -> None:
         # _should_skip_saving_checkpoint is also True when this step was saved already
         if self.save_last and not self._should_skip_saving_checkpoint(trainer):
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))

@@ -27,12 +27,13 @@ def _worst(model: dict, eps: float) -> float:
 
 
 def evaluate_claims(report: dict[str, Any], eps: float | None = None) -> list[dict[str, Any]]:
+    """Check the distillation and masking papers' claims against an audit report, at ``eps`` (default: the grid's value nearest 0.1)."""
     models = {m["name"]: m for m in report["models"]}
     grid = sorted({r["eps"] for m in report["models"] for r in m["results"]})
     eps = eps if eps is not None else min(grid, key=lambda e: abs(e - 0.1))
     out: list[dict[str, Any]] = []
 
-    def claim(name: str, holds: bool, text: str, **evidence):
+    def claim(name: str, holds: bool, text: str, **evidence: Any) -> None:
         out.append({"claim": name, "holds": bool(holds), "text": text, "evidence": evidence})
 
     teacher, student = models.get("teacher"), models.get("distilled")
@@ -88,6 +89,7 @@ def evaluate_claims(report: dict[str, Any], eps: float | None = None) -> list[di
 
 
 def claims_markdown(claims: list[dict[str, Any]]) -> str:
+    """The claims as a Markdown table."""
     lines = [CLAIMS_TITLE, "", "| claim | holds | what the numbers say |", "|---|---|---|"]
     for c in claims:
         lines.append(f"| {c['claim']} | {'yes' if c['holds'] else '**no**'} | {c['text'].replace('|', '/')} |")
@@ -95,6 +97,7 @@ def claims_markdown(claims: list[dict[str, Any]]) -> str:
 
 
 def add_claims_to_report(folder: str | Path) -> list[dict[str, Any]]:
+    """Evaluate the claims of ``folder/report.json`` and append them to the report files."""
     folder = Path(folder)
     report = json.loads((folder / "report.json").read_text())
     claims = evaluate_claims(report)

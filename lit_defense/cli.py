@@ -22,11 +22,14 @@ import traceback
 import warnings
 from argparse import ArgumentError
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lit_defense.data import VisionDataModule
 from lit_defense.errors import LitDefenseError
 from lit_defense.lightning_cli import LitDefenseCLI
+
+if TYPE_CHECKING:
+    from jsonargparse import ArgumentParser
 
 _BOILERPLATE = (
     "Does not validate against any of the Union subtypes",
@@ -39,7 +42,7 @@ _BOILERPLATE = (
 
 
 def _condense_parse_error(message: str) -> str:
-    """jsonargparse's nested error -> ``key.path: what is wrong``."""
+    """Jsonargparse's nested error -> ``key.path: what is wrong``."""
     keys: list[str] = []
     lines = message.splitlines()
     for i, line in enumerate(lines):
@@ -86,7 +89,7 @@ def _one_line(err: BaseException) -> str:
     return f"{type(err).__name__}: {err}{where}"
 
 
-def audit_parser():
+def audit_parser() -> ArgumentParser:
     """The parser of ``lit-defense audit`` (jsonargparse, same YAML style as the other subcommands)."""
     from jsonargparse import ActionConfigFile, ArgumentParser, lazy_instance
     from lightning.pytorch import LightningDataModule
@@ -173,10 +176,37 @@ def _yaml_problem(argv: list[str]) -> str | None:
     return None
 
 
+SUBCOMMANDS = {
+    "fit": "train a model from a recipe: --config configs/<dataset>/<recipe>.yaml",
+    "validate": "evaluate a checkpoint on the validation split (--ckpt_path)",
+    "test": "evaluate a checkpoint on the test split (--ckpt_path)",
+    "predict": "predictions of a checkpoint (--ckpt_path)",
+    "audit": "attack models with attacks that see through gradient masking; write a report",
+    "run": "train the six models of the story and audit them (what `make run` does)",
+}
+
+
+def top_level_help() -> str:
+    """``lit-defense --help``: every subcommand with one line (each has its own ``--help``)."""
+    width = max(map(len, SUBCOMMANDS))
+    lines = ["usage: lit-defense <subcommand> [options]", "",
+             "Lightning training templates for defensive distillation and gradient-masked models, and",
+             "an audit that finds out whether their robustness is real.", "",
+             "subcommands (`lit-defense <subcommand> --help` for each one's options):"]
+    lines += [f"  {name:<{width}}  {text}" for name, text in SUBCOMMANDS.items()]
+    return "\n".join(lines)
+
+
 def main(args: list[str] | None = None) -> int:
     """Entry point of ``lit-defense``. Returns 0, or exits with 2 and one line on bad input."""
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
     argv = list(sys.argv[1:] if args is None else args)
+    if argv[:1] in (["-h"], ["--help"]):
+        print(top_level_help())
+        return 0
+    if not argv:
+        print(top_level_help(), file=sys.stderr)
+        raise SystemExit(2)
     try:
         if argv and argv[0] == "audit":
             return audit_main(argv[1:])

@@ -20,7 +20,7 @@ import gzip
 import math
 import struct
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -30,6 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
+from typing_extensions import override
 
 from lit_defense.errors import ConfigError, DataFormatError, DataNotFoundError
 
@@ -137,6 +138,9 @@ def _find_file(stem: str, dirs: Sequence[Path]) -> Path | None:
 # --------------------------------------------------------------------------------------------
 # Datasets
 # --------------------------------------------------------------------------------------------
+Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # images in [0, 1], labels, sample indices
+
+
 class ImageTensorDataset(Dataset):
     """Images held in memory as uint8 ``(N, C, H, W)``; yields ``(x in [0,1], y, index)``.
 
@@ -144,7 +148,7 @@ class ImageTensorDataset(Dataset):
     of collating ``batch_size`` single samples.
     """
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, augment: bool = False):
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, augment: bool = False) -> None:
         if images.ndim == 3:
             images = images.unsqueeze(1)
         if images.dtype != torch.uint8 or images.ndim != 4:
@@ -163,17 +167,17 @@ class ImageTensorDataset(Dataset):
     def __len__(self) -> int:
         return self.images.shape[0]
 
-    def _batch(self, index: torch.Tensor):
+    def _batch(self, index: torch.Tensor) -> Batch:
         x = self.images[index].float().div_(255.0)
         if self.augment:
             x = random_crop_flip(x, flip=x.shape[1] == 3)
         return x, self.labels[index], index
 
-    def __getitem__(self, i: int):
+    def __getitem__(self, i: int) -> Batch:
         x, y, idx = self._batch(torch.tensor([i]))
         return x[0], y[0], idx[0]
 
-    def __getitems__(self, indices: list[int]):
+    def __getitems__(self, indices: list[int]) -> Batch:
         return self._batch(torch.as_tensor(indices, dtype=torch.long))
 
 
@@ -198,25 +202,27 @@ class EpochShuffleSampler(torch.utils.data.Sampler[int]):
 
     Lightning calls ``set_epoch`` before each epoch, so a run resumed from a checkpoint sees the
     same order in its later epochs as an uninterrupted run, whatever the global RNG did (under DDP
-    Lightning's distributed sampler wraps it and shuffles per epoch itself)."""
+    Lightning's distributed sampler wraps it and shuffles per epoch itself).
+    """
 
-    def __init__(self, num_samples: int, seed: int = 0):
+    def __init__(self, num_samples: int, seed: int = 0) -> None:
         self.num_samples = num_samples
         self.seed = seed
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
+        """Reshuffle for ``epoch`` (called by the training loop, as ``DistributedSampler`` is)."""
         self.epoch = epoch
 
     def __len__(self) -> int:
         return self.num_samples
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[int]:
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         return iter(torch.randperm(self.num_samples, generator=g).tolist())
 
 
-def collate_batch(batch):
+def collate_batch(batch: Batch | list[Batch]) -> Batch:
     """Collate for ``ImageTensorDataset.__getitems__``: the batch is already stacked."""
     if isinstance(batch, tuple) and len(batch) == 3 and isinstance(batch[0], torch.Tensor):
         return batch
@@ -287,7 +293,7 @@ class VisionDataModule(L.LightningDataModule):
         synthetic_train_size: int = 2048,
         synthetic_test_size: int = 512,
         synthetic_noise: float = 0.2,
-    ):
+    ) -> None:
         super().__init__()
         if dataset not in (*DATASETS, "synthetic"):
             raise ConfigError(
@@ -340,26 +346,32 @@ class VisionDataModule(L.LightningDataModule):
     # Facts a model needs, available before any data is read (for LightningCLI link_arguments).
     @property
     def num_classes(self) -> int:
+        """Number of classes of the dataset."""
         return self.info.num_classes
 
     @property
     def in_chans(self) -> int:
+        """Number of image channels."""
         return self.info.in_chans
 
     @property
     def image_size(self) -> int:
+        """Image height and width in pixels."""
         return self.info.image_size
 
     @property
     def mean(self) -> list[float]:
+        """Per-channel mean of the training images (normalisation inside the model)."""
         return list(self.info.mean)
 
     @property
     def std(self) -> list[float]:
+        """Per-channel standard deviation of the training images."""
         return list(self.info.std)
 
     @property
     def class_names(self) -> list[str]:
+        """The classes' names, in label order."""
         return list(self.info.class_names)
 
     # ---------------------------------------------------------------------------------------
@@ -367,8 +379,11 @@ class VisionDataModule(L.LightningDataModule):
         return Path(self.data_dir) if self.data_dir else Path("data")
 
     def _search_dirs(self) -> list[Path]:
-        """The root, its dataset and torchvision sub-folders, then (with no ``data_dir`` given)
-        the system locations of the Debian dataset packages."""
+        """The folders searched for the dataset's files, in order.
+
+        The root, its dataset and torchvision sub-folders, then (with no ``data_dir`` given) the
+        system locations of the Debian dataset packages.
+        """
         root, tv = self._download_root(), self.info.torchvision_name
         dirs = [root, root / self.dataset] + ([root / tv / "raw", root / tv] if tv else [])
         if not self.data_dir:
@@ -464,6 +479,7 @@ class VisionDataModule(L.LightningDataModule):
             )
         return count
 
+    @override
     def setup(self, stage: str | None = None) -> None:
         if stage in (None, "fit", "validate") and self.train_set is None:
             full = self._load_split("train")
@@ -491,23 +507,29 @@ class VisionDataModule(L.LightningDataModule):
             persistent_workers=self.num_workers > 0,
         )
 
+    @override
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, shuffle=True)
 
+    @override
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_set, shuffle=False)
 
+    @override
     def test_dataloader(self) -> DataLoader:
         return self._loader(self.test_set, shuffle=False)
 
+    @override
     def predict_dataloader(self) -> DataLoader:
         return self._loader(self.test_set, shuffle=False)
 
 
-def fixed_subset(dataset, num_samples: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The fixed, seeded subset that the callbacks and the audit attack: ``num_samples`` items
-    of ``dataset`` (all when smaller), in index order, as normal (non-inference) float images
-    and long labels."""
+def fixed_subset(dataset: Dataset, num_samples: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The fixed, seeded subset that the callbacks and the audit attack.
+
+    ``num_samples`` items of ``dataset`` (all when smaller), in index order, as normal
+    (non-inference) float images and long labels.
+    """
     g = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(dataset), generator=g)[:num_samples].sort().values.tolist()
     with torch.inference_mode(False):

@@ -18,6 +18,7 @@ import io
 import torch
 import torch.nn.functional as F
 from torch import nn
+from typing_extensions import override
 
 from lit_defense.errors import ConfigError
 from lit_defense.naming import class_path, resolve_class
@@ -30,6 +31,7 @@ class InputDefense(nn.Module):
     randomized: bool = False
 
     def out_chans(self, in_chans: int) -> int:
+        """Channels of the defense's output for ``in_chans`` input channels."""
         return in_chans
 
 
@@ -41,16 +43,18 @@ class BitDepthReduction(InputDefense):
 
     differentiable = False
 
-    def __init__(self, bits: int = 1):
+    def __init__(self, bits: int = 1) -> None:
         super().__init__()
         if not 1 <= bits <= 8:
             raise ConfigError(f"bits must lie in [1, 8], got {bits}.")
         self.bits = bits
         self.levels = 2**bits - 1
 
-    def forward(self, x):
+    @override
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.round(x * self.levels) / self.levels
 
+    @override
     def extra_repr(self) -> str:
         return f"bits={self.bits}"
 
@@ -63,13 +67,14 @@ class JPEGCompression(InputDefense):
 
     differentiable = False
 
-    def __init__(self, quality: int = 75):
+    def __init__(self, quality: int = 75) -> None:
         super().__init__()
         if not 1 <= quality <= 100:
             raise ConfigError(f"JPEG quality must lie in [1, 100], got {quality}.")
         self.quality = quality
 
-    def forward(self, x):
+    @override
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         import numpy as np
         from PIL import Image
 
@@ -86,13 +91,16 @@ class JPEGCompression(InputDefense):
             y = torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).to(x.device, x.dtype) / 255
         return y
 
+    @override
     def extra_repr(self) -> str:
         return f"quality={self.quality}"
 
 
 class ThermometerEncoding(InputDefense):
-    """Thermometer encoding (Buckman et al. 2018): each pixel becomes ``levels`` binary channels,
-    ``tau_k(x) = 1[x >= k / levels]``; the backbone sees ``in_chans * levels`` channels.
+    """Thermometer encoding (Buckman et al. 2018).
+
+    Each pixel becomes ``levels`` binary channels, ``tau_k(x) = 1[x >= k / levels]``; the
+    backbone sees ``in_chans * levels`` channels.
 
     The step function has zero gradient; ``bpda_surrogate`` is its differentiable relaxation
     ``clip(levels * x - k, 0, 1)`` (Athalye et al.'s attack on it).
@@ -100,36 +108,41 @@ class ThermometerEncoding(InputDefense):
 
     differentiable = False
 
-    def __init__(self, levels: int = 16):
+    def __init__(self, levels: int = 16) -> None:
         super().__init__()
         if levels < 2:
             raise ConfigError(f"levels must be >= 2, got {levels}.")
         self.levels = levels
         self.register_buffer("thresholds", torch.arange(levels, dtype=torch.float32) / levels, persistent=False)
 
+    @override
     def out_chans(self, in_chans: int) -> int:
         return in_chans * self.levels
 
-    def _expand(self, x):
+    def _expand(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Size]:
         n, c, h, w = x.shape
         return x.unsqueeze(2), self.thresholds.view(1, 1, -1, 1, 1).to(x.dtype), (n, c * self.levels, h, w)
 
-    def forward(self, x):
+    @override
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         xe, t, shape = self._expand(x)
         return (xe >= t).to(x.dtype).reshape(shape)
 
-    def bpda_surrogate(self, x):
+    def bpda_surrogate(self, x: torch.Tensor) -> torch.Tensor:
+        """Differentiable stand-in for BPDA: the thermometer code relaxed to a linear ramp."""
         xe, t, shape = self._expand(x)
         return (self.levels * (xe - t)).clamp(0, 1).reshape(shape)
 
+    @override
     def extra_repr(self) -> str:
         return f"levels={self.levels}"
 
 
 class RandomResizePad(InputDefense):
-    """Randomisation (Xie et al. 2018): resize to a random size in ``[min_scale * S, S]``, then pad
-    at a random position back to ``S x S`` with zeros. A fresh, independent draw for every image
-    on every forward pass.
+    """Randomisation (Xie et al. 2018): random resizing and padding.
+
+    Resize to a random size in ``[min_scale * S, S]``, then pad at a random position back to
+    ``S x S`` with zeros. A fresh, independent draw for every image on every forward pass.
 
     Each image gets its own size and position, so the accuracy of a batch is an average over many
     draws rather than one shared draw (with a draw per batch, one small size lowers every image at
@@ -140,13 +153,14 @@ class RandomResizePad(InputDefense):
 
     randomized = True
 
-    def __init__(self, min_scale: float = 0.8):
+    def __init__(self, min_scale: float = 0.8) -> None:
         super().__init__()
         if not 0 < min_scale <= 1:
             raise ConfigError(f"min_scale must lie in (0, 1], got {min_scale}.")
         self.min_scale = min_scale
 
-    def forward(self, x):
+    @override
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, _, h, w = x.shape
         lo_h, lo_w = max(1, round(self.min_scale * h)), max(1, round(self.min_scale * w))
         dev = x.device
@@ -159,9 +173,12 @@ class RandomResizePad(InputDefense):
         return self.place(x, size_h, size_w, top, left)
 
     @staticmethod
-    def place(x, size_h, size_w, top, left):
-        """Resize image i to ``size_h[i] x size_w[i]`` and put it at ``(top[i], left[i])`` on a zero
-        canvas of the input's size."""
+    def place(x: torch.Tensor, size_h: torch.Tensor, size_w: torch.Tensor, top: torch.Tensor,
+              left: torch.Tensor) -> torch.Tensor:
+        """Resize and pad each image on a zero canvas of the input's size.
+
+        Image i is resized to ``size_h[i] x size_w[i]`` and put at ``(top[i], left[i])``.
+        """
         n, _, h, w = x.shape
         sh, sw = size_h.to(x.dtype), size_w.to(x.dtype)
         theta = torch.zeros(n, 2, 3, dtype=x.dtype, device=x.device)
@@ -180,6 +197,7 @@ class RandomResizePad(InputDefense):
         inside = (inside_r[:, :, None] & inside_c[:, None, :]).unsqueeze(1)
         return out * inside.to(x.dtype)
 
+    @override
     def extra_repr(self) -> str:
         return f"min_scale={self.min_scale}"
 
@@ -193,22 +211,23 @@ class GaussianNoise(InputDefense):
 
     randomized = True
 
-    def __init__(self, sigma: float = 0.1):
+    def __init__(self, sigma: float = 0.1) -> None:
         super().__init__()
         if sigma <= 0:
             raise ConfigError(f"sigma must be > 0, got {sigma}.")
         self.sigma = sigma
 
-    def forward(self, x):
+    @override
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return (x + self.sigma * torch.randn_like(x)).clamp(0, 1)
 
+    @override
     def extra_repr(self) -> str:
         return f"sigma={self.sigma}"
 
 
 class MedianSmoothing(InputDefense):
-    """Spatial median filter over ``kernel_size x kernel_size`` windows (feature squeezing, Xu et
-    al. 2018).
+    """Spatial median filter over ``kernel_size x kernel_size`` windows (Xu et al. 2018).
 
     Computed outside autograd, as deployed (a SciPy/OpenCV filter in front of the network): the
     naive gradient is absent. ``bpda_surrogate`` is the same median written in differentiable
@@ -218,22 +237,25 @@ class MedianSmoothing(InputDefense):
 
     differentiable = False
 
-    def __init__(self, kernel_size: int = 3):
+    def __init__(self, kernel_size: int = 3) -> None:
         super().__init__()
         if kernel_size < 1 or kernel_size % 2 == 0:
             raise ConfigError(f"kernel_size must be odd and >= 1, got {kernel_size}.")
         self.kernel_size = kernel_size
 
-    def bpda_surrogate(self, x):
+    def bpda_surrogate(self, x: torch.Tensor) -> torch.Tensor:
+        """Differentiable stand-in for BPDA: the same median, taken with torch ops."""
         k, p = self.kernel_size, self.kernel_size // 2
         n, c, h, w = x.shape
         patches = F.unfold(F.pad(x, (p, p, p, p), mode="reflect"), k)  # (n, c*k*k, h*w)
         return patches.view(n, c, k * k, h * w).median(dim=2).values.view(n, c, h, w)
 
-    def forward(self, x):
+    @override
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
             return self.bpda_surrogate(x.detach())
 
+    @override
     def extra_repr(self) -> str:
         return f"kernel_size={self.kernel_size}"
 
@@ -260,7 +282,7 @@ def defense_spec(defense: InputDefense) -> dict:
     return {"class_path": class_path(defense), "init_args": args}
 
 
-def build_defense(spec) -> InputDefense:
+def build_defense(spec: InputDefense | dict | str) -> InputDefense:
     """An ``InputDefense`` from an instance, a short name (``jpeg``) or a ``class_path`` dict.
 
     A class path is honoured exactly (``my_pkg.BitDepthReduction`` is the user's class, never

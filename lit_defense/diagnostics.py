@@ -26,8 +26,9 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -98,6 +99,7 @@ def _grad(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: Callable)
 
 
 def looks_like_probabilities(logits: torch.Tensor, atol: float = 1e-3) -> bool:
+    """Whether the outputs lie in [0, 1] and sum to 1 per row (softmax outputs, not logits)."""
     out = logits.detach().double()
     return bool(out.numel()) and bool(
         (out.min() >= -1e-6) & (out.max() <= 1 + 1e-6) & ((out.sum(1) - 1).abs().max() <= atol)
@@ -106,6 +108,7 @@ def looks_like_probabilities(logits: torch.Tensor, atol: float = 1e-3) -> bool:
 
 # --------------------------------------------------------------------------------- model checks
 def check_probability_outputs(logits: torch.Tensor) -> Check:
+    """Flags a model that returns probabilities: a margin or CE loss on them saturates."""
     probs = looks_like_probabilities(logits)
     sums = logits.detach().double().sum(1)
     return Check(
@@ -119,6 +122,7 @@ def check_probability_outputs(logits: torch.Tensor) -> Check:
 
 
 def check_logit_saturation(logits: torch.Tensor, thresholds: MaskingThresholds = DEFAULT_THRESHOLDS) -> Check:
+    """Flags logits whose top-two gap saturates softmax (defensive distillation's ~T-fold logits)."""
     z = logits.detach().double()
     top = z.topk(2, dim=1).values if z.shape[1] > 1 else torch.cat([z, z], 1)
     gap = top[:, 0] - top[:, 1]
@@ -140,6 +144,7 @@ def check_logit_saturation(logits: torch.Tensor, thresholds: MaskingThresholds =
 
 def check_randomized_outputs(model: nn.Module, x: torch.Tensor, repeats: int = 4,
                              thresholds: MaskingThresholds = DEFAULT_THRESHOLDS) -> Check:
+    """Flags a model whose outputs differ between passes on the same input (EOT needed)."""
     outs = [_logits(model, x).double() for _ in range(max(repeats, 2))]
     scale = outs[0].abs().max().clamp_min(1e-12)
     rel = max(float((o - outs[0]).abs().max() / scale) for o in outs[1:])
@@ -158,8 +163,11 @@ def check_randomized_outputs(model: nn.Module, x: torch.Tensor, repeats: int = 4
 def check_zero_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                          thresholds: MaskingThresholds = DEFAULT_THRESHOLDS,
                          logits: torch.Tensor | None = None) -> Check:
-    """Fraction of correctly classified inputs whose input gradient is exactly zero, for the
-    cross-entropy and for the margin loss (the fraction below 1e-12, "vanishing", is evidence)."""
+    """Fraction of correctly classified inputs whose input gradient is exactly zero.
+
+    For the cross-entropy and for the margin loss (the fraction below 1e-12, "vanishing", is
+    evidence).
+    """
     if logits is None:
         logits = _logits(model, x)
     correct = logits.argmax(1) == y
@@ -191,10 +199,12 @@ def check_zero_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
 def check_gradient_vs_finite_differences(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                                          directions: int = 4, h: float = 1e-3, seed: int = 0,
                                          thresholds: MaskingThresholds = DEFAULT_THRESHOLDS) -> Check:
-    """Autograd's directional derivative of the margin loss vs a central finite difference along
-    random sign directions. Shattered (non-differentiable preprocessing) or fake (custom backward)
+    """Autograd's directional derivative of the margin loss vs a central finite difference.
+
+    Along random sign directions. Shattered (non-differentiable preprocessing) or fake (custom backward)
     gradients disagree with what the forward pass does. The model's own randomness is held fixed
-    across the passes (common random numbers), so a randomized but differentiable model passes."""
+    across the passes (common random numbers), so a randomized but differentiable model passes.
+    """
     gen = torch.Generator(device="cpu").manual_seed(seed)
     x = x.detach().clone().clamp(h, 1 - h)
     rng_devices = [x.device] if x.device.type == "cuda" else []
@@ -244,19 +254,19 @@ def check_gradient_vs_finite_differences(model: nn.Module, x: torch.Tensor, y: t
 
 
 @contextlib.contextmanager
-def _autograd_call_counter():
+def _autograd_call_counter() -> Iterator[list[str]]:
     calls: list[str] = []
     originals = (torch.autograd.grad, torch.autograd.backward, torch.Tensor.backward)
 
-    def grad(*args, **kwargs):
+    def grad(*args: Any, **kwargs: Any) -> tuple[torch.Tensor, ...]:
         calls.append("torch.autograd.grad")
         return originals[0](*args, **kwargs)
 
-    def backward(*args, **kwargs):
+    def backward(*args: Any, **kwargs: Any) -> None:
         calls.append("torch.autograd.backward")
         return originals[1](*args, **kwargs)
 
-    def tensor_backward(self, *args, **kwargs):
+    def tensor_backward(self: torch.Tensor, *args: Any, **kwargs: Any) -> None:
         calls.append("Tensor.backward")
         return originals[2](self, *args, **kwargs)
 
@@ -268,8 +278,10 @@ def _autograd_call_counter():
 
 
 def check_inference_time_optimisation(model: nn.Module, x: torch.Tensor) -> Check:
-    """Does the forward pass itself run autograd (an inner optimisation, e.g. a purifier)? Its
-    gradient is then not the gradient of what the model computes: attack it with BPDA."""
+    """Does the forward pass itself run autograd (an inner optimisation, e.g. a purifier)?
+
+    Its gradient is then not the gradient of what the model computes: attack it with BPDA.
+    """
     with torch.inference_mode(False), torch.no_grad(), _autograd_call_counter() as calls:
         out = model(x[:8].detach().clone())
     grad_inside = bool(getattr(out, "requires_grad", False))
@@ -308,6 +320,7 @@ def _fooled(model: nn.Module, attack: Attack, x: torch.Tensor, y: torch.Tensor) 
 def check_one_step_vs_iterative(one_step: Mapping[float, float], iterative: Mapping[float, float],
                                 thresholds: MaskingThresholds = DEFAULT_THRESHOLDS,
                                 names: tuple[str, str] = ("fgsm", "pgd_ce")) -> Check:
+    """Flags FGSM beating the iterative attack: a sign of a gradient that does not lead uphill."""
     gaps = {e: iterative[e] - one_step[e] for e in one_step if e in iterative}
     eps, gap = max(gaps.items(), key=lambda kv: kv[1]) if gaps else (None, 0.0)
     passed = gap <= thresholds.one_step_gap
@@ -338,8 +351,10 @@ def check_extra_found(name: str, what: str, before: Mapping[float, float], after
 
 def check_unbounded(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: Attack,
                     thresholds: MaskingThresholds = DEFAULT_THRESHOLDS) -> Check:
-    """The naive attack with an unbounded budget (the whole pixel range) must fool ~every input:
-    a budget that large can turn any image into any other."""
+    """The naive attack with an unbounded budget (the whole pixel range) must fool ~every input.
+
+    A budget that large can turn any image into any other.
+    """
     big = 1.0 if attack.norm == "linf" else math.sqrt(x[0].numel())
     unbounded = attack.with_eps(check_eps(attack.norm, big))
     if "random_start" in unbounded.init_args:  # a random start at eps=1 is noise that fools by itself
@@ -360,6 +375,7 @@ def check_unbounded(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: 
 
 def check_monotone(curves: Mapping[str, Mapping[float, float]], clean_accuracy: float,
                    thresholds: MaskingThresholds = DEFAULT_THRESHOLDS) -> Check:
+    """Flags robust accuracy that rises with eps: a larger budget must never help the model."""
     worst_rise, where = 0.0, None
     for name, curve in curves.items():
         points = [(0.0, clean_accuracy), *sorted(curve.items())]
@@ -379,6 +395,7 @@ def check_monotone(curves: Mapping[str, Mapping[float, float]], clean_accuracy: 
 def check_adaptive_vs_naive(naive: Mapping[float, float], adaptive: Mapping[str, Mapping[float, float]],
                             thresholds: MaskingThresholds = DEFAULT_THRESHOLDS,
                             naive_name: str = "pgd_ce") -> Check:
+    """Flags an adaptive attack that beats the naive one by more than the threshold."""
     best_gap, where = 0.0, None
     for name, curve in adaptive.items():
         for e, acc in curve.items():
@@ -418,7 +435,9 @@ def check_incomplete_optimisation(model: nn.Module, x: torch.Tensor, y: torch.Te
 def check_silent_success(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: Attack,
                          thresholds: MaskingThresholds = DEFAULT_THRESHOLDS) -> Check:
     """How many adversarial points met along ``attack``'s path a last-iterate attack would lose.
-    lit-defense's PGD keeps the first one it meets; many tools return the last iterate."""
+
+    This project's PGD keeps the first one it meets; many tools return the last iterate.
+    """
     first = attack.replace(keep_first_adversarial=True, early_stop_every=0)
     last = attack.replace(keep_first_adversarial=False, early_stop_every=0)
     met, kept = _fooled(model, first, x, y), _fooled(model, last, x, y)

@@ -21,6 +21,7 @@ import json
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -56,23 +57,29 @@ class RobustnessResult:
         }
 
     def worst(self, eps: float) -> float:
+        """Worst-case robust accuracy at ``eps``."""
         return self.robust_accuracy[WORST][eps_key(eps)]
 
     def to_dict(self) -> dict:
+        """Plain data (JSON-ready)."""
         return asdict(self)
 
-    def to_json(self, **kwargs) -> str:
+    def to_json(self, **kwargs: Any) -> str:
+        """The result as JSON (``kwargs`` go to ``json.dumps``)."""
         return json.dumps(self.to_dict(), **kwargs)
 
     @classmethod
     def from_dict(cls, data: dict) -> RobustnessResult:
+        """The result back from ``to_dict``'s output."""
         return cls(**data)
 
 
 @dataclass
 class RobustnessCounts:
-    """Integer counts (tensors) that add across shards: ``n``, ``clean``, ``robust[attack, eps]``,
-    ``worst[eps]``."""
+    """Integer counts (tensors) that add across shards.
+
+    ``n``, ``clean``, ``robust[attack, eps]``, ``worst[eps]``.
+    """
 
     n: torch.Tensor
     clean: torch.Tensor
@@ -80,15 +87,18 @@ class RobustnessCounts:
     worst: torch.Tensor
 
     def as_vector(self) -> torch.Tensor:
+        """The counts in one tensor, for a single all-reduce under DDP."""
         return torch.cat([self.n.view(1), self.clean.view(1), self.robust.flatten(), self.worst.flatten()])
 
     @classmethod
     def from_vector(cls, v: torch.Tensor, n_attacks: int, n_eps: int) -> RobustnessCounts:
+        """The counts back from ``as_vector``'s layout."""
         r = v[2:2 + n_attacks * n_eps].view(n_attacks, n_eps)
         return cls(v[0], v[1], r, v[2 + n_attacks * n_eps:])
 
     def to_result(self, attacks: Sequence[Attack], eps: Sequence[float], norm: str, cascade: bool,
                   seconds: float = 0.0) -> RobustnessResult:
+        """Accuracies from the counts, per attack and eps, plus the worst case."""
         n = max(int(self.n), 1)
         acc = {
             a.name: {eps_key(e): int(self.robust[i, j]) / n for j, e in enumerate(eps)}
@@ -128,7 +138,9 @@ def _predict(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor
 def fooled_by(model: nn.Module, attack: Attack, x_adv: torch.Tensor, x: torch.Tensor, y: torch.Tensor
               ) -> torch.Tensor:
     """Per sample: is ``x_adv`` misclassified *and* inside ``attack``'s threat model around ``x``?
-    (An output outside the threat model is a failed attack, not a success.)"""
+
+    An output outside the threat model is a failed attack, not a success.
+    """
     with torch.inference_mode(False), torch.no_grad():
         return (model(x_adv).argmax(1) != y) & attack.threat.contains(x_adv, x)
 

@@ -1,5 +1,8 @@
-"""Input gradients that never fail: the one autograd helper the attacks, the checklist and the
-training modules share (it lives below all of them, so none imports another for it)."""
+"""Input gradients that never fail.
+
+The one autograd helper the attacks, the checklist and the training modules share (it lives below
+all of them, so none imports another for it).
+"""
 
 from __future__ import annotations
 

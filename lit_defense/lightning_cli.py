@@ -17,6 +17,7 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar, RichProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
+from typing_extensions import override
 
 from lit_defense.checkpoints import ResumableModelCheckpoint
 from lit_defense.data import VisionDataModule
@@ -29,7 +30,7 @@ DATA_TO_MODEL_LINKS = ("num_classes", "in_chans", "image_size", "mean", "std")
 class LitDefenseCLI(LightningCLI):
     """LightningCLI with the project's links, checkpointing defaults and a ``--test_after_fit``."""
 
-    def __init__(self, args: Any = None, run: bool = True, **kwargs: Any):
+    def __init__(self, args: Any = None, run: bool = True, **kwargs: Any) -> None:
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         super().__init__(
             model_class=Classifier,
@@ -49,6 +50,7 @@ class LitDefenseCLI(LightningCLI):
             **kwargs,
         )
 
+    @override
     def init_parser(self, **kwargs: Any) -> LightningArgumentParser:
         # Raise instead of printing a 70-line usage: main() prints one line and exits with 2.
         kwargs["exit_on_error"] = False
@@ -61,6 +63,7 @@ class LitDefenseCLI(LightningCLI):
             parser.set_defaults({"weights_only": True})
         return parser
 
+    @override
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         for name in DATA_TO_MODEL_LINKS:
             parser.link_arguments(f"data.{name}", f"model.init_args.{name}", apply_on="instantiate")
@@ -82,6 +85,7 @@ class LitDefenseCLI(LightningCLI):
             "checkpoint was saved) and print test/acc.",
         )
 
+    @override
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         config = self._get(self.config_init, "trainer", default={})
         wants_bar = config.get("enable_progress_bar") is not False
@@ -98,8 +102,11 @@ class LitDefenseCLI(LightningCLI):
         return super()._instantiate_trainer(config, callbacks)
 
     def before_fit(self) -> None:
-        """``--ckpt_path last`` resumes the newest run of this recipe: the latest
-        ``<save_dir>/<name>/version_*/checkpoints/last.ckpt``, logging on into the same version."""
+        """``--ckpt_path last`` resumes the newest run of this recipe.
+
+        The latest ``<save_dir>/<name>/version_*/checkpoints/last.ckpt``, logging on into the same
+        version.
+        """
         config = self.config_init[self.subcommand]
         if config.get("ckpt_path") != "last":
             return
@@ -121,6 +128,7 @@ class LitDefenseCLI(LightningCLI):
         rank_zero_info(f"resuming from {ckpt}")
 
     def after_fit(self) -> None:
+        """With ``--test_after_fit true``: test the best checkpoint after training."""
         if not self._get(self.config, "test_after_fit"):
             return
         ckpt = self.trainer.checkpoint_callback

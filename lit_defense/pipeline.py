@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -60,9 +61,11 @@ STAGES = [
 
 @dataclass
 class Profile:
-    """Epochs per stage, extra overrides per stage and for every stage, and the audit's settings:
+    """Epochs per stage, extra overrides per stage and for every stage, and the audit's settings.
+
     ``audit`` holds keyword arguments of ``lit_defense.audit.run_audit`` (``suite`` as
-    ``AttackSuite`` fields), ``audit_data`` those of the audited ``VisionDataModule``."""
+    ``AttackSuite`` fields), ``audit_data`` those of the audited ``VisionDataModule``.
+    """
 
     epochs: dict[str, int]
     extra: dict[str, list[str]] = field(default_factory=dict)
@@ -123,6 +126,7 @@ def _find_run_dir(root: Path, profile: str) -> Path | None:
 
 
 def stage_args(stage: Stage, profile: Profile, run_dir: Path) -> list[str]:
+    """The ``lit-defense fit`` arguments of one stage of a profile, in ``run_dir``."""
     epochs = profile.epochs[stage.name]
     args = [
         "fit", "--config", str(CONFIGS / stage.config),
@@ -149,7 +153,7 @@ def _stage_done(run_dir: Path, stage: Stage, epochs: int) -> bool:
 
 
 def run(profile_name: str = "quick", root: str | Path = "runs", run_dir: str | Path | None = None,
-        log=print) -> Path:
+        log: Callable[[str], None] = print) -> Path:
     """Run (or resume) the pipeline; returns the run folder."""
     from lit_defense.lightning_cli import LitDefenseCLI
 
@@ -166,7 +170,7 @@ def run(profile_name: str = "quick", root: str | Path = "runs", run_dir: str | P
     state: dict[str, Any] = json.loads(state_path.read_text()) if state_path.is_file() else {
         "profile": profile_name, "stages": {}, "finished": False}
 
-    def save_state():
+    def save_state() -> None:
         tmp = state_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(state, indent=2))
         tmp.replace(state_path)
@@ -211,9 +215,11 @@ def run(profile_name: str = "quick", root: str | Path = "runs", run_dir: str | P
     return folder
 
 
-def audit_stages(profile: Profile, folder: Path, log=print) -> None:
-    """``run_audit`` on every stage's last checkpoint, with the profile's settings; the report
-    lands in ``folder``."""
+def audit_stages(profile: Profile, folder: Path, log: Callable[[str], None] = print) -> None:
+    """``run_audit`` on every stage's last checkpoint, with the profile's settings.
+
+    The report lands in ``folder``.
+    """
     from lit_defense.audit import DEFAULT_EPS, AttackSuite, ModelSpec, run_audit
     from lit_defense.data import VisionDataModule
 
@@ -225,6 +231,7 @@ def audit_stages(profile: Profile, folder: Path, log=print) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``lit-defense run``: train every stage (resuming), then audit; returns the exit code."""
     parser = argparse.ArgumentParser(prog="lit-defense run", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profile", default="quick", choices=sorted(PROFILES))

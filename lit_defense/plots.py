@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import matplotlib
 
@@ -11,10 +12,15 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from lit_defense.evaluation import WORST, RobustnessResult, eps_key  # noqa: E402
 
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
-def robust_accuracy_figure(results: Mapping[str, RobustnessResult], title: str = "robust accuracy"):
-    """Robust accuracy vs eps: one line per attack (dashed) and the worst case (solid, thick),
-    for every model in ``results``."""
+
+def robust_accuracy_figure(results: Mapping[str, RobustnessResult], title: str = "robust accuracy") -> Figure:
+    """Robust accuracy vs eps.
+
+    One line per attack (dashed) and the worst case (solid, thick), for every model in ``results``.
+    """
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, (model, result) in enumerate(results.items()):

@@ -13,11 +13,15 @@ import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from lit_defense.results import ModelAudit, eps_key
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 HOW_TO_READ = """\
 **How to read this.** *Apparent* robustness is what the naive attack (`{naive}`: PGD on the
@@ -45,10 +49,12 @@ def _evidence_text(evidence: dict[str, Any], limit: int = 6) -> str:
 
 
 def to_json(audits: Sequence[ModelAudit], meta: dict[str, Any]) -> dict[str, Any]:
+    """The report as plain data: ``meta`` plus every model's audit."""
     return {**meta, "models": [a.to_dict() for a in audits]}
 
 
 def markdown(audits: Sequence[ModelAudit], meta: dict[str, Any]) -> str:
+    """The report people read: tables of robust accuracy, verdicts and the checks that fired."""
     eps = audits[0].eps if audits else []
     norm = audits[0].norm if audits else "linf"
     naive = audits[0].roles["naive"] if audits else "pgd_ce"
@@ -111,7 +117,8 @@ def _slug(name: str) -> str:
 
 
 # --------------------------------------------------------------------------------------- plots
-def model_figure(audit: ModelAudit):
+def model_figure(audit: ModelAudit) -> Figure:
+    """Apparent vs worst-case robust accuracy over eps for one model."""
     from lit_defense.plots import plt
 
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
@@ -131,7 +138,7 @@ def model_figure(audit: ModelAudit):
     return fig
 
 
-def comparison_figure(audits: Sequence[ModelAudit]):
+def comparison_figure(audits: Sequence[ModelAudit]) -> Figure:
     """Apparent (naive attack, dashed) vs worst-case (solid) robust accuracy of every model."""
     from lit_defense.plots import plt
 
@@ -151,7 +158,7 @@ def comparison_figure(audits: Sequence[ModelAudit]):
     return fig
 
 
-def _finish(ax, title: str, norm: str) -> None:
+def _finish(ax: Axes, title: str, norm: str) -> None:
     ax.set_xlabel(f"eps ({norm})")
     ax.set_ylabel("accuracy")
     ax.set_ylim(-0.02, 1.02)
@@ -160,7 +167,7 @@ def _finish(ax, title: str, norm: str) -> None:
     ax.legend(fontsize=7, loc="best")
 
 
-def examples_figure(audits: Sequence[ModelAudit], eps: float | None = None):
+def examples_figure(audits: Sequence[ModelAudit], eps: float | None = None) -> Figure:
     """For each model, clean images over their worst-case adversarial versions at ``eps``."""
     from lit_defense.plots import plt
 
@@ -218,7 +225,9 @@ def write_report(audits: Sequence[ModelAudit], output_dir: str | Path, meta: dic
 
 def write_tensorboard(audits: Sequence[ModelAudit], log_dir: Path, figures: dict | None = None) -> Path:
     """One TensorBoard run per model (``<log_dir>/<model>``), under the project's metric names.
-    ``figures`` (model name -> figure) reuses figures already drawn; the others are drawn here."""
+
+    ``figures`` (model name -> figure) reuses figures already drawn; the others are drawn here.
+    """
     from torch.utils.tensorboard import SummaryWriter
 
     for a in audits:

@@ -1,5 +1,7 @@
-"""The result types of evaluations and audits: plain data, below the code that produces them
-(``evaluation``, ``diagnostics``, ``audit``) and the code that reports them (``report``, callbacks).
+"""The result types of evaluations and audits.
+
+Plain data, below the code that produces them (``evaluation``, ``diagnostics``, ``audit``) and the
+code that reports them (``report``, callbacks).
 
 Nothing here runs an attack or imports one: a report can be read, compared or rendered without the
 attack code, and the modules that produce results and the ones that render them never import each
@@ -83,14 +85,17 @@ def verdict(checks: Sequence[Check]) -> MaskingVerdict:
 
 
 def attack_curve(results: Sequence[dict[str, Any]], attack: str) -> dict[float, float]:
-    """eps -> robust accuracy of one attack, from the audit's result rows."""
+    """Eps -> robust accuracy of one attack, from the audit's result rows."""
     return {r["eps"]: r["robust_accuracy"] for r in results if r["attack"] == attack}
 
 
 @dataclass
 class ModelAudit:
-    """The audit of one model: every attack's robust accuracy per eps, the per-input worst case,
-    the gradient-masking verdict, the attack roles, and examples for the report's figures."""
+    """The audit of one model.
+
+    Every attack's robust accuracy per eps, the per-input worst case, the gradient-masking verdict,
+    the attack roles, and examples for the report's figures.
+    """
 
     name: str
     source: str
@@ -106,7 +111,7 @@ class ModelAudit:
     examples: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def curve(self, attack: str) -> dict[float, float]:
-        """eps -> robust accuracy of one attack."""
+        """Eps -> robust accuracy of one attack."""
         return attack_curve(self.results, attack)
 
     def to_dict(self) -> dict[str, Any]:

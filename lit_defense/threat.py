@@ -45,7 +45,7 @@ class ThreatModel:
     norm: Norm = "linf"
     eps: float = 0.1
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         object.__setattr__(self, "eps", check_eps(self.norm, self.eps))
 
     def distance(self, x_adv: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -80,9 +80,12 @@ class ThreatModel:
 
     # The norm-specific operations of the attacks: one place for the L-inf / L2 branches.
     def random_point(self, x: torch.Tensor, generator: torch.Generator, where: str = "ball") -> torch.Tensor:
-        """A random point around ``x`` inside [0, 1]: ``where="ball"`` draws uniformly in the
-        L-inf box, or a random direction at a random radius in the L2 ball; ``"surface"`` draws
-        on the boundary (a random corner of the L-inf box, a point of the L2 sphere)."""
+        """A random point around ``x`` inside [0, 1].
+
+        ``where="ball"`` draws uniformly in the L-inf box, or a random direction at a random radius
+        in the L2 ball; ``"surface"`` draws on the boundary (a random corner of the L-inf box, a
+        point of the L2 sphere).
+        """
         if self.norm not in ("linf", "l2"):
             raise ConfigError(f"random points are drawn in linf or l2 balls, not {self.norm}.")
         if self.norm == "linf":
@@ -107,7 +110,9 @@ class ThreatModel:
         raise ConfigError(f"no steepest step for {self.norm}.")
 
     def dual_norm(self, grad: torch.Tensor) -> torch.Tensor:
-        """Per-sample dual norm of a gradient (L1 for L-inf, L2 for L2): the first-order distance
-        to a boundary is ``|loss| / dual_norm(grad)``."""
+        """Per-sample dual norm of a gradient (L1 for L-inf, L2 for L2).
+
+        The first-order distance to a boundary is ``|loss| / dual_norm(grad)``.
+        """
         flat = grad.flatten(1)
         return flat.abs().sum(1) if self.norm == "linf" else flat.norm(dim=1)

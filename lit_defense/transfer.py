@@ -11,6 +11,10 @@ from __future__ import annotations
 
 import copy
 
+import torch
+from torch import nn
+from typing_extensions import override
+
 from lit_defense.attacks.base import Attack, FixedBudgetAttack
 from lit_defense.attacks.gradient import PGD
 from lit_defense.modules.loading import module_from_checkpoint
@@ -18,7 +22,9 @@ from lit_defense.threat import Norm, ThreatModel
 
 
 class Transfer(FixedBudgetAttack):
-    """Args:
+    """Adversarial examples crafted on a surrogate model, evaluated on the target.
+
+    Args:
         surrogate_checkpoint: a lit-defense ``.ckpt`` of the surrogate (e.g. an undefended model).
         attack: the attack run on the surrogate (default: PGD-20, margin loss).
     """
@@ -26,16 +32,19 @@ class Transfer(FixedBudgetAttack):
     uses_gradients = False
 
     def __init__(self, surrogate_checkpoint: str, attack: Attack | None = None, eps: float = 0.1,
-                 norm: Norm = "linf", seed: int = 0, name: str | None = None):
+                 norm: Norm = "linf", seed: int = 0, name: str | None = None) -> None:
         super().__init__(eps=eps, norm=norm, seed=seed, name=name)
         self.surrogate_checkpoint = surrogate_checkpoint
         self.attack = attack if attack is not None else PGD(eps=eps, norm=norm, steps=20, loss="margin", seed=seed)
         self._surrogate = module_from_checkpoint(surrogate_checkpoint, "surrogate checkpoint")
 
+    @override
     def default_name(self) -> str:
         return f"transfer_{self.attack.name}"
 
-    def perturb(self, model, x, y, generator):
+    @override
+    def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                generator: torch.Generator) -> torch.Tensor:
         surrogate = self._surrogate
         if next(surrogate.parameters()).device != x.device:
             surrogate.to(x.device)

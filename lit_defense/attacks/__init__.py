@@ -1,5 +1,7 @@
 """Attacks on [0, 1] pixels: ``attack(model, x, y) -> x_adv``. See ``base.py`` for the contract."""
 
+from typing import NoReturn
+
 from lit_defense.attacks.apgd import APGD
 from lit_defense.attacks.base import (
     Attack,
@@ -26,7 +28,7 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> NoReturn:
     if name == "Transfer":  # moved: it loads a checkpoint, which sits above the attack package
         raise AttributeError("lit_defense.attacks.Transfer is now lit_defense.transfer.Transfer "
                              "(class_path: lit_defense.transfer.Transfer).")

@@ -16,12 +16,15 @@ batch and each input's highest-expected-loss point is returned.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import nn
+from typing_extensions import override
 
 from lit_defense.attacks.base import (
     GradientAttack,
+    LossFn,
     LossName,
     get_loss,
     targeted_ce_loss,
@@ -33,8 +36,11 @@ from lit_defense.threat import Norm, per_sample
 
 
 def checkpoints(steps: int) -> list[int]:
-    """The iterations at which APGD may halve its step size: ``p_0 = 0``, ``p_1 = 0.22``,
-    ``p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06)``, times ``steps``."""
+    """The iterations at which APGD may halve its step size.
+
+    ``p_0 = 0``, ``p_1 = 0.22``, ``p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06)``, times
+    ``steps``.
+    """
     p = [0.0, 0.22]
     while p[-1] < 1:
         p.append(p[-1] + max(p[-1] - p[-2] - 0.03, 0.06))
@@ -63,7 +69,7 @@ class APGD(GradientAttack):
     def __init__(self, eps: float = 0.1, norm: Norm = "linf", steps: int = 100, loss: LossName = "ce",
                  targets: int = 0, restarts: int = 1, rho: float = 0.75, momentum: float = 0.75,
                  keep_first_adversarial: bool = True, eot_samples: int = 1, seed: int = 0,
-                 name: str | None = None):
+                 name: str | None = None) -> None:
         super().__init__(eps=eps, norm=norm, eot_samples=eot_samples, seed=seed, name=name)
         if steps < 2 or restarts < 1 or targets < 0:
             raise ConfigError(f"APGD needs steps >= 2, restarts >= 1, targets >= 0; got {steps}, {restarts}, {targets}.")
@@ -78,7 +84,8 @@ class APGD(GradientAttack):
         self.momentum = momentum
         self.keep_first_adversarial = keep_first_adversarial
 
-    def default_name(self) -> str:  # noqa: D102
+    @override
+    def default_name(self) -> str:
         base = f"apgd_{self.loss}" if not self.targets else f"apgd_t{self.targets}_{self.loss}"
         return base if self.norm == "linf" else f"{base}_{self.norm}"
 
@@ -87,8 +94,9 @@ class APGD(GradientAttack):
         return self.replace(eot_samples=samples, keep_first_adversarial=False)
 
     # -------------------------------------------------------------------------------- driver
+    @override
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-                generator: torch.Generator) -> torch.Tensor:  # noqa: D102
+                generator: torch.Generator) -> torch.Tensor:
         out = x.clone()
         fooled = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
         best_loss = torch.full((x.shape[0],), -float("inf"), device=x.device)
@@ -124,7 +132,7 @@ class APGD(GradientAttack):
         return out
 
     # ------------------------------------------------------------------------------ one run
-    def _run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn, generator: torch.Generator
+    def _run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: LossFn, generator: torch.Generator
              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One APGD run: ``(points, fooled, best loss)`` per input."""
         n = x.shape[0]
@@ -207,7 +215,7 @@ class APGD(GradientAttack):
 class _TargetedLoss:
     """A targeted loss bound to its per-sample targets; ``subset`` follows the active batch."""
 
-    def __init__(self, fn, target: torch.Tensor):
+    def __init__(self, fn: Callable[..., torch.Tensor], target: torch.Tensor) -> None:
         self.fn, self.target = fn, target
 
     def __call__(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -224,5 +232,5 @@ def _targeted(loss: str, target: torch.Tensor) -> _TargetedLoss:
     return _TargetedLoss(fn, target)
 
 
-def _subset(loss_fn, keep: torch.Tensor):
+def _subset(loss_fn: LossFn, keep: torch.Tensor) -> LossFn:
     return loss_fn.subset(keep) if isinstance(loss_fn, _TargetedLoss) else loss_fn

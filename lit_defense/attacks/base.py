@@ -30,6 +30,7 @@ from typing import Any, Literal, TypeVar
 import torch
 import torch.nn.functional as F
 from torch import nn
+from typing_extensions import override
 
 from lit_defense.errors import ConfigError
 from lit_defense.gradients import input_gradient
@@ -125,7 +126,8 @@ class Attack(abc.ABC):
     norms: tuple[str, ...] = ("linf", "l2")
     uses_gradients = True
 
-    def __new__(cls, *args: Any, **kwargs: Any) -> Attack:  # noqa: D102
+    @override
+    def __new__(cls, *args: Any, **kwargs: Any) -> Attack:
         self = super().__new__(cls)
         try:
             bound = inspect.signature(cls.__init__).bind(self, *args, **kwargs)
@@ -140,7 +142,7 @@ class Attack(abc.ABC):
         self._init_args = params
         return self
 
-    def __init__(self, eps: float = 0.1, norm: Norm = "linf", seed: int = 0, name: str | None = None):
+    def __init__(self, eps: float = 0.1, norm: Norm = "linf", seed: int = 0, name: str | None = None) -> None:
         if norm not in self.norms:
             raise ConfigError(
                 f"{type(self).__name__} supports norm {' or '.join(self.norms)}, not {norm!r}."
@@ -191,7 +193,8 @@ class Attack(abc.ABC):
     def for_eot(self, samples: int) -> Attack:
         """This attack as Expectation over Transformation wants it: ``samples`` draws per gradient.
 
-        The hook ``EOT`` calls; attacks that take no gradient cannot average one and refuse."""
+        The hook ``EOT`` calls; attacks that take no gradient cannot average one and refuse.
+        """
         raise ConfigError(f"EOT averages gradients; {type(self).__name__} takes none. Wrap a gradient attack.")
 
     # -------------------------------------------------------------------------------- calling
@@ -227,13 +230,14 @@ class GradientAttack(FixedBudgetAttack, abc.ABC):
     """
 
     def __init__(self, eps: float = 0.1, norm: Norm = "linf", eot_samples: int = 1, seed: int = 0,
-                 name: str | None = None):
+                 name: str | None = None) -> None:
         super().__init__(eps=eps, norm=norm, seed=seed, name=name)
         if eot_samples < 1:
             raise ConfigError(f"eot_samples must be >= 1, got {eot_samples}.")
         self.eot_samples = eot_samples
 
-    def for_eot(self, samples: int) -> GradientAttack:  # noqa: D102
+    @override
+    def for_eot(self, samples: int) -> GradientAttack:
         return self.replace(eot_samples=samples)
 
     def loss_and_grad(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: LossFn
@@ -280,8 +284,10 @@ class MinNormAttack(Attack, abc.ABC):
         """``(x_adv, norms)``: each input's smallest adversarial point found and its norm."""
 
     def min_norms(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Public entry of ``minimize`` under the attack contract: ``(x_adv, norms)``; inputs the
-        model already misclassifies get norm 0."""
+        """Public entry of ``minimize`` under the attack contract.
+
+        ``(x_adv, norms)``; inputs the model already misclassifies get norm 0.
+        """
         _check_inputs(model, x, y)
         with torch.inference_mode(False), torch.enable_grad():
             x, y = x.detach().clone(), y.detach().clone()

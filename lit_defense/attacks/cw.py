@@ -9,6 +9,8 @@ onto the eps ball by the base class.
 from __future__ import annotations
 
 import torch
+from torch import nn
+from typing_extensions import override
 
 from lit_defense.attacks.base import MinNormAttack, margin_loss
 from lit_defense.errors import ConfigError
@@ -16,8 +18,9 @@ from lit_defense.threat import per_sample
 
 
 class CarliniWagnerL2(MinNormAttack):
-    """Carlini & Wagner's L2 attack: a minimum-norm attack (``min_norms``); at a budget, its point
-    where it lies within ``eps``.
+    """Carlini & Wagner's L2 attack.
+
+    A minimum-norm attack (``min_norms``); at a budget, its point where it lies within ``eps``.
 
     Args:
         steps: Adam iterations per binary-search step.
@@ -31,7 +34,7 @@ class CarliniWagnerL2(MinNormAttack):
 
     def __init__(self, eps: float = 1.5, norm: str = "l2", steps: int = 100, binary_search_steps: int = 5,
                  initial_const: float = 1.0, lr: float = 0.01, confidence: float = 0.0, seed: int = 0,
-                 name: str | None = None):
+                 name: str | None = None) -> None:
         super().__init__(eps=eps, norm=norm, seed=seed, name=name)
         if steps < 1 or binary_search_steps < 1 or initial_const <= 0 or lr <= 0:
             raise ConfigError("CarliniWagnerL2 needs steps, binary_search_steps >= 1 and initial_const, lr > 0.")
@@ -41,10 +44,13 @@ class CarliniWagnerL2(MinNormAttack):
         self.lr = lr
         self.confidence = confidence
 
+    @override
     def default_name(self) -> str:
         return "cw_l2"
 
-    def minimize(self, model, x, y, generator):  # noqa: D102
+    @override
+    def minimize(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                 generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         n = x.shape[0]
         w0 = torch.atanh((x * 2 - 1).clamp(-1 + 1e-6, 1 - 1e-6))
         const = torch.full((n,), self.initial_const, device=x.device)

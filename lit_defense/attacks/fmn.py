@@ -1,5 +1,7 @@
-"""Fast Minimum-Norm attack (FMN, Pintor et al. 2021), L-inf and L2: each input's smallest
-adversarial perturbation, so one run gives robust accuracy at every eps of a grid.
+"""Fast Minimum-Norm attack (FMN, Pintor et al. 2021), L-inf and L2.
+
+Each input's smallest adversarial perturbation, so one run gives robust accuracy at every eps of
+a grid.
 
 Each step moves the perturbation down the logit margin ``z_y - max_{j != y} z_j`` (an L2-normalised
 gradient step, its size cosine-annealed from ``alpha_init`` to ``alpha_init / 100``) and projects
@@ -15,6 +17,7 @@ import math
 
 import torch
 from torch import nn
+from typing_extensions import override
 
 from lit_defense.attacks.base import Attack, MinNormAttack, margin_loss
 from lit_defense.errors import ConfigError
@@ -36,7 +39,7 @@ class FMN(MinNormAttack):
     uses_gradients = True
 
     def __init__(self, eps: float = 0.1, norm: Norm = "linf", steps: int = 100, alpha_init: float = 1.0,
-                 gamma_init: float = 0.05, gamma_final: float = 0.001, seed: int = 0, name: str | None = None):
+                 gamma_init: float = 0.05, gamma_final: float = 0.001, seed: int = 0, name: str | None = None) -> None:
         super().__init__(eps=eps, norm=norm, seed=seed, name=name)
         if steps < 1 or alpha_init <= 0 or not 0 < gamma_final <= gamma_init < 1:
             raise ConfigError(
@@ -48,14 +51,17 @@ class FMN(MinNormAttack):
         self.gamma_init = gamma_init
         self.gamma_final = gamma_final
 
-    def default_name(self) -> str:  # noqa: D102
+    @override
+    def default_name(self) -> str:
         return "fmn" if self.norm == "linf" else f"fmn_{self.norm}"
 
-    def for_eot(self, samples: int) -> Attack:  # noqa: D102
+    @override
+    def for_eot(self, samples: int) -> Attack:
         raise ConfigError("FMN has no EOT form (its radius follows single draws); use EOT(APGD(...)).")
 
+    @override
     def minimize(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-                 generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:  # noqa: D102
+                 generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         threat = self.threat
         n = x.shape[0]
         dev = x.device

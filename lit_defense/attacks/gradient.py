@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from typing_extensions import override
 
 from lit_defense.attacks.base import GradientAttack, LossFn, LossName, get_loss
 from lit_defense.errors import ConfigError
@@ -27,17 +28,19 @@ class FGSM(GradientAttack):
     """
 
     def __init__(self, eps: float = 0.1, norm: Norm = "linf", loss: LossName | LossFn = "ce",
-                 eot_samples: int = 1, seed: int = 0, name: str | None = None):
+                 eot_samples: int = 1, seed: int = 0, name: str | None = None) -> None:
         super().__init__(eps=eps, norm=norm, eot_samples=eot_samples, seed=seed, name=name)
         self.loss = loss
         self.loss_fn = get_loss(loss)
 
-    def default_name(self) -> str:  # noqa: D102
+    @override
+    def default_name(self) -> str:
         name = "fgsm" if self.loss == "ce" else f"fgsm_{loss_label(self.loss)}"
         return name if self.norm == "linf" else f"{name}_{self.norm}"
 
+    @override
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-                generator: torch.Generator) -> torch.Tensor:  # noqa: D102
+                generator: torch.Generator) -> torch.Tensor:
         _, _, grad = self.loss_and_grad(model, x, y, self.loss_fn)
         return x + self.eps * self.threat.steepest(grad)
 
@@ -69,7 +72,7 @@ class PGD(GradientAttack):
     def __init__(self, eps: float = 0.1, norm: Norm = "linf", steps: int = 20, step_size: float | None = None,
                  rel_step_size: float = 2.5, loss: LossName | LossFn = "ce", random_start: bool = True,
                  restarts: int = 1, early_stop_every: int = 5, keep_first_adversarial: bool = True,
-                 eot_samples: int = 1, seed: int = 0, name: str | None = None):
+                 eot_samples: int = 1, seed: int = 0, name: str | None = None) -> None:
         super().__init__(eps=eps, norm=norm, eot_samples=eot_samples, seed=seed, name=name)
         if steps < 1 or restarts < 1:
             raise ConfigError(f"PGD needs steps >= 1 and restarts >= 1, got steps={steps}, restarts={restarts}.")
@@ -87,12 +90,16 @@ class PGD(GradientAttack):
         self.early_stop_every = early_stop_every if keep_first_adversarial else 0
         self.keep_first_adversarial = keep_first_adversarial
 
-    def default_name(self) -> str:  # noqa: D102
+    @override
+    def default_name(self) -> str:
         return f"pgd_{loss_label(self.loss)}" + ("" if self.norm == "linf" else f"_{self.norm}")
 
     def for_eot(self, samples: int) -> PGD:
-        """EOT gradients, every step run and the last iterate returned: against a randomized
-        model, "fooled by the mean of K draws" sits on the boundary and is not "fooled"."""
+        """EOT gradients, every step run and the last iterate returned.
+
+        Against a randomized model, "fooled by the mean of K draws" sits on the boundary and is not
+        "fooled".
+        """
         return self.replace(eot_samples=samples, keep_first_adversarial=False, early_stop_every=0)
 
     @property
@@ -100,8 +107,9 @@ class PGD(GradientAttack):
         """The absolute step size."""
         return self.step_size if self.step_size is not None else self.rel_step_size * self.eps / self.steps
 
+    @override
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-                generator: torch.Generator) -> torch.Tensor:  # noqa: D102
+                generator: torch.Generator) -> torch.Tensor:
         out = x.clone()
         fooled = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
         for restart in range(self.restarts):

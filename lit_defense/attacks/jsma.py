@@ -14,13 +14,17 @@ import math
 from typing import Literal
 
 import torch
+from torch import nn
+from typing_extensions import override
 
 from lit_defense.attacks.base import FixedBudgetAttack
 from lit_defense.errors import ConfigError
 
 
 class JSMA(FixedBudgetAttack):
-    """Args:
+    """Jacobian-based saliency map attack (Papernot et al. 2016), an L0 attack.
+
+    Args:
         eps: maximum fraction of features changed (gamma).
         theta: change applied to each chosen feature (+1: set to the maximum).
         use_logits: saliency on logits (JSMA-Z) instead of softmax probabilities (JSMA-F).
@@ -32,7 +36,7 @@ class JSMA(FixedBudgetAttack):
 
     def __init__(self, eps: float = 0.145, norm: str = "l0", theta: float = 1.0, use_logits: bool = False,
                  target: Literal["next", "random"] = "next", max_pairs_per_chunk: int = 20_000_000,
-                 seed: int = 0, name: str | None = None):
+                 seed: int = 0, name: str | None = None) -> None:
         super().__init__(eps=eps, norm=norm, seed=seed, name=name)
         if theta == 0:
             raise ConfigError("JSMA theta must be non-zero.")
@@ -41,10 +45,13 @@ class JSMA(FixedBudgetAttack):
         self.target = target
         self.max_pairs_per_chunk = max_pairs_per_chunk
 
+    @override
     def default_name(self) -> str:
         return "jsma_z" if self.use_logits else "jsma"
 
-    def pick_targets(self, model, x, y, generator) -> torch.Tensor:
+    def pick_targets(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                     generator: torch.Generator) -> torch.Tensor:
+        """The class each input is pushed towards: the most likely wrong one, or a random one."""
         with torch.no_grad():
             logits = model(x)
         if self.target == "next":
@@ -53,13 +60,15 @@ class JSMA(FixedBudgetAttack):
         shift = torch.randint(1, k, y.shape, generator=generator, device=y.device)
         return (y + shift) % k
 
-    def perturb(self, model, x, y, generator):
+    @override
+    def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                generator: torch.Generator) -> torch.Tensor:
         targets = self.pick_targets(model, x, y, generator)
         d = x[0].numel()
         chunk = max(1, self.max_pairs_per_chunk // (d * d))
         return torch.cat([self._attack(model, xc, tc) for xc, tc in zip(x.split(chunk), targets.split(chunk), strict=True)])
 
-    def run(self, model, x, y) -> tuple[torch.Tensor, dict[str, float]]:
+    def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         """``x_adv`` and the paper's statistics: targeted success rate and mean L0 distortion."""
         x_adv = self(model, x, y)
         with torch.no_grad():
@@ -74,7 +83,7 @@ class JSMA(FixedBudgetAttack):
             "mean_l0": l0.mean().item(),
         }
 
-    def _attack(self, model, x, target):
+    def _attack(self, model: nn.Module, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         n, d = x.shape[0], x[0].numel()
         shape = x.shape
         max_iters = math.floor(self.eps * d / 2)

@@ -9,6 +9,8 @@ missed, that attack was misled by the model's gradients.
 from __future__ import annotations
 
 import torch
+from torch import nn
+from typing_extensions import override
 
 from lit_defense.attacks.base import FixedBudgetAttack
 from lit_defense.errors import ConfigError
@@ -16,19 +18,22 @@ from lit_defense.threat import Norm, per_sample
 
 
 class RandomSampling(FixedBudgetAttack):
-    """Args:
+    """Uniform random points in the eps-ball, keeping the first that fools the model.
+
+    Args:
         samples: random points tried per input (each costs one forward pass).
     """
 
     uses_gradients = False
 
     def __init__(self, eps: float = 0.1, norm: Norm = "linf", samples: int = 100, seed: int = 0,
-                 name: str | None = None):
+                 name: str | None = None) -> None:
         super().__init__(eps=eps, norm=norm, seed=seed, name=name)
         if samples < 1:
             raise ConfigError(f"RandomSampling needs samples >= 1, got {samples}.")
         self.samples = samples
 
+    @override
     def default_name(self) -> str:
         return "random" if self.norm == "linf" else f"random_{self.norm}"
 
@@ -37,7 +42,9 @@ class RandomSampling(FixedBudgetAttack):
         on_surface = self.norm == "l2" or k % 2 == 0
         return self.threat.random_point(x, generator, "surface" if on_surface else "ball")
 
-    def perturb(self, model, x, y, generator):
+    @override
+    def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                generator: torch.Generator) -> torch.Tensor:
         out = x.clone()
         found = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
         with torch.no_grad():

@@ -18,6 +18,7 @@ import math
 
 import torch
 from torch import nn
+from typing_extensions import override
 
 from lit_defense.attacks.base import FixedBudgetAttack
 from lit_defense.errors import ConfigError
@@ -36,19 +37,21 @@ class RayS(FixedBudgetAttack):
     uses_gradients = False
 
     def __init__(self, eps: float = 0.1, norm: str = "linf", queries: int = 1000, tolerance: float = 0.01,
-                 seed: int = 0, name: str | None = None):
+                 seed: int = 0, name: str | None = None) -> None:
         super().__init__(eps=eps, norm=norm, seed=seed, name=name)
         if queries < 2 or not 0 < tolerance < 1:
             raise ConfigError(f"RayS needs queries >= 2 and 0 < tolerance < 1, got {queries}, {tolerance}.")
         self.queries = queries
         self.tolerance = tolerance
 
-    def default_name(self) -> str:  # noqa: D102
+    @override
+    def default_name(self) -> str:
         return "rays"
 
+    @override
     @torch.no_grad()
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-                generator: torch.Generator) -> torch.Tensor:  # noqa: D102
+                generator: torch.Generator) -> torch.Tensor:
         n = x.shape[0]
         dev = x.device
         flat = x.flatten(1)
@@ -64,8 +67,10 @@ class RayS(FixedBudgetAttack):
             return model(point).argmax(1) != y[idx]
 
         def bisect(idx: torch.Tensor, d: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
-            """Smallest fooling radius in (0, hi] along d, to within tol (hi fools); one query at
-            eps first, which ends the search for the rays that cross within the budget."""
+            """Smallest fooling radius in (0, hi] along d, to within tol (hi fools).
+
+            One query at eps first, which ends the search for the rays that cross within the budget.
+            """
             at_eps = fooled(idx, d, torch.full_like(hi, self.eps)) | (hi <= self.eps)
             lo = torch.where(at_eps, torch.zeros_like(hi), torch.full_like(hi, self.eps))
             hi = torch.where(at_eps, hi.clamp(max=self.eps), hi)

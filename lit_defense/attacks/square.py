@@ -9,6 +9,8 @@ from __future__ import annotations
 import math
 
 import torch
+from torch import nn
+from typing_extensions import override
 
 from lit_defense.attacks.base import FixedBudgetAttack, margin_loss
 from lit_defense.errors import ConfigError
@@ -27,7 +29,9 @@ def _p_at(p_init: float, it: int, n_queries: int) -> float:
 
 
 class Square(FixedBudgetAttack):
-    """Args:
+    """Square Attack (Andriushchenko et al. 2020): score-based random search, L-inf.
+
+    Args:
         n_queries: model evaluations per sample (the first is the stripe initialisation).
         p_init: initial fraction of pixels changed per query (0.8 for MNIST-like data in the paper).
         early_stop_every: every this many queries, stop searching for the inputs already fooled.
@@ -37,7 +41,7 @@ class Square(FixedBudgetAttack):
     uses_gradients = False
 
     def __init__(self, eps: float = 0.1, norm: str = "linf", n_queries: int = 1000, p_init: float = 0.8,
-                 early_stop_every: int = 10, seed: int = 0, name: str | None = None):
+                 early_stop_every: int = 10, seed: int = 0, name: str | None = None) -> None:
         super().__init__(eps=eps, norm=norm, seed=seed, name=name)
         if n_queries < 1 or not 0 < p_init <= 1:
             raise ConfigError(f"Square needs n_queries >= 1 and 0 < p_init <= 1, got {n_queries}, {p_init}.")
@@ -45,15 +49,18 @@ class Square(FixedBudgetAttack):
         self.p_init = p_init
         self.early_stop_every = max(1, early_stop_every)
 
+    @override
     def default_name(self) -> str:
         return "square"
 
+    @override
     @torch.no_grad()
-    def perturb(self, model, x, y, generator):
+    def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                generator: torch.Generator) -> torch.Tensor:
         n, c, h, w = x.shape
         dev, eps = x.device, self.eps
 
-        def signs(*shape):
+        def signs(*shape: int) -> torch.Tensor:
             return torch.randint(0, 2, shape, generator=generator, device=dev).to(x.dtype) * 2 - 1
 
         delta = eps * signs(n, c, 1, w).expand(n, c, h, w)

@@ -18,9 +18,12 @@ They compose: ``EOT(BPDA(PGD(...)))``.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 from torch import nn
+from typing_extensions import override
 
 from lit_defense.attacks.base import Attack
 from lit_defense.errors import ConfigError
@@ -31,13 +34,14 @@ class _BPDAFunction(torch.autograd.Function):
     """Forward: the module's real output. Backward: the surrogate's vector-Jacobian product."""
 
     @staticmethod
-    def forward(ctx, x, out, surrogate):
+    def forward(ctx: Any, x: torch.Tensor, out: torch.Tensor,  # noqa: ANN401 (autograd's context)
+                surrogate: Callable[[torch.Tensor], torch.Tensor] | None) -> torch.Tensor:
         ctx.save_for_backward(x)
         ctx.surrogate = surrogate
         return out.clone()
 
     @staticmethod
-    def backward(ctx, grad_out):
+    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor, None, None]:
         (x,) = ctx.saved_tensors
         if ctx.surrogate is None:
             return grad_out, None, None
@@ -62,11 +66,11 @@ def masked_modules(model: nn.Module, names: list[str] | None = None) -> list[tup
 
 
 @contextlib.contextmanager
-def bpda_hooks(model: nn.Module, names: list[str] | None = None):
+def bpda_hooks(model: nn.Module, names: list[str] | None = None) -> Iterator[None]:
     """Within the block, the model's masked submodules back-propagate through their surrogates."""
     handles = []
 
-    def hook(module, inputs, output):
+    def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> torch.Tensor:
         x = inputs[0]
         surrogate = getattr(module, "bpda_surrogate", None)
         if surrogate is None and output.shape != x.shape:
@@ -90,7 +94,7 @@ def bpda_hooks(model: nn.Module, names: list[str] | None = None):
 class _Wrapper(Attack):
     """An attack that delegates to ``attack`` and takes its threat model."""
 
-    def __init__(self, attack: Attack, name: str | None = None):
+    def __init__(self, attack: Attack, name: str | None = None) -> None:
         if not isinstance(attack, Attack):
             raise ConfigError(f"{type(self).__name__} wraps an Attack, got {type(attack).__name__}.")
         self.attack = attack
@@ -103,14 +107,14 @@ class _Wrapper(Attack):
         """The inner attack's threat model."""
         return self.attack.threat
 
-    def with_eps(self, eps: float) -> _Wrapper:  # noqa: D102
+    def with_eps(self, eps: float) -> _Wrapper:
         return self.replace(attack=self.attack.with_eps(eps))
 
-    def for_eot(self, samples: int) -> _Wrapper:  # noqa: D102
+    def for_eot(self, samples: int) -> _Wrapper:
         return self.replace(attack=self.attack.for_eot(samples))
 
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-                generator: torch.Generator) -> torch.Tensor:  # noqa: D102
+                generator: torch.Generator) -> torch.Tensor:
         return self(model, x, y)
 
 
@@ -123,14 +127,16 @@ class BPDA(_Wrapper):
             with ``differentiable = False`` (all of lit-defense's input defenses declare it).
     """
 
-    def __init__(self, attack: Attack, modules: list[str] | None = None, name: str | None = None):
+    def __init__(self, attack: Attack, modules: list[str] | None = None, name: str | None = None) -> None:
         super().__init__(attack, name)
         self.modules = modules
 
-    def default_name(self) -> str:  # noqa: D102
+    @override
+    def default_name(self) -> str:
         return f"bpda_{self.attack.name}"
 
-    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:  # noqa: D102
+    @override
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         with bpda_hooks(model, self.modules):
             return self.attack(model, x, y)
 
@@ -145,15 +151,17 @@ class EOT(_Wrapper):
     first fooled iterate left 41% of the images correctly classified, the last iterate 6%.
     """
 
-    def __init__(self, attack: Attack, samples: int = 10, name: str | None = None):
+    def __init__(self, attack: Attack, samples: int = 10, name: str | None = None) -> None:
         super().__init__(attack, name)
         if samples < 1:
             raise ConfigError(f"EOT samples must be >= 1, got {samples}.")
         self.samples = samples
         self._inner = attack.for_eot(samples)
 
-    def default_name(self) -> str:  # noqa: D102
+    @override
+    def default_name(self) -> str:
         return f"eot{self.samples}_{self.attack.name}"
 
-    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:  # noqa: D102
+    @override
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return self._inner(model, x, y)

@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from typing_extensions import override
 
 from lit_defense.attacks import PGD
 from lit_defense.errors import ConfigError
@@ -20,7 +21,13 @@ from lit_defense.threat import Norm
 
 
 class AdversarialTraining(Classifier):
-    """Args:
+    """PGD adversarial training (Madry et al. 2018) or TRADES: the honest baseline.
+
+    The examples are crafted with the model in eval mode (dropout off), then the model returns to
+    train mode; the attack takes gradients w.r.t. the input only, so the parameters' gradients
+    come from the training loss alone.
+
+    Args:
         attack_eps: training budget (Fashion-MNIST: 0.1).
         attack_norm: ``linf`` or ``l2``.
         attack_steps: PGD steps per batch.
@@ -28,14 +35,10 @@ class AdversarialTraining(Classifier):
         trades_beta: ``None`` for Madry's loss (CE on adversarial examples); a number for TRADES:
             ``CE(f(x), y) + beta * KL(f(x) || f(x_adv))``, with x_adv maximising the KL term.
         **kwargs: every ``Classifier`` argument.
-
-    The examples are crafted with the model in eval mode (dropout off), then the model returns to
-    train mode; the attack takes gradients w.r.t. the input only, so the parameters' gradients
-    come from the training loss alone.
     """
 
     def __init__(self, attack_eps: float = 0.1, attack_norm: Norm = "linf", attack_steps: int = 7,
-                 attack_step_size: float | None = None, trades_beta: float | None = None, **kwargs: Any):
+                 attack_step_size: float | None = None, trades_beta: float | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if trades_beta is not None and trades_beta < 0:
             raise ConfigError(f"trades_beta must be >= 0, got {trades_beta}.")
@@ -50,7 +53,7 @@ class AdversarialTraining(Classifier):
             attack = self.attack
             if clean_probs is not None:  # TRADES: the same PGD, maximising KL(f(x) || f(x_adv))
 
-                def kl(logits, _y):
+                def kl(logits: torch.Tensor, _y: torch.Tensor) -> torch.Tensor:
                     return F.kl_div(F.log_softmax(logits / self.temperature, -1), clean_probs,
                                     reduction="none").sum(-1)
 
@@ -59,7 +62,9 @@ class AdversarialTraining(Classifier):
         finally:
             self.train(was_training)
 
-    def loss(self, logits, y, x, index):
+    @override
+    def loss(self, logits: torch.Tensor, y: torch.Tensor, x: torch.Tensor,
+             index: torch.Tensor | None) -> torch.Tensor:
         if self.trades_beta is None:
             x_adv = self._craft(x, y, None)
             return F.cross_entropy(self(x_adv) / self.temperature, y)

@@ -9,6 +9,7 @@ checkpoint never makes us import arbitrary code.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +23,10 @@ _TRAINING_ONLY = ("optimizer", "lr_scheduler", "_instantiator", "compile")
 
 
 def resolve_module_class(class_path: str | None) -> type[Classifier]:
-    """The LightningModule class named in a checkpoint (``Classifier`` when none is named),
-    resolved without importing foreign code (``lit_defense.naming``)."""
+    """The LightningModule class named in a checkpoint (``Classifier`` when none is named).
+
+    Resolved without importing foreign code (``lit_defense.naming``).
+    """
     if not class_path:
         return Classifier
     with restricted_imports():
@@ -31,13 +34,14 @@ def resolve_module_class(class_path: str | None) -> type[Classifier]:
 
 
 @contextlib.contextmanager
-def own_hyperparameters():
+def own_hyperparameters() -> Iterator[None]:
     """Build a LightningModule with its *own* hyper-parameters inside another one's ``__init__``.
 
     LightningCLI instantiates the model inside a context that hands *its* hyper-parameters to
     every ``save_hyperparameters()`` call; a teacher or surrogate built while the student is being
     instantiated would otherwise take the student's (class count, image size...) and be built with
-    the wrong architecture."""
+    the wrong architecture.
+    """
     try:
         from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
     except ImportError:  # a Lightning without the mechanism has nothing to undo
@@ -51,7 +55,7 @@ def own_hyperparameters():
 
 
 def module_from_checkpoint(path: str | Path, what: str = "checkpoint", strict: bool = True,
-                           ckpt: dict[str, Any] | None = None):
+                           ckpt: dict[str, Any] | None = None) -> Classifier:
     """Rebuild a lit-defense LightningModule from a ``.ckpt`` file, weights loaded, in eval mode.
 
     Training-only settings (optimizer, scheduler, a student's teacher) are not restored. Pass
