@@ -4,7 +4,7 @@
 
 For every model, on the callback's default subset size (500 images) at L-inf eps 0.1: the former
 default (FGSM, PGD-5 CE, PGD-10 margin), the new default (``default_attacks()``: FGSM, APGD-5 CE,
-APGD-T-10 DLR over the most likely wrong class) as the callback runs them (a cascade), and the
+APGD-10 margin) as the callback runs them (a cascade), and the
 audit's worst case with its default suite. Prints each robust accuracy, the gap of each per-epoch
 number to the audit, and the time ratio new / former, measured alternately in one process
 (``--repeats`` times, median).
@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from _data import benchmark_datamodule
 
-from lit_defense.attacks import FGSM, PGD
+from lit_defense.attacks import APGD, FGSM, PGD
 from lit_defense.audit import audit_model
 from lit_defense.data import fixed_subset
 from lit_defense.evaluation import evaluate_robustness
@@ -32,12 +32,22 @@ def former() -> list:
     return [FGSM(), PGD(steps=5, loss="ce"), PGD(steps=10, loss="margin")]
 
 
+# other candidates for the default, compared with --candidates
+CANDIDATES = {
+    "apgd_t1_dlr": lambda: [FGSM(), APGD(steps=5, loss="ce"), APGD(steps=10, loss="dlr", targets=1)],  # until 2026-11
+    "apgd_dlr": lambda: [FGSM(), APGD(steps=5, loss="ce"), APGD(steps=10, loss="dlr")],
+    "apgd_t2": lambda: [FGSM(), APGD(steps=5, loss="ce"), APGD(steps=5, loss="dlr", targets=2)],
+}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", required=True)
     parser.add_argument("--models", nargs="+", default=["teacher", "distillation_teacher", "distilled", "adv_train"])
     parser.add_argument("--samples", type=int, default=500)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--candidates", nargs="*", default=[], choices=sorted(CANDIDATES),
+                        help="also measure these alternatives to the default (accuracy and time / former)")
     args = parser.parse_args()
     dm = benchmark_datamodule("fashion_mnist", stages=("test",))
     x, y = fixed_subset(dm.test_set, args.samples, seed=0)
@@ -54,6 +64,12 @@ def main() -> None:
                 start = time.perf_counter()
                 acc[label] = evaluate_robustness(model, x, y, make(), [0.1]).worst(0.1)
                 times[label].append(time.perf_counter() - start)
+        for cand in args.candidates:
+            start = time.perf_counter()
+            cand_acc = evaluate_robustness(model, x, y, CANDIDATES[cand](), [0.1]).worst(0.1)
+            cand_time = time.perf_counter() - start
+            print(f"  {name} candidate {cand}: {cand_acc:.2%}, time / former "
+                  f"{cand_time / statistics.median(times['former']):.2f}", flush=True)
         audit = audit_model(model, x, y, [0.1]).worst_case["0.1"]
         ratio = statistics.median(times["new"]) / statistics.median(times["former"])
         ratios.append(ratio)

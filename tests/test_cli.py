@@ -157,26 +157,52 @@ def test_every_recipe_runs_fast_dev_run(config, in_tmp):
 
 
 @pytest.mark.parametrize(
-    "recipe, old, new, needle",
+    "edit, old, new, needle, recipe",
     [
-        ("fashion_mnist/teacher.yaml", "eps: [0.1]", "eps: [1.5]", "eps=1.5 is impossible for linf"),
+        ("callbacks/adversarial_evaluation.yaml", "eps: [0.1]", "eps: [1.5]", "eps=1.5 is impossible for linf",
+         "fashion_mnist/teacher.yaml"),
         ("fashion_mnist/masked_jpeg.yaml", "lit_defense.defenses.JPEGCompression", "lit_defense.defenses.Nope",
-         "Nope"),
-        ("fashion_mnist/teacher.yaml", "max_epochs: 10", "max_epochs: [10", "YAML syntax error at line"),
-        ("fashion_mnist/teacher.yaml", "lit_defense.attacks.FGSM", "lit_defense.attacks.Nope", "Nope"),
-        ("fashion_mnist/teacher.yaml", "eps: [0.1]", "eps: [-0.1]", "eps=-0.1 is impossible"),
+         "Nope", "fashion_mnist/masked_jpeg.yaml"),
+        ("fashion_mnist/teacher.yaml", "max_epochs: 10", "max_epochs: [10", "YAML syntax error at line",
+         "fashion_mnist/teacher.yaml"),
+        ("callbacks/masked_bpda.yaml", "lit_defense.attacks.BPDA", "lit_defense.attacks.Nope", "Nope",
+         "fashion_mnist/masked_bit_depth.yaml"),
+        ("callbacks/adversarial_evaluation.yaml", "eps: [0.1]", "eps: [-0.1]", "eps=-0.1 is impossible",
+         "fashion_mnist/teacher.yaml"),
+        ("fashion_mnist/teacher.yaml", "../data/fashion_mnist.yaml", "../data/nope.yaml", "nope.yaml",
+         "fashion_mnist/teacher.yaml"),
     ],
-    ids=["impossible-eps", "unknown-defense", "yaml-syntax", "unknown-attack", "negative-eps"],
+    ids=["impossible-eps", "unknown-defense", "yaml-syntax", "unknown-attack", "negative-eps", "missing-part"],
 )
-def test_bad_configs_are_one_line_exit_2(in_tmp, capsys, recipe, old, new, needle):
-    text = (CONFIGS / recipe).read_text()
+def test_bad_configs_are_one_line_exit_2(in_tmp, capsys, edit, old, new, needle, recipe):
+    """A mistake in a recipe or in a shared part it names: one line on stderr, exit code 2."""
+    import shutil
+
+    configs = in_tmp / "configs"
+    shutil.copytree(CONFIGS, configs)
+    text = (configs / edit).read_text()
     assert old in text
-    bad = in_tmp / "bad.yaml"
-    bad.write_text(text.replace(old, new))
+    (configs / edit).write_text(text.replace(old, new))
     with pytest.raises(SystemExit) as info:
-        main(["fit", "--config", str(bad), *SYNTHETIC, "--trainer.fast_dev_run=true"])
+        main(["fit", "--config", str(configs / recipe), *SYNTHETIC, "--trainer.fast_dev_run=true"])
     err = capsys.readouterr().err
     assert info.value.code == 2
     lines = [line for line in err.splitlines() if line.startswith("lit-defense: error:")]
     assert len(lines) == 1 and needle in lines[0], err
     assert "Traceback" not in err
+
+
+def test_help_lists_every_subcommand(capsys):
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for name in ("fit", "validate", "test", "predict", "audit", "run"):
+        assert f"\n  {name} " in out, out
+    with pytest.raises(SystemExit) as info:
+        main([])
+    assert info.value.code == 2 and "audit" in capsys.readouterr().err
+
+
+def test_a_timm_backbone_replaces_the_recipe_backbone_with_one_override(in_tmp):
+    """Architecture-specific settings live in each backbone's defaults, so nothing leaks."""
+    assert main(["fit", "--config", str(TEACHER), *SYNTHETIC, "--model.init_args.backbone=timm/resnet18",
+                 "--trainer.fast_dev_run=true"]) == 0
