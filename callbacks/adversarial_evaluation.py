@@ -148,11 +148,34 @@ class AdversarialEvaluation(L.Callback):
             amplified = 0.5 + 0.5 * delta / scale
             grid = make_grid(torch.cat([x, adv, amplified]), nrow=x.shape[0], padding=2, pad_value=1.0)
             experiment.add_image(f"adv/examples/eps={key}", grid, step)
+            if hasattr(experiment, "add_text"):  # the grid's columns, by class name
+                experiment.add_text(f"adv/examples/eps={key}/labels", _grid_labels(
+                    examples["y"], examples["pred"][key], _class_names(trainer)), step)
         try:
             fig = robust_accuracy_figure({"model": result}, title=f"robust accuracy ({result.norm})")
             experiment.add_figure("adv/robust_accuracy_vs_eps", fig, step, close=True)
         except Exception as err:  # a plotting problem must never stop training
             rank_zero_warn(f"AdversarialEvaluation could not draw its figure: {err}")
+
+
+def _class_names(trainer: L.Trainer) -> list[str]:
+    return [str(c) for c in getattr(trainer.datamodule, "class_names", None) or ()]
+
+
+def _grid_labels(y: torch.Tensor, pred: torch.Tensor, names: list[str]) -> str:
+    """A Markdown table naming each column of the example grid: true class, prediction after attack."""
+
+    def name(k: int) -> str:
+        return names[k] if 0 <= k < len(names) else str(k)
+
+    cols = range(len(y))
+    return "\n".join([
+        "| row | " + " | ".join(str(i + 1) for i in cols) + " |",
+        "|---|" + "---|" * len(y),
+        "| clean (true class) | " + " | ".join(name(int(y[i])) for i in cols) + " |",
+        "| adversarial (prediction) | " + " | ".join(
+            name(int(pred[i])) + ("" if int(pred[i]) == int(y[i]) else " ✗") for i in cols) + " |",
+    ])
 
 
 __all__ = ["AdversarialEvaluation", "default_attacks", "validation_subset"]

@@ -203,11 +203,13 @@ def check_model_outputs(model: nn.Module, x: torch.Tensor, num_classes: int, nam
 
 # -------------------------------------------------------------------------------- attacks
 def default_attacks(norm: str, suite: AttackSuite, masked: bool, randomized: bool, seed: int = 0,
-                    transfer: Sequence[Attack] = (), broken_gradients: bool = False) -> dict[str, Any]:
+                    transfer: Sequence[Attack] = (), broken_gradients: bool = False,
+                    num_classes: int = 10) -> dict[str, Any]:
     """The attack roles.
 
     ``one_step``, ``naive``, ``adaptive`` (list) run side by side, then the ``cascade`` (list:
-    APGD-CE, APGD-T, FMN) and ``black_box`` (list) on the survivors.
+    APGD-CE, APGD-T, FMN) and ``black_box`` (list) on the survivors. The DLR loss needs the third
+    largest logit (targeted: the fourth); with fewer classes APGD takes the margin loss instead.
     """
     factor = max(1, suite.escalation) if broken_gradients else 1
 
@@ -228,8 +230,10 @@ def default_attacks(norm: str, suite: AttackSuite, masked: bool, randomized: boo
         if suite.apgd_targets:
             # randomized models: EOT's expected loss needs a loss comparable across targets (AutoAttack's
             # rand version runs untargeted APGD-DLR there)
+            dlr = num_classes >= (3 if randomized else 4)
             targeted = APGD(norm=norm, steps=suite.apgd_steps if randomized else suite.apgd_targeted_steps,
-                            loss="dlr", targets=0 if randomized else suite.apgd_targets, seed=seed)
+                            loss="dlr" if dlr else "margin", targets=0 if randomized else suite.apgd_targets,
+                            seed=seed)
             cascade.append(adapt(targeted))
     if suite.min_norm_steps and not randomized:
         cascade.append(BPDA(FMN(norm=norm, steps=suite.min_norm_steps, seed=seed)) if masked else
@@ -289,7 +293,10 @@ def audit_model(
     # gradients unusable and no declared module for BPDA to repair them: gradient-free attacks lead
     broken = not masked and (margin_zero or not by_name["gradient_mismatch"].passed
                              or not by_name["inference_time_optimisation"].passed)
-    roles = default_attacks(norm, suite, masked, randomized, seed, transfer, broken_gradients=broken)
+    with torch.inference_mode(False), torch.no_grad():
+        num_classes = int(model(x[:1]).shape[1])
+    roles = default_attacks(norm, suite, masked, randomized, seed, transfer, broken_gradients=broken,
+                            num_classes=num_classes)
     white = [roles["one_step"], roles["naive"], *roles["adaptive"]]
     check_attacks(white, eps)
 
@@ -416,7 +423,7 @@ def run_audit(
         log(f"audit: {name}: {summary}; gradient masking {masking}; {audit.seconds:.0f} s")
     meta = {"version": __version__, "data": getattr(data, "dataset", type(data).__name__), "split": split,
             "num_samples": int(x.shape[0]), "norm": norm, "eps": sorted(float(e) for e in eps), "seed": seed,
-            "device": str(dev)}
+            "device": str(dev), "class_names": [str(c) for c in getattr(data, "class_names", ())]}
     paths = write_report(audits, out, meta, tensorboard=tensorboard)
     log(f"audit: report written to {paths['markdown']} and {paths['json']}")
     return audits, paths

@@ -174,7 +174,23 @@ def timm_backbone(name: str, num_classes: int, in_chans: int, image_size: int,
             f"unknown timm model {name!r}; list them with `python -c \"import timm; "
             f"print(timm.list_models('{name.split('_')[0]}*'))\"`."
         )
-    model = timm.create_model(name, pretrained=pretrained, num_classes=num_classes, in_chans=in_chans, **kwargs)
+    try:
+        model = timm.create_model(name, pretrained=pretrained, num_classes=num_classes, in_chans=in_chans, **kwargs)
+    except TypeError as err:
+        unknown = [k for k in kwargs if f"'{k}'" in str(err)] or sorted(kwargs)
+        raise ConfigError(
+            f"backbone 'timm/{name}' does not take the keyword(s) {unknown} ({str(err).splitlines()[0]}); "
+            "remove them from --model.init_args.backbone_kwargs."
+        ) from None
+    except (OSError, RuntimeError, ValueError) as err:
+        if not pretrained:
+            raise
+        raise ConfigError(
+            f"pretrained weights of timm model {name!r} are not in the local Hugging Face cache and could "
+            f"not be downloaded ({type(err).__name__}: {str(err).splitlines()[0][:200]}); on a connected "
+            "machine they download on first use (into ~/.cache/huggingface), or copy that cache folder "
+            "here, or train from scratch with pretrained: false."
+        ) from None
     if small_input is None:
         small_input = image_size <= 64
     if small_input and isinstance(getattr(model, "conv1", None), nn.Conv2d) and hasattr(model, "maxpool"):

@@ -13,14 +13,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from lightning.pytorch import Trainer
+from lightning.pytorch import LightningDataModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar, RichProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
 from typing_extensions import override
 
 from lit_defense.checkpoints import ResumableModelCheckpoint
-from lit_defense.data import VisionDataModule
 from lit_defense.modules.classifier import Classifier
 
 # Linked from the DataModule into the model, so a config names the dataset once.
@@ -34,7 +33,9 @@ class LitDefenseCLI(LightningCLI):
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         super().__init__(
             model_class=Classifier,
-            datamodule_class=VisionDataModule,
+            # any DataModule with VisionDataModule's facts (num_classes, in_chans, image_size, mean,
+            # std): VisionDataModule, ImageFolderDataModule or the user's own
+            datamodule_class=LightningDataModule,
             subclass_mode_model=True,
             subclass_mode_data=True,
             trainer_defaults={

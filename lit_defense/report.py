@@ -64,7 +64,7 @@ def markdown(audits: Sequence[ModelAudit], meta: dict[str, Any]) -> str:
         f"{meta.get('num_samples', '?')} {meta.get('split', 'test')} images of `{meta.get('data', '?')}`, "
         f"{norm} threat model, eps in {', '.join(f'{e:g}' for e in eps)}. Written by lit-defense "
         f"{meta.get('version', '')} on {meta.get('created', '')}.",
-        "",
+        *([f"Classes: {', '.join(meta['class_names'])}.", ""] if meta.get("class_names") else [""]),
         HOW_TO_READ.format(naive=naive),
         "",
         "## Comparison",
@@ -121,7 +121,7 @@ def model_figure(audit: ModelAudit) -> Figure:
     """Apparent vs worst-case robust accuracy over eps for one model."""
     from lit_defense.plots import plt
 
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    fig, ax = plt.subplots(figsize=(8.5, 4), dpi=100)
     eps = [0.0, *audit.eps]
     names: list[str] = []
     for r in audit.results:
@@ -142,7 +142,7 @@ def comparison_figure(audits: Sequence[ModelAudit]) -> Figure:
     """Apparent (naive attack, dashed) vs worst-case (solid) robust accuracy of every model."""
     from lit_defense.plots import plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=100)
+    fig, ax = plt.subplots(figsize=(10, 4.5), dpi=100)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, a in enumerate(audits):
         color = colors[i % len(colors)]
@@ -153,7 +153,7 @@ def comparison_figure(audits: Sequence[ModelAudit]) -> Figure:
         ax.plot(eps, [a.clean_accuracy, *(a.worst_case[eps_key(e)] for e in a.eps)], "-o", color=color,
                 linewidth=2, label=f"{a.name}: worst case" + (" [masking]" if a.gradient_masking.suspected else ""))
     _finish(ax, "apparent (dashed) vs worst-case (solid) robust accuracy", audits[0].norm if audits else "linf")
-    ax.legend(fontsize=6.5, loc="upper right")
+    ax.legend(fontsize=6.5, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
     fig.tight_layout()
     return fig
 
@@ -164,11 +164,21 @@ def _finish(ax: Axes, title: str, norm: str) -> None:
     ax.set_ylim(-0.02, 1.02)
     ax.grid(alpha=0.3)
     ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=7, loc="best")
+    # outside the axes, right of the curves, so no legend hides a curve
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
 
 
-def examples_figure(audits: Sequence[ModelAudit], eps: float | None = None) -> Figure:
-    """For each model, clean images over their worst-case adversarial versions at ``eps``."""
+def examples_figure(audits: Sequence[ModelAudit], eps: float | None = None,
+                    class_names: Sequence[str] = ()) -> Figure:
+    """For each model, clean images over their worst-case adversarial versions at ``eps``.
+
+    Each image is titled with its class (``class_names``, the DataModule's, when given) and each
+    adversarial one with the model's prediction, in red when it is wrong.
+    """
+
+    def label(k: int) -> str:
+        return class_names[k] if 0 <= k < len(class_names) else str(k)
+
     from lit_defense.plots import plt
 
     rows = [a for a in audits if a.examples.get("x") is not None and len(a.examples["x"])]
@@ -183,12 +193,12 @@ def examples_figure(audits: Sequence[ModelAudit], eps: float | None = None) -> F
         x, adv, pred = a.examples["x"].cpu(), a.examples["adv"][key].cpu(), a.examples["pred"][key].cpu()
         y = a.examples["y"].cpu()
         for i in range(x.shape[0]):
-            for row, img, label in ((2 * r, x[i], f"y={int(y[i])}"), (2 * r + 1, adv[i], f"pred={int(pred[i])}")):
+            for row, img, title in ((2 * r, x[i], label(int(y[i]))), (2 * r + 1, adv[i], label(int(pred[i])))):
                 ax = axes[row, i]
                 img = img.permute(1, 2, 0).clamp(0, 1).numpy()
                 ax.imshow(img.squeeze(-1) if img.shape[-1] == 1 else img, cmap="gray", vmin=0, vmax=1)
                 wrong = row % 2 == 1 and int(pred[i]) != int(y[i])
-                ax.set_title(label, fontsize=6, color="red" if wrong else "black")
+                ax.set_title(title, fontsize=6, color="red" if wrong else "black")
         axes[2 * r, 0].text(-0.1, 0.5, f"{a.name}\nclean", transform=axes[2 * r, 0].transAxes, ha="right",
                             va="center", fontsize=6)
         axes[2 * r + 1, 0].text(-0.1, 0.5, f"adv eps={e:g}", transform=axes[2 * r + 1, 0].transAxes, ha="right",
@@ -211,7 +221,7 @@ def write_report(audits: Sequence[ModelAudit], output_dir: str | Path, meta: dic
     paths["markdown"].write_text(markdown(audits, meta) + "\n")
     per_model = {a.name: model_figure(a) for a in audits}
     figures = {"robust_accuracy_all.png": comparison_figure(audits),
-               "adversarial_examples.png": examples_figure(audits),
+               "adversarial_examples.png": examples_figure(audits, class_names=meta.get("class_names", ())),
                **{f"robust_accuracy_{_slug(name)}.png": fig for name, fig in per_model.items()}}
     for name, fig in figures.items():
         fig.savefig(out / name)

@@ -69,6 +69,7 @@ def test_audit_writes_report_json_md_plots_and_tensorboard(checkpoint, in_tmp, c
     md = (out / "report.md").read_text()
     assert "## Comparison" in md and "| teacher |" in md and "| tiny |" in md and "worst case" in md
     assert "Verdict" in md
+    assert "Classes: 0, 1, 2" in md and report["class_names"][:3] == ["0", "1", "2"]  # the DataModule's names
     for png in ("robust_accuracy_all.png", "adversarial_examples.png", "robust_accuracy_teacher.png",
                 "robust_accuracy_tiny.png"):
         assert (out / png).stat().st_size > 1000, png

@@ -14,7 +14,8 @@ from lit_defense.cli import main
 # configs/<dataset>/*.yaml are recipes; trainer/, data/, optim/ and callbacks/ hold the parts they
 # are composed of (a recipe names a part by its relative path, a trainer preset is a second --config)
 PARTS = ("trainer", "data", "optim", "callbacks")
-RECIPES = sorted(p for p in CONFIGS.rglob("*.yaml") if p.parent.name not in PARTS)
+RECIPES = sorted(p for p in CONFIGS.rglob("*.yaml") if p.parent.name not in (*PARTS, "audit"))
+AUDIT_CONFIGS = sorted((CONFIGS / "audit").glob("*.yaml"))
 TEACHER = CONFIGS / "fashion_mnist" / "teacher.yaml"
 
 
@@ -30,6 +31,15 @@ def test_every_shipped_config_parses(config, capsys):
     assert "class_path: lit_defense.data.VisionDataModule" in out and "class_path: torch.optim." in out
     assert "class_path: lit_defense_callbacks.AdversarialEvaluation" in out
     assert ".yaml" not in out.split("ckpt_path")[0], "a part's path was left unresolved"
+
+
+@pytest.mark.parametrize("config", AUDIT_CONFIGS, ids=lambda p: p.stem)
+def test_every_audit_example_parses(config):
+    from lit_defense.cli import audit_parser
+
+    cfg = audit_parser().parse_args(["--config", str(config)])
+    assert cfg.num_samples > 0 and cfg.eps and (cfg.checkpoints or cfg.models or "image_folder" in config.stem)
+    assert cfg.data.class_path.startswith("lit_defense.")
 
 
 def test_every_shared_part_is_used_by_a_recipe():
@@ -89,8 +99,8 @@ def test_test_subcommand_on_checkpoint(in_tmp, caplog):
     assert main(["test", "--config", str(TEACHER), *SYNTHETIC, f"--ckpt_path={last}"]) == 0
 
 
-def _run_cli(args, cwd):
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+def _run_cli(args, cwd, **env_vars):
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", **env_vars}
     exe = Path(sys.executable).with_name("lit-defense")
     return subprocess.run([str(exe), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
 
@@ -107,17 +117,31 @@ def test_missing_offline_data_is_one_line_exit_2(tmp_path):
     assert "apt-get install dataset-fashion-mnist" in errors[0] and str(empty) in errors[0]
 
 
+def test_pretrained_weights_missing_offline_is_one_line_exit_2(tmp_path):
+    res = _run_cli(["fit", "--config", str(TEACHER), *SYNTHETIC, "--model.init_args.backbone=timm/resnet18",
+                    "--model.init_args.backbone_kwargs={pretrained: true}", "--trainer.fast_dev_run=true"],
+                   tmp_path, HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"))
+    assert res.returncode == 2, res.stderr
+    errors = [line for line in res.stderr.splitlines() if line.startswith("lit-defense: error:")]
+    assert len(errors) == 1 and "pretrained weights of timm model 'resnet18'" in errors[0], res.stderr
+    assert "Traceback" not in res.stderr
+
+
 @pytest.mark.parametrize(
     "override, needle",
     [
         ("--data.init_args.dataset=imagenet", "imagenet"),
         ("--model.init_args.backbone=lenet9", "unknown backbone 'lenet9'"),
         ("--model.init_args.temperature=0", "temperature must be > 0"),
+        ("--model.init_args.backbone=timm/resnet18 --model.init_args.backbone_kwargs={dropout: 0.5}",
+         "backbone 'timm/resnet18' does not take the keyword(s) ['dropout']"),
     ],
 )
 def test_bad_names_and_values_exit_2(in_tmp, capsys, override, needle):
+    overrides = override.split(" --")
+    overrides = overrides[:1] + ["--" + o for o in overrides[1:]]
     with pytest.raises(SystemExit) as info:
-        main(["fit", "--config", str(TEACHER), override, "--trainer.fast_dev_run=true"])
+        main(["fit", "--config", str(TEACHER), *overrides, "--trainer.fast_dev_run=true"])
     assert info.value.code == 2
     err = capsys.readouterr().err
     assert needle in err
