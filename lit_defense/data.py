@@ -20,10 +20,10 @@ import gzip
 import math
 import struct
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import lightning as L
 import numpy as np
@@ -257,7 +257,56 @@ def make_synthetic(
 # --------------------------------------------------------------------------------------------
 # The DataModule
 # --------------------------------------------------------------------------------------------
-class VisionDataModule(L.LightningDataModule):
+class SplitDataModule(L.LightningDataModule):
+    """The dataloaders of a DataModule that holds ``train_set``, ``val_set`` and ``test_set``.
+
+    Training batches come in a seeded order, fresh every epoch (``EpochShuffleSampler``; under DDP
+    Lightning shards it); the other splits in their own order. Subclasses set ``batch_size``,
+    ``num_workers`` and ``seed``, and ``collate_fn`` when their dataset batches itself.
+    """
+
+    batch_size: int
+    num_workers: int
+    seed: int
+    collate_fn: Callable[[Any], Batch] | None = None
+    train_set: Dataset | None = None
+    val_set: Dataset | None = None
+    test_set: Dataset | None = None
+
+    def _loader(self, dataset: Dataset | None, shuffle: bool) -> DataLoader:
+        if dataset is None:
+            raise RuntimeError(f"{type(self).__name__}.setup() must run before asking for a dataloader.")
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            sampler=EpochShuffleSampler(len(dataset), self.seed) if shuffle else None,
+            # the loader's own generator seeds its workers: creating an iterator never draws from
+            # the global RNG, so a sanity check or a resume does not shift training randomness
+            generator=torch.Generator().manual_seed(self.seed),
+            num_workers=self.num_workers,
+            collate_fn=type(self).collate_fn,
+            pin_memory=torch.cuda.is_available(),
+            persistent_workers=self.num_workers > 0,
+        )
+
+    @override
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, shuffle=True)
+
+    @override
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, shuffle=False)
+
+    @override
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set, shuffle=False)
+
+    @override
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set, shuffle=False)
+
+
+class VisionDataModule(SplitDataModule):
     """Image classification data shared by every model of the project.
 
     Args:
@@ -276,6 +325,8 @@ class VisionDataModule(L.LightningDataModule):
         synthetic_num_classes, synthetic_in_chans, synthetic_image_size, synthetic_train_size,
         synthetic_test_size, synthetic_noise: shape of the ``synthetic`` dataset.
     """
+
+    collate_fn = staticmethod(collate_batch)  # ImageTensorDataset batches itself (__getitems__)
 
     def __init__(
         self,
@@ -490,38 +541,6 @@ class VisionDataModule(L.LightningDataModule):
             self.val_set = ImageTensorDataset(full.images[val_idx], full.labels[val_idx])
         if stage in (None, "test", "predict") and self.test_set is None:
             self.test_set = self._load_split("test")
-
-    def _loader(self, dataset: Dataset | None, shuffle: bool) -> DataLoader:
-        if dataset is None:
-            raise RuntimeError("VisionDataModule.setup() must run before asking for a dataloader.")
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            sampler=EpochShuffleSampler(len(dataset), self.seed) if shuffle else None,
-            # the loader's own generator seeds its workers: creating an iterator never draws from
-            # the global RNG, so a sanity check or a resume does not shift training randomness
-            generator=torch.Generator().manual_seed(self.seed),
-            num_workers=self.num_workers,
-            collate_fn=collate_batch,
-            pin_memory=torch.cuda.is_available(),
-            persistent_workers=self.num_workers > 0,
-        )
-
-    @override
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, shuffle=True)
-
-    @override
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, shuffle=False)
-
-    @override
-    def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_set, shuffle=False)
-
-    @override
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader(self.test_set, shuffle=False)
 
 
 def fixed_subset(dataset: Dataset, num_samples: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

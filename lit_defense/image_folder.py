@@ -22,12 +22,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 from typing_extensions import override
 
-from lit_defense.data import Batch, EpochShuffleSampler
+from lit_defense.data import Batch, SplitDataModule
 from lit_defense.errors import ConfigError, DataFormatError, DataNotFoundError
 
 _MODES = {1: "L", 3: "RGB", 4: "RGBA"}
@@ -57,7 +56,7 @@ class FolderDataset(Dataset):
         return x, torch.tensor(label), torch.tensor(i)
 
 
-class ImageFolderDataModule(L.LightningDataModule):
+class ImageFolderDataModule(SplitDataModule):
     """Image folders on disk (``root/{train,val,test}/<class>/*``), any size and channel count.
 
     Args:
@@ -245,32 +244,6 @@ class ImageFolderDataModule(L.LightningDataModule):
                 self.test_set = self.val_set
             else:
                 self.test_set = self._dataset(self._samples(test_dir), training=False)
-
-    def _loader(self, dataset: Dataset | None, shuffle: bool) -> DataLoader:
-        if dataset is None:
-            raise RuntimeError("ImageFolderDataModule.setup() must run before asking for a dataloader.")
-        return DataLoader(
-            dataset, batch_size=self.batch_size,
-            sampler=EpochShuffleSampler(len(dataset), self.seed) if shuffle else None,
-            generator=torch.Generator().manual_seed(self.seed), num_workers=self.num_workers,
-            pin_memory=torch.cuda.is_available(), persistent_workers=self.num_workers > 0,
-        )
-
-    @override
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, shuffle=True)
-
-    @override
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, shuffle=False)
-
-    @override
-    def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_set, shuffle=False)
-
-    @override
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader(self.test_set, shuffle=False)
 
 
 __all__ = ["FolderDataset", "ImageFolderDataModule"]
