@@ -26,6 +26,7 @@ AutoAttack (``benchmarks/vs_autoattack.py``): at least as strong, in a fraction 
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -322,6 +323,11 @@ def audit_model(
         worst = {e: int(bb.worst[j]) / n for j, e in enumerate(eps)}
         for key, mask in alive.items():  # per sample: robust under every attack
             mask[survivors] = found["robust"][key]
+        for name, by_eps in found["fooled"].items():  # back onto every input
+            examples["fooled"][name] = {key: _scatter(mask, survivors, n) for key, mask in by_eps.items()}
+        for name, norms in found["min_norm"].items():
+            examples["min_norm"][name] = torch.full((n,), float("inf"), device=x.device).index_copy(
+                0, survivors, norms.to(x.device))
     for a in later:
         results += [{"attack": a.name, "eps": e, "robust_accuracy": after[a.name][e], "stage": "after_white_box"}
                     for e in eps]
@@ -353,7 +359,28 @@ def audit_model(
         name=name, source=source, norm=norm, eps=eps, num_samples=n, clean_accuracy=clean, results=results,
         worst_case={eps_key(e): worst[e] for e in eps}, gradient_masking=verdict(checks),
         roles=_role_names(roles), seconds=round(time.perf_counter() - start, 2), examples=examples,
+        per_sample=_per_sample(model, x, y, examples, batch_size),
     )
+
+
+def _scatter(mask: torch.Tensor, where: torch.Tensor, n: int) -> torch.Tensor:
+    return torch.zeros(n, dtype=torch.bool, device=mask.device).index_copy(0, where, mask)
+
+
+def _per_sample(model: nn.Module, x: torch.Tensor, y: torch.Tensor, examples: dict[str, Any],
+                batch_size: int) -> dict[str, Any]:
+    """Plain lists per input: correct, robust per eps, fooled by attack per eps, minimum norms."""
+    with torch.inference_mode(False), torch.no_grad():
+        correct = torch.cat([model(xb).argmax(1) == yb for xb, yb in zip(x.split(batch_size), y.split(batch_size),
+                                                                         strict=True)])
+    return {
+        "clean_correct": correct.tolist(),
+        "robust": {key: mask.tolist() for key, mask in examples["robust"].items()},
+        "fooled_by": {name: {key: m.tolist() for key, m in by_eps.items()}
+                      for name, by_eps in examples["fooled"].items()},
+        "min_norm": {name: [None if not math.isfinite(v) else round(v, 6) for v in norms.tolist()]
+                     for name, norms in examples["min_norm"].items()},
+    }
 
 
 def run_audit(
@@ -377,7 +404,7 @@ def run_audit(
 ) -> tuple[list[ModelAudit], dict[str, Path]]:
     """Audit every model on a fixed, seeded subset of ``data``'s ``split`` and write the report."""
     from lit_defense import __version__
-    from lit_defense.data import fixed_subset
+    from lit_defense.data import fixed_subset, fixed_subset_indices
     from lit_defense.report import write_report
 
     if not models:
@@ -402,6 +429,7 @@ def run_audit(
         loader = data.test_dataloader() if split == "test" else data.val_dataloader()
         dataset = loader.dataset
     x, y = fixed_subset(dataset, num_samples, seed)
+    samples = {"index": fixed_subset_indices(len(dataset), num_samples, seed), "label": y.tolist()}
     x, y = x.to(dev), y.to(dev)
     num_classes = int(getattr(data, "num_classes", int(y.max()) + 1))
 
@@ -424,7 +452,7 @@ def run_audit(
     meta = {"version": __version__, "data": getattr(data, "dataset", type(data).__name__), "split": split,
             "num_samples": int(x.shape[0]), "norm": norm, "eps": sorted(float(e) for e in eps), "seed": seed,
             "device": str(dev), "class_names": [str(c) for c in getattr(data, "class_names", ())]}
-    paths = write_report(audits, out, meta, tensorboard=tensorboard)
+    paths = write_report(audits, out, meta, tensorboard=tensorboard, samples=samples)
     log(f"audit: report written to {paths['markdown']} and {paths['json']}")
     return audits, paths
 

@@ -543,14 +543,19 @@ class VisionDataModule(SplitDataModule):
             self.test_set = self._load_split("test")
 
 
+def fixed_subset_indices(size: int, num_samples: int, seed: int) -> list[int]:
+    """The dataset positions of ``fixed_subset``: ``num_samples`` of ``range(size)``, seeded, sorted."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randperm(size, generator=g)[:num_samples].sort().values.tolist()
+
+
 def fixed_subset(dataset: Dataset, num_samples: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The fixed, seeded subset that the callbacks and the audit attack.
 
     ``num_samples`` items of ``dataset`` (all when smaller), in index order, as normal
-    (non-inference) float images and long labels.
+    (non-inference) float images and long labels; ``fixed_subset_indices`` gives their positions.
     """
-    g = torch.Generator().manual_seed(seed)
-    order = torch.randperm(len(dataset), generator=g)[:num_samples].sort().values.tolist()
+    order = fixed_subset_indices(len(dataset), num_samples, seed)
     with torch.inference_mode(False):
         if hasattr(dataset, "__getitems__"):
             batch = dataset.__getitems__(order)

@@ -163,7 +163,8 @@ def robustness_counts(
     ``{"x": x[:k], "y": y[:k], "adv": {eps_key: tensor}, "pred": {eps_key: tensor}}``; and always
     ``examples["robust"][eps_key]``: the per-sample mask of points no attack fooled, and
     ``examples["min_norm"][attack]``: per-sample norms found by minimum-norm attacks (``inf``: none
-    found or not attacked). ``alive`` (eps_key -> mask) restricts the attacks to the points an
+    found or not attacked), and ``examples["fooled"][attack][eps_key]``: the per-sample mask of
+    points this attack fooled (of those it attacked). ``alive`` (eps_key -> mask) restricts the attacks to the points an
     earlier evaluation left robust. A minimum-norm attack runs once for the whole grid, on every
     point still robust at some eps. The model is used as it is (its train/eval state is not changed).
     """
@@ -175,7 +176,8 @@ def robustness_counts(
         clean_ok = _predict(model, x, batch_size) == y
         robust = torch.zeros(n_a, n_e, dtype=torch.long, device=dev)
         k = min(keep_examples, x.shape[0])
-        examples = {"x": x[:k].clone(), "y": y[:k].clone(), "adv": {}, "pred": {}, "robust": {}, "min_norm": {}}
+        examples = {"x": x[:k].clone(), "y": y[:k].clone(), "adv": {}, "pred": {}, "robust": {}, "min_norm": {},
+                    "fooled": {a.name: {} for a in attacks}}
         start = [clean_ok & alive[eps_key(e)] if alive is not None else clean_ok.clone() for e in eps]
         still = [m.clone() for m in start]
         adv_k = [x[:k].clone() for _ in eps]
@@ -205,6 +207,7 @@ def robustness_counts(
                         newly = hit[first] & still[j][sel]
                         adv_k[j][sel] = torch.where(per_sample(newly, x_adv), x_adv[first], adv_k[j][sel])
                 still[j] &= ~fooled
+                examples["fooled"][attack.name][eps_key(e)] = fooled
                 robust[i, j] = (still[j] if cascade else start[j] & ~fooled).sum()
         worst = torch.stack([m.sum() for m in still]) if n_e else torch.zeros(0, dtype=torch.long, device=dev)
         for j, e in enumerate(eps):

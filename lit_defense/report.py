@@ -209,8 +209,13 @@ def examples_figure(audits: Sequence[ModelAudit], eps: float | None = None,
 
 # --------------------------------------------------------------------------------------- write
 def write_report(audits: Sequence[ModelAudit], output_dir: str | Path, meta: dict[str, Any] | None = None,
-                 tensorboard: bool = True) -> dict[str, Path]:
-    """Write report.json, report.md, the PNG plots (and TensorBoard scalars) into ``output_dir``."""
+                 tensorboard: bool = True, samples: dict[str, list] | None = None) -> dict[str, Path]:
+    """Write report.json, report.md, per_sample.json, the PNG plots (and TensorBoard) into ``output_dir``.
+
+    ``per_sample.json`` (plain JSON: loads without executing code) holds, for the audited inputs
+    in order (``samples``: their positions in the split, ``index``, and their labels), every
+    model's per-sample results (``ModelAudit.per_sample``).
+    """
     from lit_defense.plots import plt
 
     out = Path(output_dir)
@@ -219,6 +224,11 @@ def write_report(audits: Sequence[ModelAudit], output_dir: str | Path, meta: dic
     paths = {"json": out / "report.json", "markdown": out / "report.md"}
     paths["json"].write_text(json.dumps(to_json(audits, meta), indent=2, allow_nan=False) + "\n")
     paths["markdown"].write_text(markdown(audits, meta) + "\n")
+    paths["per_sample"] = out / "per_sample.json"
+    paths["per_sample"].write_text(json.dumps({
+        **(samples or {}), "class_names": meta.get("class_names", []), "norm": meta.get("norm"),
+        "eps": meta.get("eps"), "models": {a.name: a.per_sample for a in audits},
+    }, allow_nan=False) + "\n")
     per_model = {a.name: model_figure(a) for a in audits}
     figures = {"robust_accuracy_all.png": comparison_figure(audits),
                "adversarial_examples.png": examples_figure(audits, class_names=meta.get("class_names", ())),

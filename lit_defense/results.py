@@ -94,7 +94,9 @@ class ModelAudit:
     """The audit of one model.
 
     Every attack's robust accuracy per eps, the per-input worst case, the gradient-masking verdict,
-    the attack roles, and examples for the report's figures.
+    the attack roles, examples for the report's figures, and ``per_sample``: for every input,
+    whether it is classified correctly, robust at each eps, fooled by each attack at each eps, and
+    the smallest adversarial norm each minimum-norm attack found (``None``: none found).
     """
 
     name: str
@@ -109,14 +111,15 @@ class ModelAudit:
     roles: dict[str, Any]
     seconds: float
     examples: dict[str, Any] = field(default_factory=dict, repr=False)
+    per_sample: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def curve(self, attack: str) -> dict[float, float]:
         """Eps -> robust accuracy of one attack."""
         return attack_curve(self.results, attack)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready data (the examples' tensors are left out)."""
-        data = {k: v for k, v in asdict(self).items() if k not in ("examples", "gradient_masking")}
+        """JSON-ready data (the examples' tensors and the per-sample results are left out)."""
+        data = {k: v for k, v in asdict(self).items() if k not in ("examples", "gradient_masking", "per_sample")}
         data["gradient_masking"] = self.gradient_masking.to_dict()
         return data
 

@@ -66,6 +66,21 @@ def test_audit_writes_report_json_md_plots_and_tensorboard(checkpoint, in_tmp, c
         assert all({"name", "passed", "evidence"} <= set(c) for c in gm["checks"]) and len(gm["checks"]) >= 14
         for r in m["results"]:  # worst case is the minimum over every attack
             assert m["worst_case"][f"{r['eps']:g}"] <= r["robust_accuracy"] + 1e-9
+    # per-sample results: plain JSON, consistent with the report's numbers
+    per = json.loads((out / "per_sample.json").read_text())
+    assert len(per["index"]) == len(per["label"]) == 96 and per["index"] == sorted(per["index"])
+    for m in report["models"]:
+        ps = per["models"][m["name"]]
+        n = len(ps["clean_correct"])
+        assert n == 96 and sum(ps["clean_correct"]) / n == pytest.approx(m["clean_accuracy"])
+        for key, robust in ps["robust"].items():
+            assert sum(robust) / n == pytest.approx(m["worst_case"][key])
+            for i, r in enumerate(robust):
+                assert not r or ps["clean_correct"][i]
+                assert not (r and any(f[key][i] for f in ps["fooled_by"].values())), (m["name"], key, i)
+                for norms in ps["min_norm"].values():  # a minimum-norm attack within eps fooled it
+                    assert not (r and norms[i] is not None and norms[i] <= float(key) * (1 - 1e-4))
+        assert set(ps["fooled_by"]) >= {"fgsm", "pgd_ce", "pgd_margin"} and ps["min_norm"]
     md = (out / "report.md").read_text()
     assert "## Comparison" in md and "| teacher |" in md and "| tiny |" in md and "worst case" in md
     assert "Verdict" in md
