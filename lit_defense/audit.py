@@ -323,10 +323,10 @@ def audit_model(
         worst = {e: int(bb.worst[j]) / n for j, e in enumerate(eps)}
         for key, mask in alive.items():  # per sample: robust under every attack
             mask[survivors] = found["robust"][key]
-        for name, by_eps in found["fooled"].items():  # back onto every input
-            examples["fooled"][name] = {key: _scatter(mask, survivors, n) for key, mask in by_eps.items()}
-        for name, norms in found["min_norm"].items():
-            examples["min_norm"][name] = torch.full((n,), float("inf"), device=x.device).index_copy(
+        for attack_name, by_eps in found["fooled"].items():  # back onto every input
+            examples["fooled"][attack_name] = {key: _scatter(mask, survivors, n) for key, mask in by_eps.items()}
+        for attack_name, norms in found["min_norm"].items():
+            examples["min_norm"][attack_name] = torch.full((n,), float("inf"), device=x.device).index_copy(
                 0, survivors, norms.to(x.device))
     for a in later:
         results += [{"attack": a.name, "eps": e, "robust_accuracy": after[a.name][e], "stage": "after_white_box"}

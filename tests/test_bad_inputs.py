@@ -4,6 +4,7 @@ files already written (a previous run's checkpoint and log) untouched."""
 from __future__ import annotations
 
 import gzip
+import shutil
 
 import pytest
 import torch
@@ -43,18 +44,25 @@ def _case_files(tmp):
     short.write_bytes(gzip.compress(gzip.decompress(short.read_bytes())[:-100]))
     text = TEACHER.read_text()
     (tmp / "syntax.yaml").write_text(text.replace("max_epochs: 10", "max_epochs: [10"))
-    (tmp / "attack.yaml").write_text(text.replace("lit_defense.attacks.FGSM", "lit_defense.attacks.Nope"))
-    (tmp / "eps_big.yaml").write_text(text.replace("eps: [0.1]", "eps: [1.5]"))
-    (tmp / "eps_neg.yaml").write_text(text.replace("eps: [0.1]", "eps: [-0.1]"))
+    # mistakes in a shared part a recipe names: a copy of the recipes with that part changed
+    for folder, part, old, new in (
+        ("attack", "callbacks/masked_bpda.yaml", "lit_defense.attacks.BPDA", "lit_defense.attacks.Nope"),
+        ("eps_big", "callbacks/adversarial_evaluation.yaml", "eps: [0.1]", "eps: [1.5]"),
+        ("eps_neg", "callbacks/adversarial_evaluation.yaml", "eps: [0.1]", "eps: [-0.1]"),
+    ):
+        shutil.copytree(CONFIGS, tmp / folder)
+        part_text = (tmp / folder / part).read_text()
+        assert old in part_text
+        (tmp / folder / part).write_text(part_text.replace(old, new))
 
 
 CASES = {
     "unknown_dataset": (["fit", "--config", str(TEACHER), "--data.init_args.dataset=imagenet"], "imagenet"),
     "unknown_backbone": (["fit", "--config", str(TEACHER), "--model.init_args.backbone=lenet9"],
                          "unknown backbone 'lenet9'"),
-    "unknown_attack": (["fit", "--config", "attack.yaml"], "Nope"),
-    "eps_above_1": (["fit", "--config", "eps_big.yaml"], "eps=1.5 is impossible for linf"),
-    "eps_negative": (["fit", "--config", "eps_neg.yaml"], "eps=-0.1 is impossible"),
+    "unknown_attack": (["fit", "--config", "attack/fashion_mnist/masked_bit_depth.yaml"], "Nope"),
+    "eps_above_1": (["fit", "--config", "eps_big/fashion_mnist/teacher.yaml"], "eps=1.5 is impossible for linf"),
+    "eps_negative": (["fit", "--config", "eps_neg/fashion_mnist/teacher.yaml"], "eps=-0.1 is impossible"),
     "yaml_syntax": (["fit", "--config", "syntax.yaml"], "YAML syntax error at line"),
     "teacher_missing": (["fit", "--config", str(STUDENT), "--model.init_args.teacher_checkpoint=nope.ckpt"],
                         "teacher checkpoint not found"),

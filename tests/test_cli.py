@@ -19,16 +19,23 @@ AUDIT_CONFIGS = sorted((CONFIGS / "audit").glob("*.yaml"))
 TEACHER = CONFIGS / "fashion_mnist" / "teacher.yaml"
 
 
+def _needs_root(config: Path) -> list[str]:
+    """The image-folder recipes name no folder (the user gives it): one for them."""
+    return ["--data.init_args.root=images"] if config.parent.name == "image_folder" else []
+
+
 @pytest.mark.parametrize("config", RECIPES, ids=lambda p: str(p.relative_to(CONFIGS)))
 def test_every_shipped_config_parses(config, capsys):
     with pytest.raises(SystemExit) as info:
-        main(["fit", "--config", str(config), "--print_config"])
+        main(["fit", "--config", str(config), *_needs_root(config), "--print_config"])
     assert info.value.code in (0, None)
     out = capsys.readouterr().out
     assert "class_path: lit_defense." in out
     assert "checkpoint:" in out and "monitor: val/acc" in out
     # the parts a recipe names by path are read in: data, optimizer, callbacks
-    assert "class_path: lit_defense.data.VisionDataModule" in out and "class_path: torch.optim." in out
+    data = ("lit_defense.image_folder.ImageFolderDataModule" if config.parent.name == "image_folder"
+            else "lit_defense.data.VisionDataModule")
+    assert f"class_path: {data}" in out and "class_path: torch.optim." in out
     assert "class_path: lit_defense_callbacks.AdversarialEvaluation" in out
     assert ".yaml" not in out.split("ckpt_path")[0], "a part's path was left unresolved"
 
@@ -37,7 +44,7 @@ def test_every_shipped_config_parses(config, capsys):
 def test_every_audit_example_parses(config):
     from lit_defense.cli import audit_parser
 
-    cfg = audit_parser().parse_args(["--config", str(config)])
+    cfg = audit_parser().parse_args(["--config", str(config), *_needs_root(config)])
     assert cfg.num_samples > 0 and cfg.eps and (cfg.checkpoints or cfg.models or "image_folder" in config.stem)
     assert cfg.data.class_path.startswith("lit_defense.")
 
@@ -177,7 +184,16 @@ TRAINABLE = [p for p in RECIPES if p.name != "distilled.yaml"]
 @pytest.mark.parametrize("config", TRAINABLE, ids=lambda p: str(p.relative_to(CONFIGS)))
 def test_every_recipe_runs_fast_dev_run(config, in_tmp):
     """Each shipped recipe trains one batch, validates and runs its adversarial evaluation."""
-    assert main(["fit", "--config", str(config), *SYNTHETIC, "--trainer.fast_dev_run=true"]) == 0
+    if config.parent.name == "image_folder":  # a small folder of PNGs, timm's tiny test network
+        from test_image_folder import write_folder
+
+        root = write_folder(in_tmp / "images", {"train": 24}, size=32)
+        data = [f"--data.init_args.root={root}", "--data.init_args.image_size=32", "--data.init_args.num_workers=0",
+                "--data.init_args.batch_size=8", "--model.init_args.backbone=timm/test_resnet",
+                "--model.init_args.backbone_kwargs={pretrained: false}", *SYNTHETIC[-2:]]
+    else:
+        data = SYNTHETIC
+    assert main(["fit", "--config", str(config), *data, "--trainer.fast_dev_run=true"]) == 0
 
 
 @pytest.mark.parametrize(

@@ -32,7 +32,7 @@ def write_folder(root: Path, splits: dict[str, int], size: int = 48, seed: int =
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
-    return write_folder(tmp_path_factory.mktemp("images"), {"train": 120, "test": 48})
+    return write_folder(tmp_path_factory.mktemp("images"), {"train": 60, "test": 24})
 
 
 def test_facts_are_known_before_any_image_is_read(folder, monkeypatch):
@@ -48,7 +48,7 @@ def test_splits_channels_and_fixed_subsets(folder, monkeypatch):
     dm = ImageFolderDataModule(str(folder), image_size=32, in_chans=1, val_size=0.25, num_workers=0)
     dm.setup("fit")
     dm.setup("test")
-    assert (len(dm.train_set), len(dm.val_set), len(dm.test_set)) == (90, 30, 48)
+    assert (len(dm.train_set), len(dm.val_set), len(dm.test_set)) == (45, 15, 24)
     again = ImageFolderDataModule(str(folder), image_size=32, in_chans=1, val_size=0.25, num_workers=0)
     again.setup("fit")
     assert again.val_set.samples == dm.val_set.samples  # the hold-out is seeded, not drawn per run
@@ -96,9 +96,10 @@ def test_from_folders_to_a_distilled_and_audited_model_through_the_cli_only(fold
     ``timm/test_resnet`` is timm's tiny test network (pretrained weights off: no download here);
     the recipes' pretrained ResNet-18 takes the same path on a connected machine.
     """
-    common = [f"--data.init_args.root={folder}", "--data.init_args.image_size=32", "--data.init_args.num_workers=0",
-              "--data.init_args.batch_size=32", "--model.init_args.backbone=timm/test_resnet",
+    common = [f"--data.init_args.root={folder}", "--data.init_args.image_size=16", "--data.init_args.num_workers=0",
+              "--data.init_args.batch_size=16", "--model.init_args.backbone=timm/test_resnet",
               "--model.init_args.backbone_kwargs={pretrained: false}", "--trainer.max_epochs=1",
+              "--trainer.limit_train_batches=2",
               "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
     recipes = CONFIGS / "image_folder"
     assert main(["fit", "--config", str(recipes / "distillation_teacher.yaml"), *common]) == 0
@@ -108,7 +109,7 @@ def test_from_folders_to_a_distilled_and_audited_model_through_the_cli_only(fold
     student = teacher.parents[3] / "distilled_T100" / "version_0" / "checkpoints" / "last.ckpt"
     assert main(["audit", "--config", str(CONFIGS / "audit" / "image_folder.yaml"),
                  "--checkpoints", str(teacher), str(student), f"--data.init_args.root={folder}",
-                 "--data.init_args.image_size=32", "--data.init_args.num_workers=0", "--num_samples=24",
+                 "--data.init_args.image_size=16", "--data.init_args.num_workers=0", "--num_samples=12", "--eps=[0.0314]",
                  "--suite.steps=5", "--suite.square_queries=20", "--suite.random_samples=5", "--suite.apgd_steps=5",
                  "--suite.apgd_targets=2", "--suite.min_norm_steps=5", "--suite.rays_queries=20",
                  "--output_dir=audit", "--tensorboard=false"]) == 0
