@@ -31,6 +31,9 @@ class LitDefenseCLI(LightningCLI):
 
     def __init__(self, args: Any = None, run: bool = True, **kwargs: Any) -> None:
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
+        # reproducible by default: every run seeds 0 unless --seed_everything says otherwise
+        # (LightningCLI's own default draws a random seed); the recipes need not repeat it
+        kwargs.setdefault("seed_everything_default", 0)
         super().__init__(
             model_class=Classifier,
             # any DataModule with VisionDataModule's facts (num_classes, in_chans, image_size, mean,
