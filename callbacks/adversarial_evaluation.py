@@ -23,6 +23,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from typing_extensions import override
 
 from lit_defense.attacks import APGD, FGSM, Attack
+from lit_defense.data import class_label
 from lit_defense.data import fixed_subset as validation_subset
 from lit_defense.evaluation import (
     RobustnessCounts,
@@ -164,17 +165,13 @@ def _class_names(trainer: L.Trainer) -> list[str]:
 
 def _grid_labels(y: torch.Tensor, pred: torch.Tensor, names: list[str]) -> str:
     """A Markdown table naming each column of the example grid: true class, prediction after attack."""
-
-    def name(k: int) -> str:
-        return names[k] if 0 <= k < len(names) else str(k)
-
     cols = range(len(y))
     return "\n".join([
         "| row | " + " | ".join(str(i + 1) for i in cols) + " |",
         "|---|" + "---|" * len(y),
-        "| clean (true class) | " + " | ".join(name(int(y[i])) for i in cols) + " |",
+        "| clean (true class) | " + " | ".join(class_label(int(y[i]), names) for i in cols) + " |",
         "| adversarial (prediction) | " + " | ".join(
-            name(int(pred[i])) + ("" if int(pred[i]) == int(y[i]) else " ✗") for i in cols) + " |",
+            class_label(int(pred[i]), names) + ("" if int(pred[i]) == int(y[i]) else " ✗") for i in cols) + " |",
     ])
 
 

@@ -324,10 +324,9 @@ def audit_model(
         for key, mask in alive.items():  # per sample: robust under every attack
             mask[survivors] = found["robust"][key]
         for attack_name, by_eps in found["fooled"].items():  # back onto every input
-            examples["fooled"][attack_name] = {key: _scatter(mask, survivors, n) for key, mask in by_eps.items()}
+            examples["fooled"][attack_name] = {key: _scatter(mask, survivors, n, False) for key, mask in by_eps.items()}
         for attack_name, norms in found["min_norm"].items():
-            examples["min_norm"][attack_name] = torch.full((n,), float("inf"), device=x.device).index_copy(
-                0, survivors, norms.to(x.device))
+            examples["min_norm"][attack_name] = _scatter(norms, survivors, n, float("inf"))
     for a in later:
         results += [{"attack": a.name, "eps": e, "robust_accuracy": after[a.name][e], "stage": "after_white_box"}
                     for e in eps]
@@ -359,22 +358,19 @@ def audit_model(
         name=name, source=source, norm=norm, eps=eps, num_samples=n, clean_accuracy=clean, results=results,
         worst_case={eps_key(e): worst[e] for e in eps}, gradient_masking=verdict(checks),
         roles=_role_names(roles), seconds=round(time.perf_counter() - start, 2), examples=examples,
-        per_sample=_per_sample(model, x, y, examples, batch_size),
+        per_sample=_per_sample(examples),
     )
 
 
-def _scatter(mask: torch.Tensor, where: torch.Tensor, n: int) -> torch.Tensor:
-    return torch.zeros(n, dtype=torch.bool, device=mask.device).index_copy(0, where, mask)
+def _scatter(values: torch.Tensor, where: torch.Tensor, n: int, fill: bool | float) -> torch.Tensor:
+    """``values`` of the inputs at ``where`` placed among ``n``; ``fill`` for the others."""
+    return torch.full((n,), fill, dtype=values.dtype, device=where.device).index_copy(0, where, values.to(where.device))
 
 
-def _per_sample(model: nn.Module, x: torch.Tensor, y: torch.Tensor, examples: dict[str, Any],
-                batch_size: int) -> dict[str, Any]:
+def _per_sample(examples: dict[str, Any]) -> dict[str, Any]:
     """Plain lists per input: correct, robust per eps, fooled by attack per eps, minimum norms."""
-    with torch.inference_mode(False), torch.no_grad():
-        correct = torch.cat([model(xb).argmax(1) == yb for xb, yb in zip(x.split(batch_size), y.split(batch_size),
-                                                                         strict=True)])
     return {
-        "clean_correct": correct.tolist(),
+        "clean_correct": examples["clean_correct"].tolist(),
         "robust": {key: mask.tolist() for key, mask in examples["robust"].items()},
         "fooled_by": {name: {key: m.tolist() for key, m in by_eps.items()}
                       for name, by_eps in examples["fooled"].items()},

@@ -51,6 +51,11 @@ class DatasetInfo:
     class_names: tuple[str, ...] = ()
 
 
+def class_label(k: int, names: Sequence[str]) -> str:
+    """The name of class ``k`` where ``names`` has it, else the number."""
+    return names[k] if 0 <= k < len(names) else str(k)
+
+
 DATASETS: dict[str, DatasetInfo] = {
     "mnist": DatasetInfo(
         10, 1, 28, (0.1307,), (0.3081,), "MNIST",

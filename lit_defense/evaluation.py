@@ -164,7 +164,8 @@ def robustness_counts(
     ``examples["robust"][eps_key]``: the per-sample mask of points no attack fooled, and
     ``examples["min_norm"][attack]``: per-sample norms found by minimum-norm attacks (``inf``: none
     found or not attacked), and ``examples["fooled"][attack][eps_key]``: the per-sample mask of
-    points this attack fooled (of those it attacked). ``alive`` (eps_key -> mask) restricts the attacks to the points an
+    points this attack fooled (of those it attacked); ``examples["clean_correct"]``: the clean
+    prediction's correctness per sample, as the attacks saw it. ``alive`` (eps_key -> mask) restricts the attacks to the points an
     earlier evaluation left robust. A minimum-norm attack runs once for the whole grid, on every
     point still robust at some eps. The model is used as it is (its train/eval state is not changed).
     """
@@ -177,7 +178,7 @@ def robustness_counts(
         robust = torch.zeros(n_a, n_e, dtype=torch.long, device=dev)
         k = min(keep_examples, x.shape[0])
         examples = {"x": x[:k].clone(), "y": y[:k].clone(), "adv": {}, "pred": {}, "robust": {}, "min_norm": {},
-                    "fooled": {a.name: {} for a in attacks}}
+                    "fooled": {a.name: {} for a in attacks}, "clean_correct": clean_ok}
         start = [clean_ok & alive[eps_key(e)] if alive is not None else clean_ok.clone() for e in eps]
         still = [m.clone() for m in start]
         adv_k = [x[:k].clone() for _ in eps]

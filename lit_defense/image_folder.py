@@ -131,7 +131,8 @@ class ImageFolderDataModule(SplitDataModule):
 
         if not timm.is_model(name):
             raise ConfigError(f"unknown timm model {name!r} (--data.init_args.timm_model).")
-        cfg = resolve_data_config({}, model=timm.create_model(name, pretrained=False, num_classes=2))
+        pretrained = timm.get_pretrained_cfg(name)  # the configuration only: no network is built
+        cfg = resolve_data_config({}, pretrained_cfg=pretrained.to_dict() if pretrained is not None else None)
         mean, std = list(cfg["mean"]), list(cfg["std"])
         if in_chans != len(mean):  # grayscale input to an RGB model: the channels' average
             mean, std = [sum(mean) / len(mean)] * in_chans, [sum(std) / len(std)] * in_chans

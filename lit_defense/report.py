@@ -175,10 +175,7 @@ def examples_figure(audits: Sequence[ModelAudit], eps: float | None = None,
     Each image is titled with its class (``class_names``, the DataModule's, when given) and each
     adversarial one with the model's prediction, in red when it is wrong.
     """
-
-    def label(k: int) -> str:
-        return class_names[k] if 0 <= k < len(class_names) else str(k)
-
+    from lit_defense.data import class_label
     from lit_defense.plots import plt
 
     rows = [a for a in audits if a.examples.get("x") is not None and len(a.examples["x"])]
@@ -193,7 +190,8 @@ def examples_figure(audits: Sequence[ModelAudit], eps: float | None = None,
         x, adv, pred = a.examples["x"].cpu(), a.examples["adv"][key].cpu(), a.examples["pred"][key].cpu()
         y = a.examples["y"].cpu()
         for i in range(x.shape[0]):
-            for row, img, title in ((2 * r, x[i], label(int(y[i]))), (2 * r + 1, adv[i], label(int(pred[i])))):
+            for row, img, title in ((2 * r, x[i], class_label(int(y[i]), class_names)),
+                                    (2 * r + 1, adv[i], class_label(int(pred[i]), class_names))):
                 ax = axes[row, i]
                 img = img.permute(1, 2, 0).clamp(0, 1).numpy()
                 ax.imshow(img.squeeze(-1) if img.shape[-1] == 1 else img, cmap="gray", vmin=0, vmax=1)
