@@ -17,11 +17,13 @@ different processes add up exactly (DDP), then turned into a JSON-serialisable d
 
 from __future__ import annotations
 
+import inspect
 import json
+import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -145,6 +147,25 @@ def fooled_by(model: nn.Module, attack: Attack, x_adv: torch.Tensor, x: torch.Te
         return (model(x_adv).argmax(1) != y) & attack.threat.contains(x_adv, x)
 
 
+class UnitRecord(Protocol):
+    """Where per-sample results of finished work are kept (the audit's resumable progress).
+
+    A *unit* is one attack at one eps (``"<attack>@<eps>"``), or one minimum-norm run for the
+    whole grid (``"<attack>@min_norm"``); its values are per-sample lists in the order of ``ids``.
+    """
+
+    def get(self, unit: str, ids: list[int]) -> dict[str, list] | None:
+        """The values of ``unit`` for exactly these samples, or ``None`` when any is missing."""
+
+    def put(self, unit: str, ids: list[int], values: dict[str, list]) -> None:
+        """Record ``unit``'s values for these samples (durably: a crash after it keeps them)."""
+
+
+def unit_name(attack: Attack, eps: float | None) -> str:
+    """The name of one unit of work: an attack at one eps, or a minimum-norm run (``eps=None``)."""
+    return f"{attack.name}@{'min_norm' if eps is None else eps_key(eps)}"
+
+
 def robustness_counts(
     model: nn.Module,
     x: torch.Tensor,
@@ -155,6 +176,9 @@ def robustness_counts(
     cascade: bool = True,
     keep_examples: int = 0,
     alive: dict[str, torch.Tensor] | None = None,
+    ids: torch.Tensor | None = None,
+    record: UnitRecord | None = None,
+    on_progress: Callable[[str, int, int], None] | None = None,
 ) -> tuple[RobustnessCounts, dict]:
     """Counts of robust points for every attack and eps (see module doc), plus examples.
 
@@ -165,14 +189,21 @@ def robustness_counts(
     ``examples["min_norm"][attack]``: per-sample norms found by minimum-norm attacks (``inf``: none
     found or not attacked), and ``examples["fooled"][attack][eps_key]``: the per-sample mask of
     points this attack fooled (of those it attacked); ``examples["clean_correct"]``: the clean
-    prediction's correctness per sample, as the attacks saw it. ``alive`` (eps_key -> mask) restricts the attacks to the points an
-    earlier evaluation left robust. A minimum-norm attack runs once for the whole grid, on every
-    point still robust at some eps. The model is used as it is (its train/eval state is not changed).
+    prediction's correctness per sample, as the attacks saw it. ``alive`` (eps_key -> mask) restricts
+    the attacks to the points an earlier evaluation left robust. A minimum-norm attack runs once for
+    the whole grid, on every point still robust at some eps. The model is used as it is (its
+    train/eval state is not changed).
+
+    ``ids`` (default ``0..n-1``) name the samples: they key each sample's random numbers, so a
+    sample is attacked the same whatever shard or batch it is in. ``record`` keeps each batch's
+    results as it finishes and supplies those already recorded (resuming). ``on_progress(attack,
+    done, total)`` is called as an attack's batches finish (inputs attacked over all eps).
     """
     check_attacks(attacks, eps)
     with torch.inference_mode(False):
         x, y = x.detach().clone(), y.detach().clone()
         dev = x.device
+        ids = torch.arange(x.shape[0], device=dev) if ids is None else ids.to(dev, torch.long)
         n_a, n_e = len(attacks), len(eps)
         clean_ok = _predict(model, x, batch_size) == y
         robust = torch.zeros(n_a, n_e, dtype=torch.long, device=dev)
@@ -185,28 +216,35 @@ def robustness_counts(
         for i, attack in enumerate(attacks):
             pools = [still[j] if cascade else start[j] for j in range(n_e)]
             min_norm = None
+            total = sum(int(p.sum()) for p in pools)
+            done = 0
+            if on_progress is not None:
+                on_progress(attack.name, 0, total)
             if isinstance(attack, MinNormAttack):  # one run answers every eps
-                union = torch.stack(pools).any(0)
-                min_norm = _min_norms(model, attack, x, y, union, batch_size)
+                min_norm = _min_norms(model, attack, x, y, torch.stack(pools).any(0), eps, batch_size, ids, record)
                 examples["min_norm"][attack.name] = min_norm[1]
             for j, e in enumerate(eps):
                 attack_e = attack.with_eps(e)
+                unit = unit_name(attack, e)
                 fooled = torch.zeros_like(clean_ok)
                 for chunk in pools[j].nonzero().squeeze(1).split(batch_size):
                     if chunk.numel() == 0:  # an empty pool splits into one empty chunk
                         continue
-                    xc, yc = x[chunk], y[chunk]
-                    if min_norm is None:
-                        x_adv = attack_e(model, xc, yc)
+                    if min_norm is not None:
+                        hit = min_norm[2][j][chunk]
+                        x_adv = torch.where(per_sample(hit, x[chunk]), min_norm[0][chunk], x[chunk]) \
+                            if bool(min_norm[3][chunk].all()) else None
                     else:
-                        x_adv = torch.where(per_sample(min_norm[1][chunk] <= e, xc), min_norm[0][chunk], xc)
-                    hit = fooled_by(model, attack_e, x_adv, xc, yc)
+                        hit, x_adv = _attack_chunk(model, attack_e, x[chunk], y[chunk], ids[chunk], unit, record)
                     fooled[chunk] = hit
-                    if k:
+                    if k and x_adv is not None:
                         first = chunk < k
                         sel = chunk[first]
                         newly = hit[first] & still[j][sel]
                         adv_k[j][sel] = torch.where(per_sample(newly, x_adv), x_adv[first], adv_k[j][sel])
+                    done += chunk.numel()
+                    if on_progress is not None:
+                        on_progress(attack.name, done, total)
                 still[j] &= ~fooled
                 examples["fooled"][attack.name][eps_key(e)] = fooled
                 robust[i, j] = (still[j] if cascade else start[j] & ~fooled).sum()
@@ -222,15 +260,63 @@ def robustness_counts(
     return counts, examples
 
 
+def _attack_chunk(model: nn.Module, attack: Attack, x: torch.Tensor, y: torch.Tensor, ids: torch.Tensor,
+                  unit: str, record: UnitRecord | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(fooled, x_adv)`` of one batch: from the record when it holds them (``x_adv`` None), else run."""
+    keys = ids.tolist() if record is not None else []
+    stored = record.get(unit, keys) if record is not None else None
+    if stored is not None:
+        return torch.tensor(stored["fooled"], dtype=torch.bool, device=x.device), None
+    x_adv = attack(model, x, y, ids) if _takes_ids(attack) else attack(model, x, y)
+    hit = fooled_by(model, attack, x_adv, x, y)
+    if record is not None:
+        record.put(unit, keys, {"fooled": hit.tolist()})
+    return hit, x_adv
+
+
+def _takes_ids(attack: Attack) -> bool:
+    """Whether ``attack(model, x, y, ids)`` is accepted (an attack written before ``ids`` takes 3)."""
+    try:
+        params = inspect.signature(attack.__call__).parameters
+    except (TypeError, ValueError):
+        return False
+    return "ids" in params or any(p.kind is p.VAR_POSITIONAL or p.kind is p.VAR_KEYWORD for p in params.values())
+
+
 def _min_norms(model: nn.Module, attack: MinNormAttack, x: torch.Tensor, y: torch.Tensor, pool: torch.Tensor,
-               batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """A minimum-norm attack's points and norms on the ``pool`` points (``inf`` elsewhere)."""
+               eps: Sequence[float], batch_size: int, ids: torch.Tensor, record: UnitRecord | None,
+               ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor], torch.Tensor]:
+    """A minimum-norm attack on the ``pool`` points: ``(points, norms, fooled per eps, computed)``.
+
+    ``norms`` is ``inf`` off the pool or where none was found; ``computed`` marks the points this
+    call found (the others came from the record, which keeps norms, not points).
+    """
     points = x.clone()
+    computed = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
     norms = torch.full((x.shape[0],), float("inf"), device=x.device)
+    fooled = [torch.zeros(x.shape[0], dtype=torch.bool, device=x.device) for _ in eps]
+    unit = unit_name(attack, None)
     for chunk in pool.nonzero().squeeze(1).split(batch_size):
-        if chunk.numel():
-            points[chunk], norms[chunk] = attack.min_norms(model, x[chunk], y[chunk])
-    return points, norms
+        if chunk.numel() == 0:
+            continue
+        keys = ids[chunk].tolist() if record is not None else []
+        stored = record.get(unit, keys) if record is not None else None
+        if stored is not None:
+            norms[chunk] = torch.tensor([float("inf") if v is None else v for v in stored["norm"]], device=x.device)
+            for j, e in enumerate(eps):
+                fooled[j][chunk] = torch.tensor(stored[f"fooled@{eps_key(e)}"], dtype=torch.bool, device=x.device)
+            continue
+        xc, yc = x[chunk], y[chunk]
+        points[chunk], norms[chunk] = attack.min_norms(model, xc, yc, ids[chunk])
+        computed[chunk] = True
+        for j, e in enumerate(eps):
+            inside = per_sample(norms[chunk] <= e, xc)
+            fooled[j][chunk] = fooled_by(model, attack.with_eps(e), torch.where(inside, points[chunk], xc), xc, yc)
+        if record is not None:
+            values: dict[str, list] = {"norm": [v if math.isfinite(v) else None for v in norms[chunk].tolist()]}
+            values.update({f"fooled@{eps_key(e)}": fooled[j][chunk].tolist() for j, e in enumerate(eps)})
+            record.put(unit, keys, values)
+    return points, norms, fooled, computed
 
 
 def evaluate_robustness(

@@ -7,11 +7,14 @@ JSMA) bounds the *fraction* of input features that may change, as in Papernot et
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 
 from lit_defense.errors import ConfigError
+
+if TYPE_CHECKING:
+    from lit_defense.rng import SampleRNG
 
 Norm = Literal["linf", "l2", "l0"]
 NORMS = ("linf", "l2", "l0")
@@ -79,7 +82,7 @@ class ThreatModel:
         return torch.where(per_sample(over, x), x, x_adv.clamp(0, 1))
 
     # The norm-specific operations of the attacks: one place for the L-inf / L2 branches.
-    def random_point(self, x: torch.Tensor, generator: torch.Generator, where: str = "ball") -> torch.Tensor:
+    def random_point(self, x: torch.Tensor, generator: SampleRNG, where: str = "ball") -> torch.Tensor:
         """A random point around ``x`` inside [0, 1].
 
         ``where="ball"`` draws uniformly in the L-inf box, or a random direction at a random radius
@@ -90,15 +93,15 @@ class ThreatModel:
             raise ConfigError(f"random points are drawn in linf or l2 balls, not {self.norm}.")
         if self.norm == "linf":
             if where == "surface":
-                signs = torch.randint(0, 2, x.shape, generator=generator, device=x.device).to(x.dtype) * 2 - 1
+                signs = generator.signs(tuple(x.shape), x.dtype)
                 return (x + self.eps * signs).clamp(0, 1)
-            noise = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype) * 2 - 1
+            noise = generator.rand(tuple(x.shape), x.dtype) * 2 - 1
             return (x + self.eps * noise).clamp(0, 1)
-        direction = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        direction = generator.randn(tuple(x.shape), x.dtype)
         direction = direction / per_sample(direction.flatten(1).norm(dim=1).clamp_min(1e-12), x)
         if where == "surface":
             return self.project(x + self.eps * direction, x)
-        radius = per_sample(torch.rand(x.shape[0], generator=generator, device=x.device, dtype=x.dtype), x)
+        radius = per_sample(generator.rand((x.shape[0],), x.dtype), x)
         return (x + self.eps * radius * direction).clamp(0, 1)
 
     def steepest(self, grad: torch.Tensor) -> torch.Tensor:

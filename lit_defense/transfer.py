@@ -18,6 +18,7 @@ from typing_extensions import override
 from lit_defense.attacks.base import Attack, FixedBudgetAttack
 from lit_defense.attacks.gradient import PGD
 from lit_defense.modules.loading import module_from_checkpoint
+from lit_defense.rng import SampleRNG
 from lit_defense.threat import Norm, ThreatModel
 
 
@@ -44,11 +45,11 @@ class Transfer(FixedBudgetAttack):
 
     @override
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-                generator: torch.Generator) -> torch.Tensor:
+                generator: SampleRNG) -> torch.Tensor:
         surrogate = self._surrogate
         if next(surrogate.parameters()).device != x.device:
             surrogate.to(x.device)
-        return self.attack.with_eps(self.eps)(surrogate, x, y)
+        return self.attack.with_eps(self.eps)(surrogate, x, y, generator.ids)
 
     def with_eps(self, eps: float) -> Transfer:
         """A copy at budget ``eps`` that shares the loaded surrogate (no second checkpoint read)."""

@@ -32,6 +32,7 @@ from lit_defense.attacks.base import (
     targeted_margin_loss,
 )
 from lit_defense.errors import ConfigError
+from lit_defense.rng import SampleRNG
 from lit_defense.threat import Norm, per_sample
 
 
@@ -96,7 +97,7 @@ class APGD(GradientAttack):
     # -------------------------------------------------------------------------------- driver
     @override
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-                generator: torch.Generator) -> torch.Tensor:
+                generator: SampleRNG) -> torch.Tensor:
         out = x.clone()
         fooled = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
         best_loss = torch.full((x.shape[0],), -float("inf"), device=x.device)
@@ -121,7 +122,7 @@ class APGD(GradientAttack):
                     others = order[idx][order[idx] != yi[:, None]].view(idx.numel(), -1)
                     target = others[:, t]
                     loss_fn = _targeted(self.loss, target)
-                adv, hit, loss = self._run(model, x[idx], yi, loss_fn, generator)
+                adv, hit, loss = self._run(model, x[idx], yi, loss_fn, generator[idx])
                 if self.keep_first_adversarial:
                     out[idx] = adv
                     fooled[idx] = hit
@@ -132,7 +133,7 @@ class APGD(GradientAttack):
         return out
 
     # ------------------------------------------------------------------------------ one run
-    def _run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: LossFn, generator: torch.Generator
+    def _run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: LossFn, generator: SampleRNG
              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One APGD run: ``(points, fooled, best loss)`` per input."""
         n = x.shape[0]

@@ -8,7 +8,8 @@ An attack is a small class, constructible from YAML (``class_path``/``init_args`
 - takes gradients with ``torch.autograd.grad`` w.r.t. the input only, so parameter ``.grad`` and
   DDP hooks are untouched;
 - never syncs with the host inside its step loop (no ``.item()``, no Python branch on a tensor);
-- draws its randomness from a ``torch.Generator`` seeded by ``seed``;
+- draws its randomness per sample from a ``lit_defense.rng.SampleRNG`` keyed by ``seed`` and the
+  sample's id, so batching and sharding do not change it;
 - returns a point inside its threat model and inside [0, 1].
 
 Two kinds: a ``FixedBudgetAttack`` looks for an adversarial point inside one budget ``eps``; a
@@ -34,6 +35,7 @@ from typing_extensions import override
 
 from lit_defense.errors import ConfigError
 from lit_defense.gradients import input_gradient
+from lit_defense.rng import SampleRNG
 from lit_defense.threat import Norm, ThreatModel, per_sample
 
 LossName = Literal["ce", "margin", "dlr"]
@@ -118,7 +120,7 @@ class Attack(abc.ABC):
     Args:
         eps: budget of the threat model.
         norm: ``linf`` or ``l2`` (``l0`` for JSMA).
-        seed: seed of the attack's ``torch.Generator`` (random starts, random search).
+        seed: seed of the attack's per-sample random numbers (random starts, random search).
         name: the name in metrics (``adv/<name>/eps=<eps>/acc``); a default derives from the
             attack and its loss.
     """
@@ -198,23 +200,29 @@ class Attack(abc.ABC):
         raise ConfigError(f"EOT averages gradients; {type(self).__name__} takes none. Wrap a gradient attack.")
 
     # -------------------------------------------------------------------------------- calling
-    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Attack ``model`` at ``(x, y)``; returns adversarial inputs inside the threat model."""
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                 ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Attack ``model`` at ``(x, y)``; returns adversarial inputs inside the threat model.
+
+        ``ids`` (one integer per sample, default ``0..n-1``) key each sample's random numbers
+        (``lit_defense.rng``): a sample gets the same noise whatever batch or process it is in.
+        """
         _check_inputs(model, x, y)
         with torch.inference_mode(False), torch.enable_grad():
             x = x.detach().clone()
             y = y.detach().clone()
             if self.eps == 0:
                 return x
-            generator = torch.Generator(device=x.device)
-            generator.manual_seed(self.seed)
-            x_adv = self.perturb(model, x, y, generator)
+            x_adv = self.perturb(model, x, y, SampleRNG.for_batch(self.seed, x.shape[0], x.device, ids))
             return self.threat.project(x_adv.detach(), x)
 
     @abc.abstractmethod
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-                generator: torch.Generator) -> torch.Tensor:
-        """The adversarial inputs for ``(x, y)`` (cloned, gradient-enabled; projected afterwards)."""
+                generator: SampleRNG) -> torch.Tensor:
+        """The adversarial inputs for ``(x, y)`` (cloned, gradient-enabled; projected afterwards).
+
+        ``generator`` draws each sample's random numbers (``lit_defense.rng.SampleRNG``).
+        """
 
 
 class FixedBudgetAttack(Attack, abc.ABC):
@@ -272,7 +280,7 @@ class MinNormAttack(Attack, abc.ABC):
     """
 
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-                generator: torch.Generator) -> torch.Tensor:
+                generator: SampleRNG) -> torch.Tensor:
         """The minimal adversarial point where it lies within ``eps``, else ``x``."""
         x_adv, norms = self.minimize(model, x, y, generator)
         inside = norms <= self.eps * (1 + 1e-5) + 1e-7
@@ -280,10 +288,11 @@ class MinNormAttack(Attack, abc.ABC):
 
     @abc.abstractmethod
     def minimize(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-                 generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+                 generator: SampleRNG) -> tuple[torch.Tensor, torch.Tensor]:
         """``(x_adv, norms)``: each input's smallest adversarial point found and its norm."""
 
-    def min_norms(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def min_norms(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                  ids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Public entry of ``minimize`` under the attack contract.
 
         ``(x_adv, norms)``; inputs the model already misclassifies get norm 0.
@@ -291,9 +300,7 @@ class MinNormAttack(Attack, abc.ABC):
         _check_inputs(model, x, y)
         with torch.inference_mode(False), torch.enable_grad():
             x, y = x.detach().clone(), y.detach().clone()
-            generator = torch.Generator(device=x.device)
-            generator.manual_seed(self.seed)
-            x_adv, norms = self.minimize(model, x, y, generator)
+            x_adv, norms = self.minimize(model, x, y, SampleRNG.for_batch(self.seed, x.shape[0], x.device, ids))
             with torch.no_grad():
                 wrong = model(x).argmax(1) != y
             x_adv = torch.where(per_sample(wrong, x), x, x_adv.detach().clamp(0, 1))

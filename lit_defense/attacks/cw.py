@@ -14,6 +14,7 @@ from typing_extensions import override
 
 from lit_defense.attacks.base import MinNormAttack, margin_loss
 from lit_defense.errors import ConfigError
+from lit_defense.rng import SampleRNG
 from lit_defense.threat import per_sample
 
 
@@ -50,7 +51,7 @@ class CarliniWagnerL2(MinNormAttack):
 
     @override
     def minimize(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-                 generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+                 generator: SampleRNG) -> tuple[torch.Tensor, torch.Tensor]:
         n = x.shape[0]
         w0 = torch.atanh((x * 2 - 1).clamp(-1 + 1e-6, 1 - 1e-6))
         const = torch.full((n,), self.initial_const, device=x.device)

@@ -22,6 +22,7 @@ from typing_extensions import override
 from lit_defense.attacks.base import Attack, MinNormAttack, margin_loss
 from lit_defense.errors import ConfigError
 from lit_defense.gradients import input_gradient
+from lit_defense.rng import SampleRNG
 from lit_defense.threat import Norm, per_sample
 
 
@@ -61,7 +62,7 @@ class FMN(MinNormAttack):
 
     @override
     def minimize(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-                 generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+                 generator: SampleRNG) -> tuple[torch.Tensor, torch.Tensor]:
         threat = self.threat
         n = x.shape[0]
         dev = x.device

@@ -13,6 +13,7 @@ from typing_extensions import override
 
 from lit_defense.attacks.base import GradientAttack, LossFn, LossName, get_loss
 from lit_defense.errors import ConfigError
+from lit_defense.rng import SampleRNG
 from lit_defense.threat import Norm, per_sample
 
 
@@ -40,7 +41,7 @@ class FGSM(GradientAttack):
 
     @override
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-                generator: torch.Generator) -> torch.Tensor:
+                generator: SampleRNG) -> torch.Tensor:
         _, _, grad = self.loss_and_grad(model, x, y, self.loss_fn)
         return x + self.eps * self.threat.steepest(grad)
 
@@ -109,20 +110,20 @@ class PGD(GradientAttack):
 
     @override
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-                generator: torch.Generator) -> torch.Tensor:
+                generator: SampleRNG) -> torch.Tensor:
         out = x.clone()
         fooled = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
         for restart in range(self.restarts):
             idx = torch.arange(x.shape[0], device=x.device) if restart == 0 else (~fooled).nonzero().squeeze(1)
             if idx.numel() == 0:
                 break
-            adv, hit = self._run(model, x[idx], y[idx], generator, self.random_start or restart > 0)
+            adv, hit = self._run(model, x[idx], y[idx], generator[idx], self.random_start or restart > 0)
             # a later restart replaces the earlier result only where it fools the model
             out[idx] = adv if restart == 0 else torch.where(per_sample(hit, adv), adv, out[idx])
             fooled[idx] = fooled[idx] | hit
         return out
 
-    def _run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator,
+    def _run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: SampleRNG,
              start: bool) -> tuple[torch.Tensor, torch.Tensor]:
         n = x.shape[0]
         out = torch.empty_like(x)

@@ -19,6 +19,7 @@ from typing_extensions import override
 
 from lit_defense.attacks.base import FixedBudgetAttack
 from lit_defense.errors import ConfigError
+from lit_defense.rng import SampleRNG
 
 
 class JSMA(FixedBudgetAttack):
@@ -50,19 +51,19 @@ class JSMA(FixedBudgetAttack):
         return "jsma_z" if self.use_logits else "jsma"
 
     def pick_targets(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-                     generator: torch.Generator) -> torch.Tensor:
+                     generator: SampleRNG) -> torch.Tensor:
         """The class each input is pushed towards: the most likely wrong one, or a random one."""
         with torch.no_grad():
             logits = model(x)
         if self.target == "next":
             return logits.scatter(1, y[:, None], float("-inf")).argmax(1)
         k = logits.shape[1]
-        shift = torch.randint(1, k, y.shape, generator=generator, device=y.device)
+        shift = generator.randint(1, k, tuple(y.shape))
         return (y + shift) % k
 
     @override
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-                generator: torch.Generator) -> torch.Tensor:
+                generator: SampleRNG) -> torch.Tensor:
         targets = self.pick_targets(model, x, y, generator)
         d = x[0].numel()
         chunk = max(1, self.max_pairs_per_chunk // (d * d))
@@ -72,9 +73,7 @@ class JSMA(FixedBudgetAttack):
         """``x_adv`` and the paper's statistics: targeted success rate and mean L0 distortion."""
         x_adv = self(model, x, y)
         with torch.no_grad():
-            generator = torch.Generator(device=x.device)
-            generator.manual_seed(self.seed)
-            targets = self.pick_targets(model, x, y, generator)
+            targets = self.pick_targets(model, x, y, SampleRNG.for_batch(self.seed, x.shape[0], x.device))
             success = model(x_adv).argmax(1) == targets
             l0 = (x_adv != x).flatten(1).float().mean(1)
         return x_adv, {

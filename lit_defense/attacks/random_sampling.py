@@ -14,6 +14,7 @@ from typing_extensions import override
 
 from lit_defense.attacks.base import FixedBudgetAttack
 from lit_defense.errors import ConfigError
+from lit_defense.rng import SampleRNG
 from lit_defense.threat import Norm, per_sample
 
 
@@ -37,14 +38,14 @@ class RandomSampling(FixedBudgetAttack):
     def default_name(self) -> str:
         return "random" if self.norm == "linf" else f"random_{self.norm}"
 
-    def _draw(self, x: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
+    def _draw(self, x: torch.Tensor, k: int, generator: SampleRNG) -> torch.Tensor:
         # L-inf: half at the corners of the box (the largest perturbations); L2: on the sphere
         on_surface = self.norm == "l2" or k % 2 == 0
         return self.threat.random_point(x, generator, "surface" if on_surface else "ball")
 
     @override
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-                generator: torch.Generator) -> torch.Tensor:
+                generator: SampleRNG) -> torch.Tensor:
         out = x.clone()
         found = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
         with torch.no_grad():

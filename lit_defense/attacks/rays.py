@@ -22,6 +22,7 @@ from typing_extensions import override
 
 from lit_defense.attacks.base import FixedBudgetAttack
 from lit_defense.errors import ConfigError
+from lit_defense.rng import SampleRNG
 from lit_defense.threat import per_sample
 
 
@@ -51,7 +52,7 @@ class RayS(FixedBudgetAttack):
     @override
     @torch.no_grad()
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-                generator: torch.Generator) -> torch.Tensor:
+                generator: SampleRNG) -> torch.Tensor:
         n = x.shape[0]
         dev = x.device
         flat = x.flatten(1)

@@ -14,6 +14,7 @@ from typing_extensions import override
 
 from lit_defense.attacks.base import FixedBudgetAttack, margin_loss
 from lit_defense.errors import ConfigError
+from lit_defense.rng import SampleRNG
 
 # Halving schedule of the square size (fractions of 10,000 queries, as in the paper's code).
 _SCHEDULE = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
@@ -56,14 +57,11 @@ class Square(FixedBudgetAttack):
     @override
     @torch.no_grad()
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-                generator: torch.Generator) -> torch.Tensor:
+                generator: SampleRNG) -> torch.Tensor:
         n, c, h, w = x.shape
         dev, eps = x.device, self.eps
 
-        def signs(*shape: int) -> torch.Tensor:
-            return torch.randint(0, 2, shape, generator=generator, device=dev).to(x.dtype) * 2 - 1
-
-        delta = eps * signs(n, c, 1, w).expand(n, c, h, w)
+        delta = eps * generator.signs((n, c, 1, w), x.dtype).expand(n, c, h, w)
         out = (x + delta).clamp(0, 1)
         best = margin_loss(model(out), y)  # maximise: > 0 means misclassified
         rows = torch.arange(h, device=dev).view(1, 1, h, 1)
@@ -81,10 +79,11 @@ class Square(FixedBudgetAttack):
                     act, xa, ya, xb, ba = act[keep], xa[keep], ya[keep], xb[keep], ba[keep]
             m = act.numel()
             s = max(1, min(h - 1, round(math.sqrt(_p_at(self.p_init, it, self.n_queries) * h * w))))
-            top = torch.randint(0, h - s + 1, (m,), generator=generator, device=dev).view(m, 1, 1, 1)
-            left = torch.randint(0, w - s + 1, (m,), generator=generator, device=dev).view(m, 1, 1, 1)
+            rng = generator[act]  # each sample's own windows and signs, whatever else is still searched
+            top = rng.randint(0, h - s + 1, (m,)).view(m, 1, 1, 1)
+            left = rng.randint(0, w - s + 1, (m,)).view(m, 1, 1, 1)
             window = (rows >= top) & (rows < top + s) & (cols >= left) & (cols < left + s)
-            new_delta = torch.where(window, eps * signs(m, c, 1, 1), xb - xa)
+            new_delta = torch.where(window, eps * rng.signs((m, c, 1, 1), x.dtype), xb - xa)
             candidate = (xa + new_delta).clamp(0, 1)
             loss = margin_loss(model(candidate), ya)
             accept = loss > ba

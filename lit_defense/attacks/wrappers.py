@@ -27,6 +27,7 @@ from typing_extensions import override
 
 from lit_defense.attacks.base import Attack
 from lit_defense.errors import ConfigError
+from lit_defense.rng import SampleRNG
 from lit_defense.threat import ThreatModel
 
 
@@ -114,8 +115,8 @@ class _Wrapper(Attack):
         return self.replace(attack=self.attack.for_eot(samples))
 
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-                generator: torch.Generator) -> torch.Tensor:
-        return self(model, x, y)
+                generator: SampleRNG) -> torch.Tensor:
+        return self(model, x, y, generator.ids)
 
 
 class BPDA(_Wrapper):
@@ -136,9 +137,10 @@ class BPDA(_Wrapper):
         return f"bpda_{self.attack.name}"
 
     @override
-    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                 ids: torch.Tensor | None = None) -> torch.Tensor:
         with bpda_hooks(model, self.modules):
-            return self.attack(model, x, y)
+            return self.attack(model, x, y, ids)
 
 
 class EOT(_Wrapper):
@@ -163,5 +165,6 @@ class EOT(_Wrapper):
         return f"eot{self.samples}_{self.attack.name}"
 
     @override
-    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return self._inner(model, x, y)
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                 ids: torch.Tensor | None = None) -> torch.Tensor:
+        return self._inner(model, x, y, ids)
