@@ -17,7 +17,8 @@ from lightning.pytorch.utilities import rank_zero_warn
 from typing_extensions import override
 
 from lit_defense.data import fixed_subset
-from lit_defense.diagnostics import MaskingThresholds, cheap_attack_check, model_checks, verdict
+from lit_defense.diagnostics import MaskingThresholds, model_checks, verdict
+from lit_defense.evaluation import cheap_attack_check
 from lit_defense.threat import check_eps
 
 from ._common import due, validation_dataset

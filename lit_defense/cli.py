@@ -95,7 +95,7 @@ def audit_parser() -> ArgumentParser:
     from lightning.pytorch import LightningDataModule
 
     from lit_defense.attacks import Attack
-    from lit_defense.audit import DEFAULT_EPS, AttackSuite
+    from lit_defense.audit import DEFAULT_EPS, AttackSuite, AuditTrainer
     from lit_defense.diagnostics import MaskingThresholds
 
     parser = ArgumentParser(
@@ -122,7 +122,12 @@ def audit_parser() -> ArgumentParser:
                         help="Extra gradient-free attacks, e.g. lit_defense.transfer.Transfer.")
     parser.add_class_arguments(MaskingThresholds, "thresholds")
     parser.add_argument("--batch_size", type=int, default=500)
-    parser.add_argument("--device", type=str, default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    parser.add_argument("--check_samples", type=int, default=200,
+                        help="Inputs of the checklist's own attacks and finite-difference probe.")
+    parser.add_argument("--device", type=str, default="auto",
+                        help="One process on this device (cpu, cuda, cuda:1); auto: the --trainer options decide.")
+    parser.add_class_arguments(AuditTrainer, "trainer", help="Processes and devices, as in the training recipes "
+                               "(--config configs/trainer/ddp.yaml, --trainer.devices 2 --trainer.strategy ddp).")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tensorboard", type=bool, default=True, help="Also write TensorBoard runs.")
     parser.add_argument("--allow_probabilities", type=bool, default=False,
@@ -130,21 +135,29 @@ def audit_parser() -> ArgumentParser:
     return parser
 
 
-def audit_main(args: list[str]) -> int:
-    from lit_defense.audit import ModelSpec, run_audit
+def audit_main(args: list[str], from_command_line: bool = False) -> int:
+    """``lit-defense audit``: parse, then run in one process or in every process of the trainer's strategy."""
+    from lit_defense.audit import AuditTrainer, ModelSpec, launch, run_audit
 
     parser = audit_parser()
     cfg = parser.parse_args(args)
     init = getattr(parser, "instantiate", parser.instantiate_classes)(cfg)
     models = [*(ModelSpec.from_dict(m) for m in init.models), *(ModelSpec(checkpoint=c) for c in init.checkpoints)]
-    run_audit(
-        models, init.data, init.eps, norm=init.norm, split=init.split, num_samples=init.num_samples,
-        output_dir=init.output_dir, suite=init.suite, thresholds=init.thresholds, transfer=init.transfer,
-        batch_size=init.batch_size, device=init.device, seed=init.seed, tensorboard=init.tensorboard,
-        allow_probabilities=init.allow_probabilities, overwrite=init.overwrite,
-        log=lambda line: print(line, flush=True),
-    )
-    return 0
+
+    def audit(device: Any) -> int:
+        run_audit(
+            models, init.data, init.eps, norm=init.norm, split=init.split, num_samples=init.num_samples,
+            output_dir=init.output_dir, suite=init.suite, thresholds=init.thresholds, transfer=init.transfer,
+            batch_size=init.batch_size, device=device, seed=init.seed, tensorboard=init.tensorboard,
+            allow_probabilities=init.allow_probabilities, overwrite=init.overwrite,
+            check_samples=init.check_samples, log=lambda line: print(line, flush=True),
+        )
+        return 0
+
+    if init.device != "auto":
+        return audit(init.device)
+    trainer = init.trainer if isinstance(init.trainer, AuditTrainer) else AuditTrainer(**vars(init.trainer))
+    return launch(trainer, audit, from_command_line)
 
 
 def _config_files(argv: list[str]) -> list[str]:
@@ -209,7 +222,7 @@ def main(args: list[str] | None = None) -> int:
         raise SystemExit(2)
     try:
         if argv and argv[0] == "audit":
-            return audit_main(argv[1:])
+            return audit_main(argv[1:], from_command_line=args is None)
         if argv and argv[0] == "run":
             from lit_defense.pipeline import main as run_main
 

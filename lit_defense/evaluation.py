@@ -29,8 +29,9 @@ import torch
 from torch import nn
 
 from lit_defense.attacks.base import Attack, MinNormAttack
+from lit_defense.diagnostics import MaskingThresholds, check_one_step_vs_iterative
 from lit_defense.errors import ConfigError
-from lit_defense.results import eps_key
+from lit_defense.results import Check, eps_key
 from lit_defense.threat import check_eps, per_sample
 
 WORST = "worst"
@@ -317,6 +318,17 @@ def _min_norms(model: nn.Module, attack: MinNormAttack, x: torch.Tensor, y: torc
             values.update({f"fooled@{eps_key(e)}": fooled[j][chunk].tolist() for j, e in enumerate(eps)})
             record.put(unit, keys, values)
     return points, norms, fooled, computed
+
+
+def cheap_attack_check(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, norm: str = "linf",
+                       steps: int = 10, thresholds: MaskingThresholds | None = None) -> Check:
+    """FGSM vs PGD (CE) at one eps on a small batch: the monitor's one attack-based check."""
+    from lit_defense.attacks import FGSM, PGD
+
+    fgsm, pgd = FGSM(eps=eps, norm=norm), PGD(eps=eps, norm=norm, steps=steps)
+    accuracy = [1 - fooled_by(model, a, a(model, x, y), x, y).double().mean() for a in (fgsm, pgd)]
+    return check_one_step_vs_iterative({eps: float(accuracy[0])}, {eps: float(accuracy[1])},
+                                       thresholds or MaskingThresholds(), (fgsm.name, f"pgd{steps}_ce"))
 
 
 def evaluate_robustness(

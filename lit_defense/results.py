@@ -96,7 +96,9 @@ class ModelAudit:
     Every attack's robust accuracy per eps, the per-input worst case, the gradient-masking verdict,
     the attack roles, examples for the report's figures, and ``per_sample``: for every input,
     whether it is classified correctly, robust at each eps, fooled by each attack at each eps, and
-    the smallest adversarial norm each minimum-norm attack found (``None``: none found).
+    the smallest adversarial norm each minimum-norm attack found (``None``: none found);
+    ``stages``: per stage of the plan, the inputs it attacked, how many each process took and the
+    collective calls it made.
     """
 
     name: str
@@ -112,6 +114,7 @@ class ModelAudit:
     seconds: float
     examples: dict[str, Any] = field(default_factory=dict, repr=False)
     per_sample: dict[str, Any] = field(default_factory=dict, repr=False)
+    stages: dict[str, Any] = field(default_factory=dict)
 
     def curve(self, attack: str) -> dict[float, float]:
         """Eps -> robust accuracy of one attack."""

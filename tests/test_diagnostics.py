@@ -12,7 +12,9 @@ from torch import nn
 from toy_models import DecisionOnly
 
 from lit_defense.attacks import PGD
-from lit_defense.audit import AttackSuite, audit_model
+from lit_defense.audit import AttackSuite, ChecklistAttacks, audit_model
+from lit_defense.evaluation import robustness_counts
+from lit_defense.results import eps_key
 from lit_defense.diagnostics import (
     MaskingThresholds,
     check_adaptive_vs_naive,
@@ -146,8 +148,16 @@ def test_undeclared_quantisation_has_zero_gradients(trained):
     assert not checks["zero_gradients"].passed
     assert checks["zero_gradients"].evidence["margin"]["zero"] > 0.9
     assert not check_gradient_vs_finite_differences(Quantized(model), x[:64], y[:64], h=0.02).passed
-    assert not check_unbounded(Quantized(model), x[:64], y[:64], PGD(steps=10)).passed
-    assert check_unbounded(model, x[:64], y[:64], PGD(steps=10)).passed
+    assert not _unbounded_check(Quantized(model), x[:64], y[:64]).passed
+    assert _unbounded_check(model, x[:64], y[:64]).passed
+
+
+def _unbounded_check(model, x, y):
+    """The audit's unbounded attack as a unit, then the check as a function of its per-sample results."""
+    plan = ChecklistAttacks.build(PGD(steps=10), PGD(steps=10, loss="margin"), x[0].numel())
+    _, ex = robustness_counts(model, x, y, [plan.unbounded], [plan.unbounded.eps], cascade=False)
+    fooled = ex["fooled"][plan.unbounded.name][eps_key(plan.unbounded.eps)]
+    return check_unbounded(plan.unbounded.name, plan.unbounded.eps, fooled[ex["clean_correct"]])
 
 
 def test_randomized_model_is_flagged_and_fd_check_holds_its_noise_fixed(trained):
@@ -197,7 +207,9 @@ def test_attack_comparison_checks_on_numbers():
 def test_silent_success_counts_points_a_last_iterate_attack_loses(trained):
     model, x, y = trained
     # a huge step makes PGD bounce: it meets adversarial points it then leaves
-    check = check_silent_success(model, x, y, PGD(eps=0.3, steps=10, step_size=0.3, loss="ce"))
+    plan = ChecklistAttacks.build(PGD(), PGD(eps=0.3, steps=10, step_size=0.3, loss="ce"), x[0].numel())
+    _, ex = robustness_counts(model, x, y, [plan.first, plan.last], [0.3], cascade=False)
+    check = check_silent_success(plan.probe.name, ex["fooled"][plan.first.name]["0.3"], ex["fooled"][plan.last.name]["0.3"])
     assert check.advisory
     ev = check.evidence
     assert ev["met_along_path"] >= ev["kept_at_last_iterate"] - 1e-9

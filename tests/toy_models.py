@@ -54,3 +54,14 @@ class DecisionOnly(nn.Module):
         with torch.no_grad():
             logits = self.model(x)
         return torch.nn.functional.one_hot(logits.argmax(1), logits.shape[1]).float() * self.scale
+
+
+class ScaledTinyNet(TinyNet):
+    """``TinyNet`` with its logits multiplied by ``scale``: the same decisions, a saturated softmax."""
+
+    def __init__(self, num_classes: int = 10, in_chans: int = 1, scale: float = 100.0):
+        super().__init__(num_classes, in_chans)
+        self.scale = scale
+
+    def forward(self, x):
+        return super().forward(x) * self.scale

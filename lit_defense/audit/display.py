@@ -1,0 +1,100 @@
+"""What a long audit shows while it runs: a bar per model and attack, stage lines, the time left."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+# Typical shares of a model's audit time per stage (measured on the quick models of `make run`):
+# the estimate of the time left weighs finished stages by these.
+STAGE_SHARE = {"probe": 0.02, "white_box": 0.25, "cascade": 0.63, "checks": 0.10}
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+class AuditProgress:
+    """Progress of an audit on rank 0.
+
+    On a terminal a progress bar per model and attack (tqdm: inputs attacked, rate, its own time
+    left); always one line per finished stage with the estimated time left for the whole audit
+    (so logs of batch jobs show it too).
+
+    Args:
+        num_models: how many models the audit attacks.
+        log: where lines go (``print`` by default).
+        enabled: ``False`` on the other ranks: nothing is shown.
+        bars: draw bars (default: when stderr is a terminal).
+    """
+
+    def __init__(self, num_models: int, log: Callable[[str], None] = print, enabled: bool = True,
+                 bars: bool | None = None) -> None:
+        self.num_models = max(num_models, 1)
+        self.log = log
+        self.enabled = enabled
+        self.bars = enabled and (sys.stderr.isatty() if bars is None else bars)
+        self.start = time.perf_counter()
+        self.models_done = 0
+        self.share_done = 0.0
+        self.model = ""
+        self.stage_name = ""
+        self._stage_start = self.start
+        self._bar: Any = None
+
+    def time_left(self) -> str:
+        """``about <duration> left`` from the work done so far (weighted by ``STAGE_SHARE``)."""
+        fraction = (self.models_done + self.share_done) / self.num_models
+        if fraction <= 0:
+            return "time left: after the first stage"
+        elapsed = time.perf_counter() - self.start
+        return f"about {_duration(elapsed / fraction * (1 - fraction))} left"
+
+    def stage(self, model: str, stage: str) -> None:
+        """A stage of ``model`` starts."""
+        self.model, self.stage_name, self._stage_start = model, stage, time.perf_counter()
+
+    def attack(self, attack: str, done: int, total: int) -> None:
+        """An attack of the current stage has attacked ``done`` of its ``total`` inputs."""
+        if not self.bars:
+            return
+        if done == 0:
+            self._close_bar()
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(total=total, desc=f"{self.model} {self.stage_name} {attack}", unit="input",
+                             leave=False, file=sys.stderr, dynamic_ncols=True)
+            self._bar.set_postfix_str(self.time_left())
+            return
+        if self._bar is not None:
+            self._bar.update(done - self._bar.n)
+            if done >= total:
+                self._close_bar()
+
+    def _close_bar(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+    def stage_done(self, inputs: int, detail: str = "") -> None:
+        """The current stage finished after attacking ``inputs`` inputs."""
+        self._close_bar()
+        self.share_done += STAGE_SHARE.get(self.stage_name, 0.0)
+        if self.enabled:
+            took = time.perf_counter() - self._stage_start
+            self.log(f"audit: {self.model}: {self.stage_name} on {inputs} inputs{detail}: {_duration(took)}; "
+                     f"{self.time_left()}")
+
+    def model_done(self) -> None:
+        """The current model is audited."""
+        self.models_done += 1
+        self.share_done = 0.0
+
+
+__all__ = ["STAGE_SHARE", "AuditProgress"]

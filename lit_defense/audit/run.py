@@ -1,0 +1,255 @@
+"""``lit-defense audit``: every model on a fixed, seeded subset, under any Lightning strategy, resumable.
+
+``run_audit`` loads the data and the models, audits each (``plan.audit_model``) and writes the
+report on rank 0. Started by ``launch`` under a Lightning strategy (the training recipes' trainer
+options: accelerator, devices, strategy, num_nodes), each process attacks its shard of every stage;
+under SLURM or torchrun the processes are already there and Lightning reads the environment.
+With an ``output_dir`` the audit records its progress there and a re-run of the same command
+continues where a crash or Ctrl-C stopped it (``progress``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+
+from lit_defense.attacks import PGD, Attack
+from lit_defense.audit.display import AuditProgress
+from lit_defense.audit.models import ModelSpec, check_model_outputs, load_model
+from lit_defense.audit.plan import audit_model
+from lit_defense.audit.progress import ProgressLog, file_digest
+from lit_defense.audit.sharding import Collective
+from lit_defense.audit.suite import AttackSuite
+from lit_defense.diagnostics import MaskingThresholds
+from lit_defense.errors import ConfigError
+from lit_defense.evaluation import check_attacks
+from lit_defense.results import ModelAudit, eps_key, num
+
+T = TypeVar("T")
+
+
+@dataclass
+class AuditTrainer:
+    """The trainer options the audit reads: the training recipes' ``trainer:`` presets apply as they are.
+
+    Args:
+        accelerator: ``cpu``, ``gpu``/``cuda``, ``mps`` or ``auto``.
+        devices: processes per node: a count, a list of device ids, ``-1`` or ``"auto"`` for all.
+        strategy: ``auto``, ``ddp``, ``ddp_spawn``, ... Sharded-model strategies (FSDP, DeepSpeed)
+            shard the audit's samples the way DDP does: every process holds the whole model.
+        num_nodes: machines (SLURM or torchrun set the ranks; see README, "Auditing at scale").
+        precision: accepted so that the presets apply; attacks compute in float32 whatever it says.
+        sync_batchnorm: accepted for the presets; the audited models are in eval mode.
+        use_distributed_sampler: accepted for the presets; the audit shards its own subset.
+        benchmark: ``torch.backends.cudnn.benchmark`` (None: leave it).
+    """
+
+    accelerator: str = "auto"
+    devices: int | str | list[int] = 1
+    strategy: str | dict[str, Any] = "auto"
+    num_nodes: int = 1
+    precision: str | int | None = None
+    sync_batchnorm: bool = False
+    use_distributed_sampler: bool = True
+    benchmark: bool | None = None
+
+
+def _fabric_strategy(strategy: str | dict[str, Any]) -> str:
+    """The Fabric strategy that shards samples as ``strategy`` would (``ddp`` for sharded models)."""
+    name = strategy.get("class_path", "") if isinstance(strategy, dict) else str(strategy)
+    low = name.rsplit(".", 1)[-1].lower()
+    if "fsdp" in low or "deepspeed" in low:
+        return "ddp"
+    if low in ("ddpstrategy",):
+        return "ddp"
+    return name
+
+
+def launch(trainer: AuditTrainer, main: Callable[[torch.device], T], from_command_line: bool) -> T:
+    """Run ``main(device)`` in every process of ``trainer``'s strategy (Lightning Fabric launches them).
+
+    A multi-process run started from Python (not the command line, not torchrun/SLURM) is refused:
+    Lightning starts the other processes by running the command line again.
+    """
+    from lightning.fabric import Fabric
+
+    if trainer.benchmark is not None:
+        torch.backends.cudnn.benchmark = trainer.benchmark
+    try:
+        fabric = Fabric(accelerator=trainer.accelerator, devices=trainer.devices,
+                        strategy=_fabric_strategy(trainer.strategy), num_nodes=trainer.num_nodes, precision="32-true")
+    except (ValueError, RuntimeError, TypeError) as err:
+        raise ConfigError(f"trainer options {dataclasses.asdict(trainer)} cannot run the audit: {err}") from None
+    launcher = getattr(fabric.strategy, "launcher", None)
+    relaunches = launcher is not None and type(launcher).__name__ == "_SubprocessScriptLauncher" and \
+        not launcher.is_interactive_compatible and fabric.world_size > 1
+    if relaunches and not from_command_line and not _already_launched():
+        raise ConfigError("a multi-process audit starts from the command line (`lit-defense audit "
+                          "--trainer.devices N ...`) or under torchrun/srun; from Python, call run_audit in one process.")
+    return fabric.launch(lambda f: main(f.device))
+
+
+def _already_launched() -> bool:
+    import os
+
+    return "LOCAL_RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def _settings(models: Sequence[ModelSpec], names: Sequence[str], data: Any, split: str, num_samples: int,
+              eps: Sequence[float], norm: str, seed: int, suite: AttackSuite, transfer: Sequence[Attack],
+              check_samples: int) -> dict[str, Any]:
+    """What the audit is: a re-run with other settings must not resume it."""
+    def model_entry(spec: ModelSpec, name: str) -> dict[str, Any]:
+        entry = {"name": name, "checkpoint": spec.checkpoint, "class_path": spec.class_path,
+                 "init_args": spec.init_args, "weights": spec.weights}
+        for key in ("checkpoint", "weights"):
+            if entry[key] and Path(entry[key]).is_file():
+                entry[f"{key}_sha256"] = file_digest(entry[key])
+        return entry
+
+    hparams = getattr(data, "hparams", {})
+    return {
+        "models": [model_entry(s, n) for s, n in zip(models, names, strict=True)],
+        "data": {"class": type(data).__name__, "dataset": str(getattr(data, "dataset", "")),
+                 "init": {k: repr(v) for k, v in sorted(dict(hparams).items())}},
+        "split": split, "num_samples": num_samples, "eps": sorted(float(e) for e in eps), "norm": norm,
+        "seed": seed, "suite": dataclasses.asdict(suite), "check_samples": check_samples,
+        "transfer": [{"class": type(a).__name__, "name": a.name, "init": {k: repr(v) for k, v in a.init_args.items()}}
+                     for a in transfer],
+    }
+
+
+def run_audit(
+    models: Sequence[ModelSpec],
+    data: Any,
+    eps: Sequence[float],
+    norm: str = "linf",
+    split: str = "test",
+    num_samples: int = 1000,
+    output_dir: str | Path | None = None,
+    suite: AttackSuite | None = None,
+    thresholds: MaskingThresholds | None = None,
+    transfer: Sequence[Attack] = (),
+    batch_size: int = 500,
+    device: str | torch.device = "auto",
+    seed: int = 0,
+    tensorboard: bool = True,
+    allow_probabilities: bool = False,
+    overwrite: bool = False,
+    check_samples: int = 200,
+    log: Callable[[str], None] = print,
+    bars: bool | None = None,
+) -> tuple[list[ModelAudit], dict[str, Path]]:
+    """Audit every model on a fixed, seeded subset of ``data``'s ``split`` and write the report.
+
+    In every process of a distributed run (``launch``): each attacks its shards, all hold the
+    results, rank 0 logs and writes. Progress is recorded in ``output_dir/progress``; the same call
+    after a crash resumes, a call with other settings is refused (``overwrite=True`` starts over).
+    """
+    from lit_defense import __version__
+    from lit_defense.data import fixed_subset, fixed_subset_indices
+    from lit_defense.report import write_report
+
+    suite = suite or AttackSuite()
+    collective = Collective()
+    main = collective.is_main
+    say = log if main else (lambda line: None)
+    if not models:
+        raise ConfigError("give at least one model to audit (--checkpoints PATH ... or `models:` in the config).")
+    names = [m.display_name() for m in models]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"model names must be unique (they name report rows and plots), got {names}; set `name:`.")
+    if split not in ("test", "val"):
+        raise ConfigError(f"split must be 'test' or 'val', got {split!r}.")
+    check_attacks([PGD(norm=norm)], eps)
+    if num_samples < 1:
+        raise ConfigError(f"num_samples must be >= 1, got {num_samples}.")
+    out = Path(output_dir) if output_dir else Path("runs") / "audit" / time.strftime("%Y%m%d-%H%M%S")
+    out = Path(collective.broadcast(str(out), "setup"))  # one folder, whatever each process's clock says
+    if (out / "report.json").exists() and not overwrite:
+        raise ConfigError(f"{out} already holds a report; choose another --output_dir or pass --overwrite true.")
+    if isinstance(device, torch.device):
+        dev = device
+    else:
+        dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
+                           "cpu" if device == "auto" else device)
+
+    data.prepare_data()
+    data.setup("test" if split == "test" else "validate")
+    dataset = getattr(data, "test_set" if split == "test" else "val_set", None)
+    if dataset is None:
+        loader = data.test_dataloader() if split == "test" else data.val_dataloader()
+        dataset = loader.dataset
+    x, y = fixed_subset(dataset, num_samples, seed)
+    samples = {"index": fixed_subset_indices(len(dataset), num_samples, seed), "label": y.tolist()}
+    x, y = x.to(dev), y.to(dev)
+    num_classes = int(getattr(data, "num_classes", int(y.max()) + 1))
+
+    loaded = []
+    for spec, name in zip(models, names, strict=True):  # load and check all before the long part
+        model = load_model(spec).to(dev)
+        model.requires_grad_(False)  # our own copy: attacks need input gradients only
+        check_model_outputs(model, x, num_classes, name, allow_probabilities)
+        loaded.append((spec, name, model))
+
+    settings = _settings(models, names, data, split, int(x.shape[0]), eps, norm, seed, suite, transfer, check_samples)
+    resume = not overwrite and ProgressLog.check_settings(out, settings)  # every process refuses alike
+    collective.barrier("setup")
+    if main:
+        if resume:
+            say(f"audit: resuming the audit in {out} (finished batches are not attacked again)")
+        else:
+            ProgressLog.start(out, settings, fresh=True)
+            say(f"audit: progress is recorded in {out / 'progress'}; after a crash or Ctrl-C, the same command "
+                f"with --output_dir {out} resumes it")
+    collective.barrier("setup")
+    progress_log = ProgressLog(out, collective.rank).load()
+    progress = AuditProgress(len(loaded), log=say, enabled=main, bars=bars)
+    audits = []
+    try:
+        for spec, name, model in loaded:
+            say(f"audit: {name} ...")
+            audit = audit_model(model, x, y, eps, norm, name=name, source=spec.checkpoint or spec.class_path or "",
+                                suite=suite, thresholds=thresholds, transfer=transfer, batch_size=batch_size,
+                                check_samples=check_samples, seed=seed, collective=collective, log=progress_log,
+                                progress=progress)
+            progress.model_done()
+            audits.append(audit)
+            summary = ", ".join(f"{k} {v:.3f}" for k, v in audit_metrics_summary(audit).items() if v is not None)
+            masking = "suspected (" + ", ".join(audit.gradient_masking.triggered) + ")" \
+                if audit.gradient_masking.suspected else "not suspected"
+            say(f"audit: {name}: {summary}; gradient masking {masking}; {audit.seconds:.0f} s")
+    except KeyboardInterrupt:
+        progress_log.close()
+        raise ConfigError(f"audit interrupted; the same command with --output_dir {out} resumes it.") from None
+    finally:
+        progress_log.close()
+    paths: dict[str, Path] = {}
+    if main:
+        meta = {"version": __version__, "data": getattr(data, "dataset", type(data).__name__), "split": split,
+                "num_samples": int(x.shape[0]), "norm": norm, "eps": sorted(float(e) for e in eps), "seed": seed,
+                "device": str(dev), "processes": collective.world_size,
+                "class_names": [str(c) for c in getattr(data, "class_names", ())]}
+        paths = write_report(audits, out, meta, tensorboard=tensorboard, samples=samples)
+        say(f"audit: report written to {paths['markdown']} and {paths['json']}")
+    collective.barrier("report")
+    return audits, paths
+
+
+def audit_metrics_summary(audit: ModelAudit) -> dict[str, float | None]:
+    """Compact numbers for logs: clean, naive and worst-case accuracy at each eps."""
+    out: dict[str, float | None] = {"clean": num(audit.clean_accuracy)}
+    naive = audit.curve(audit.roles["naive"])
+    for e in audit.eps:
+        out[f"naive@{eps_key(e)}"] = num(naive.get(e))
+        out[f"worst@{eps_key(e)}"] = num(audit.worst_case[eps_key(e)])
+    return out
+
+
+__all__ = ["AuditTrainer", "audit_metrics_summary", "launch", "run_audit"]

@@ -1,0 +1,127 @@
+"""The audit's attacks: their settings (``AttackSuite``) and the roles they play."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from lit_defense.attacks import (
+    APGD,
+    BPDA,
+    EOT,
+    FGSM,
+    FMN,
+    PGD,
+    Attack,
+    RandomSampling,
+    RayS,
+    Square,
+)
+
+# The default eps grid of ``lit-defense audit`` (L-inf on [0, 1] pixels, Fashion-MNIST/MNIST scale).
+DEFAULT_EPS = (0.05, 0.1, 0.2)
+
+
+@dataclass
+class AttackSuite:
+    """Settings of the default attacks.
+
+    Args:
+        steps: PGD steps of the white-box stage (the incompleteness check doubles them).
+        eot_samples: EOT samples per gradient for randomized models.
+        square_queries: Square attack queries per input (L-inf only; 0 disables it).
+        random_samples: random points of the ball per input (0 disables random sampling).
+        restarts: PGD restarts of the adaptive (margin-loss) attack.
+        apgd_steps: APGD-CE iterations in the cascade (0 disables APGD-CE and APGD-T).
+        apgd_targets: target classes of APGD-T, the most likely wrong ones (AutoAttack: all 9 of
+            10 classes; 0 disables it).
+        apgd_targeted_steps: APGD-T iterations per target (AutoAttack: 100); 50 keeps all nine
+            targets within a third of AutoAttack's time (``benchmarks/vs_autoattack.py``).
+        min_norm_steps: FMN iterations (0 disables the minimum-norm attack).
+        rays_queries: RayS queries per input (L-inf), run when the gradients are unusable;
+            multiplied by ``escalation`` like the other gradient-free budgets (0 disables it).
+        escalation: when the model checks find the gradients themselves unusable (zero margin
+            gradients, gradients that disagree with finite differences, optimisation inside the
+            forward pass) and the model declares no module BPDA could route around, the
+            gradient-free attacks are the main line: their query and sample budgets are
+            multiplied by this.
+    """
+
+    steps: int = 20
+    eot_samples: int = 10
+    square_queries: int = 1000
+    random_samples: int = 100
+    restarts: int = 1
+    apgd_steps: int = 100
+    apgd_targets: int = 9
+    apgd_targeted_steps: int = 50
+    min_norm_steps: int = 100
+    rays_queries: int = 1000
+    escalation: int = 5
+
+
+def default_attacks(norm: str, suite: AttackSuite, masked: bool, randomized: bool, seed: int = 0,
+                    transfer: Sequence[Attack] = (), broken_gradients: bool = False,
+                    num_classes: int = 10) -> dict[str, Any]:
+    """The attack roles.
+
+    ``one_step``, ``naive``, ``adaptive`` (list) run side by side, then the ``cascade`` (list:
+    APGD-CE, APGD-T, FMN) and ``black_box`` (list) on the survivors. The DLR loss needs the third
+    largest logit (targeted: the fourth); with fewer classes APGD takes the margin loss instead.
+    """
+    factor = max(1, suite.escalation) if broken_gradients else 1
+
+    def adapt(attack: Attack) -> Attack:
+        """Route a gradient attack around declared non-differentiable modules and randomness."""
+        attack = BPDA(attack) if masked else attack
+        return EOT(attack, samples=suite.eot_samples) if randomized else attack
+
+    adaptive: Attack = PGD(norm=norm, steps=suite.steps, loss="margin", restarts=suite.restarts, seed=seed)
+    wrapped: list[Attack] = [adaptive]
+    if masked:
+        wrapped.append(BPDA(PGD(norm=norm, steps=suite.steps, loss="margin", seed=seed)))
+    if randomized:
+        wrapped.append(EOT(wrapped[-1], samples=suite.eot_samples))
+    cascade: list[Attack] = []
+    if suite.apgd_steps:
+        cascade.append(adapt(APGD(norm=norm, steps=suite.apgd_steps, loss="ce", seed=seed)))
+        if suite.apgd_targets:
+            # randomized models: EOT's expected loss needs a loss comparable across targets (AutoAttack's
+            # rand version runs untargeted APGD-DLR there)
+            dlr = num_classes >= (3 if randomized else 4)
+            targeted = APGD(norm=norm, steps=suite.apgd_steps if randomized else suite.apgd_targeted_steps,
+                            loss="dlr" if dlr else "margin", targets=0 if randomized else suite.apgd_targets,
+                            seed=seed)
+            cascade.append(adapt(targeted))
+    if suite.min_norm_steps and not randomized:
+        cascade.append(BPDA(FMN(norm=norm, steps=suite.min_norm_steps, seed=seed)) if masked else
+                       FMN(norm=norm, steps=suite.min_norm_steps, seed=seed))
+    black: list[Attack] = []
+    if suite.random_samples:
+        black.append(RandomSampling(norm=norm, samples=suite.random_samples * factor, seed=seed))
+    if suite.square_queries and norm == "linf":
+        black.append(Square(norm=norm, n_queries=suite.square_queries * factor, seed=seed))
+    if suite.rays_queries and norm == "linf" and broken_gradients:
+        black.append(RayS(norm=norm, queries=suite.rays_queries * factor, seed=seed))
+    black.extend(transfer)
+    return {
+        "one_step": FGSM(norm=norm),
+        "naive": PGD(norm=norm, steps=suite.steps, loss="ce", seed=seed),
+        "adaptive": wrapped,
+        "cascade": cascade,
+        "black_box": black,
+    }
+
+
+def role_names(roles: dict[str, Any]) -> dict[str, Any]:
+    """The attack names of each role (for the report)."""
+    return {
+        "one_step": roles["one_step"].name, "naive": roles["naive"].name,
+        "adaptive": [a.name for a in roles["adaptive"]], "cascade": [a.name for a in roles["cascade"]],
+        "black_box": [a.name for a in roles["black_box"]],
+    }
+
+
+
+__all__ = ["DEFAULT_EPS", "AttackSuite", "default_attacks", "role_names"]
