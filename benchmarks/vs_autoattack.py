@@ -61,7 +61,8 @@ def ours(model, x, y, norm: str, eps: list[float], suite: AttackSuite) -> tuple[
     start = time.perf_counter()
     audit = audit_model(model, x, y, eps, norm, suite=suite)
     seconds = time.perf_counter() - start
-    return audit.examples["robust"], seconds, audit.to_dict()
+    robust = {key: torch.tensor(mask, device=x.device) for key, mask in audit.per_sample["robust"].items()}
+    return robust, seconds, audit.to_dict()
 
 
 def main() -> None:

@@ -104,7 +104,7 @@ def test_two_ddp_processes_write_the_single_process_report(config, one_process, 
     report = json.loads((out / "report.json").read_text())
     assert report["processes"] == 2
     for model in report["models"]:
-        for stage in ("white_box", "cascade", "checks"):
+        for stage in ("white_box", "cascade", "refine", "checks"):
             info = model["stages"][stage]
             assert len(info["per_process"]) == 2 and max(info["per_process"]) - min(info["per_process"]) <= 1
             assert info["collectives"] == 1  # one gather per stage, whatever the number of batches
@@ -119,7 +119,7 @@ def test_collectives_per_stage_do_not_grow_with_batches(config, one_process, tmp
     assert _numbers(out) == _numbers(one_process)
     for a, b in zip(report["models"], small["models"], strict=True):
         assert {k: v["collectives"] for k, v in a["stages"].items()} == \
-            {k: v["collectives"] for k, v in b["stages"].items()} == {"probe": 1, "white_box": 1, "cascade": 1, "checks": 1}
+            {k: v["collectives"] for k, v in b["stages"].items()} == {"probe": 1, "white_box": 1, "cascade": 1, "refine": 1, "checks": 1}
 
 
 def test_shards_differ_by_at_most_one():
@@ -177,3 +177,74 @@ def test_a_killed_audit_resumes_to_the_same_report_without_redoing_work(config, 
     after = _records(out)
     assert len(after) == len(set(after)), "a finished batch was attacked again"
     assert set(before) < set(after) == set(_records(one_process))
+
+
+def test_results_of_shards_merge_even_when_a_shard_was_empty():
+    from lit_defense.audit.stage import default_fill, merge
+
+    empty = {"ids": torch.zeros(0, dtype=torch.long), "values": {"fooled": {"apgd": {}}, "min_norm": {}}}
+    full = {"ids": torch.tensor([3]), "values": {"fooled": {"apgd": {"0.1": torch.tensor([True])}},
+                                                  "min_norm": {"fmn": torch.tensor([0.2])}}}
+    for parts in ([empty, full], [full, empty]):
+        merged = merge(parts, 5, default_fill)
+        assert merged["fooled"]["apgd"]["0.1"].tolist() == [False, False, False, True, False]
+        assert merged["min_norm"]["fmn"][3] == pytest.approx(0.2) and merged["min_norm"]["fmn"][0] == float("inf")
+
+
+def test_the_training_presets_configure_the_audit():
+    from lit_defense.cli import audit_parser
+
+    presets = Path(__file__).parents[1] / "configs" / "trainer"
+    for preset in sorted(presets.glob("*.yaml")):
+        cfg = audit_parser().parse_args(["--config", str(preset)])
+        assert cfg.trainer.accelerator in ("cpu", "gpu"), preset.name
+    cfg = audit_parser().parse_args(["--config", str(presets / "ddp.yaml"), "--trainer.devices=2"])
+    assert (cfg.trainer.strategy, cfg.trainer.devices) == ("ddp", 2)
+
+
+def test_stage_lines_say_the_time_left_and_bars_draw_on_a_terminal(capsys):
+    from lit_defense.audit.display import AuditProgress
+
+    lines = []
+    progress = AuditProgress(2, log=lines.append, bars=True)
+    progress.stage("teacher", "white_box")
+    for done in (0, 5, 10):
+        progress.attack("pgd_ce", done, 10)
+    progress.stage_done(10)
+    assert lines[0].startswith("audit: teacher: white_box on 10 inputs") and "left" in lines[0]
+    assert "teacher white_box pgd_ce" in capsys.readouterr().err
+    quiet = AuditProgress(1, log=lines.append, enabled=False)
+    quiet.stage("teacher", "cascade")
+    quiet.attack("apgd_ce", 0, 3)
+    quiet.stage_done(3)
+    assert len(lines) == 1 and not capsys.readouterr().err  # other ranks show nothing
+
+
+def test_the_progress_log_ignores_a_torn_line_and_reads_every_rank(tmp_path):
+    from lit_defense.audit.progress import ProgressLog
+
+    ProgressLog.start(tmp_path, {"eps": [0.1]}, fresh=True)
+    for rank, ids in ((0, [0, 2]), (1, [1, 3])):
+        log = ProgressLog(tmp_path, rank)
+        log.put("m", "white_box", "fgsm@0.1", ids, {"fooled": [True, False]})
+        log.close()
+    with open(tmp_path / "progress" / "rank-0.jsonl", "a") as f:
+        f.write('{"model": "m", "stage": "white_box", "unit": "pgd@0.1", "ids": [0, 2], "val')  # SIGKILL here
+    log = ProgressLog(tmp_path, 0).load()
+    assert log.get("m", "white_box", "fgsm@0.1", [3, 0]) == {"fooled": [False, True]}
+    assert log.get("m", "white_box", "fgsm@0.1", [0, 4]) is None  # sample 4 was never attacked
+    assert log.get("m", "white_box", "pgd@0.1", [0, 2]) is None  # the torn batch is attacked again
+    assert ProgressLog.check_settings(tmp_path, {"eps": [0.1]})
+    with pytest.raises(Exception, match=r"other settings \(eps: \[0.1\] there, \[0.2\] now\)"):
+        ProgressLog.check_settings(tmp_path, {"eps": [0.2]})
+    ProgressLog.start(tmp_path, {"eps": [0.2]}, fresh=True)  # --overwrite true: the old progress goes
+    assert ProgressLog(tmp_path, 0).load().get("m", "white_box", "fgsm@0.1", [0]) is None
+
+
+def test_a_multi_process_audit_from_python_is_refused_before_launching():
+    from lit_defense.audit import AuditTrainer, launch
+    from lit_defense.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="starts from the command line"):
+        launch(AuditTrainer(accelerator="cpu", devices=2, strategy="ddp"), lambda device: 0, from_command_line=False)
+    assert launch(AuditTrainer(accelerator="cpu"), lambda device: str(device), from_command_line=False) == "cpu"

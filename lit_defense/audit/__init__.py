@@ -7,6 +7,8 @@ given as ``class_path``/``init_args`` with optional state-dict ``weights`` (load
 - ``models``: ``ModelSpec``, loading and the output check;
 - ``suite``: the attacks' settings (``AttackSuite``) and roles;
 - ``plan``: one model's audit as stages of units (attack x eps over a shard of samples);
+- ``stage``: one stage: shard, attack (recorded), gather;
+- ``checklist``: the attacks behind the checklist's evaluation checks;
 - ``sharding``: which process attacks which samples, and the collectives per stage;
 - ``progress``: the resumable record of finished batches in the output folder;
 - ``display``: progress bars, stage lines and the time left;
@@ -16,8 +18,9 @@ given as ``class_path``/``init_args`` with optional state-dict ``weights`` (load
 ``report.json``, ``report.md``, ``per_sample.json`` and the plots.
 """
 
+from lit_defense.audit.checklist import ChecklistAttacks
 from lit_defense.audit.models import ModelSpec, check_model_outputs, load_model
-from lit_defense.audit.plan import ChecklistAttacks, audit_model
+from lit_defense.audit.plan import audit_model
 from lit_defense.audit.run import AuditTrainer, audit_metrics_summary, launch, run_audit
 from lit_defense.audit.suite import DEFAULT_EPS, AttackSuite, default_attacks
 from lit_defense.results import ModelAudit

@@ -12,7 +12,10 @@
    them; the minimum-norm FMN (one run for the whole grid); then the gradient-free attacks: random
    sampling in the ball, Square (L-inf), RayS (decision-based, L-inf) when the gradients are
    unusable, and optional transfer attacks.
-4. ``checks``: the attacks the checklist's evaluation checks need (an unbounded naive attack, a
+4. ``refine``: the survivors whose minimum-norm perturbation is within ``refine_radius`` x eps
+   sit near the boundary, where one random start finds an adversarial point and another misses
+   it: fresh starts there (APGD-T with another seed, a margin PGD with restarts).
+5. ``checks``: the attacks the checklist's evaluation checks need (an unbounded naive attack, a
    PGD at twice the steps, first- vs last-iterate), on the first ``check_samples`` inputs.
 
 Every stage shards its inputs over the processes (``sharding.shard``), records each finished batch
@@ -27,139 +30,29 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
 from lit_defense.attacks import PGD, Attack, MinNormAttack, RandomSampling, masked_modules
+from lit_defense.audit.checklist import ChecklistAttacks
 from lit_defense.audit.display import AuditProgress
 from lit_defense.audit.progress import ProgressLog
-from lit_defense.audit.sharding import Collective, shard
+from lit_defense.audit.sharding import Collective
+from lit_defense.audit.stage import Stage, fold
 from lit_defense.audit.suite import AttackSuite, default_attacks, role_names
 from lit_defense.diagnostics import (
     MaskingThresholds,
     check_adaptive_vs_naive,
     check_extra_found,
-    check_incomplete_optimisation,
     check_monotone,
     check_one_step_vs_iterative,
-    check_silent_success,
-    check_unbounded,
     model_checks,
 )
 from lit_defense.evaluation import check_attacks, robustness_counts
 from lit_defense.results import Check, ModelAudit, eps_key, verdict
-from lit_defense.threat import check_eps, per_sample
-
-
-@dataclass
-class ChecklistAttacks:
-    """The attacks behind the checklist's evaluation checks (run as units like every other attack).
-
-    ``unbounded``: the naive attack with the whole pixel range as budget (no random start: at that
-    eps a random start is noise that fools by itself); ``probe``/``longer``: a margin PGD and the
-    same at twice the steps (incomplete optimisation); ``first``/``last``: the probe keeping the
-    first adversarial point met vs returning its last iterate (silent success).
-    """
-
-    unbounded: Attack
-    probe: Attack
-    longer: Attack
-    first: Attack
-    last: Attack
-
-    @classmethod
-    def build(cls, naive: Attack, probe: Attack, input_numel: int) -> ChecklistAttacks:
-        """The checklist's attacks around the audit's naive attack and a margin-PGD probe."""
-        big = 1.0 if naive.norm == "linf" else math.sqrt(input_numel)
-        unbounded = naive.with_eps(check_eps(naive.norm, big))
-        if "random_start" in unbounded.init_args:
-            unbounded = unbounded.replace(random_start=False)
-        step = probe.init_args.get("step_size")
-        return cls(
-            unbounded=unbounded.replace(name=f"unbounded_{naive.name}"),
-            probe=probe.replace(name=probe.name),
-            longer=probe.replace(steps=probe.steps * 2, step_size=None if step is None else step / 2,
-                                 name=f"{probe.name}_2x_steps"),
-            first=probe.replace(keep_first_adversarial=True, early_stop_every=0, name=f"{probe.name}_first"),
-            last=probe.replace(keep_first_adversarial=False, early_stop_every=0, name=f"{probe.name}_last"),
-        )
-
-    def at_probe_eps(self) -> list[Attack]:
-        """The four attacks that run at the probe's eps."""
-        return [self.probe, self.longer, self.first, self.last]
-
-    def checks(self, clean: torch.Tensor, fooled: dict[str, torch.Tensor], thresholds: MaskingThresholds
-               ) -> list[Check]:
-        """The three checks from per-sample results (``fooled``: attack name -> mask)."""
-        robust = {name: clean & ~mask for name, mask in fooled.items()}
-        return [
-            check_unbounded(self.unbounded.name, self.unbounded.eps, fooled[self.unbounded.name][clean], thresholds),
-            check_incomplete_optimisation(self.probe.name, self.probe.steps, self.longer.steps, self.probe.eps,
-                                          robust[self.probe.name], robust[self.longer.name], thresholds),
-            check_silent_success(self.probe.name, fooled[self.first.name], fooled[self.last.name], thresholds),
-        ]
-
-
-def _cpu(tree: Any) -> Any:
-    """Tensors of a nested dict moved to the CPU (what one process sends the others)."""
-    if isinstance(tree, torch.Tensor):
-        return tree.detach().cpu()
-    if isinstance(tree, dict):
-        return {k: _cpu(v) for k, v in tree.items()}
-    return tree
-
-
-def _merge(parts: list[dict[str, Any]], n: int, fill: Any) -> dict[str, Any]:
-    """Shards' per-sample results (each with its ``ids``) back into tensors over all ``n`` inputs."""
-    def place(values: list[torch.Tensor], ids: list[torch.Tensor]) -> torch.Tensor:
-        out = torch.full((n,), fill(values[0]), dtype=values[0].dtype)
-        for v, i in zip(values, ids, strict=True):
-            out[i] = v
-        return out
-
-    def walk(nodes: list[Any], ids: list[torch.Tensor]) -> Any:
-        if isinstance(nodes[0], torch.Tensor):
-            return place(nodes, ids)
-        return {k: walk([node[k] for node in nodes], ids) for k in nodes[0]}
-
-    ids = [p["ids"] for p in parts]
-    return walk([p["values"] for p in parts], ids)
-
-
-def _default_fill(values: torch.Tensor) -> bool | float:
-    return float("inf") if values.is_floating_point() else False
-
-
-class _Stage:
-    """One stage of the plan: shard its inputs, attack, gather (one collective), show progress."""
-
-    def __init__(self, name: str, model_name: str, collective: Collective, log: ProgressLog | None,
-                 progress: AuditProgress) -> None:
-        self.name, self.model_name = name, model_name
-        self.collective, self.log, self.progress = collective, log, progress
-        self.info: dict[str, Any] = {}
-
-    def pool(self, ids: torch.Tensor) -> torch.Tensor:
-        """This process's share of the stage's inputs (ids, on the CPU)."""
-        self.progress.stage(self.model_name, self.name)
-        return shard(ids.cpu(), self.collective.rank, self.collective.world_size)
-
-    def record(self) -> Any:
-        """Where the stage's finished batches are recorded (``None``: not resumable)."""
-        return self.log.view(self.model_name, self.name) if self.log is not None else None
-
-    def gather(self, ids: torch.Tensor, values: dict[str, Any], n: int, detail: str = "") -> dict:
-        """Every process's per-sample ``values`` over all ``n`` inputs (one collective)."""
-        before = self.collective.calls[self.name]
-        parts = self.collective.gather({"ids": ids.cpu(), "values": _cpu(values)}, self.name)
-        sizes = [int(p["ids"].numel()) for p in parts]
-        self.info = {"inputs": sum(sizes), "per_process": sizes,
-                     "collectives": self.collective.calls[self.name] - before}
-        self.progress.stage_done(sum(sizes), detail)
-        return _merge(parts, n, _default_fill)
+from lit_defense.threat import per_sample
 
 
 def _probe(model: nn.Module, x: torch.Tensor, y: torch.Tensor, thresholds: MaskingThresholds, check_samples: int,
@@ -231,7 +124,7 @@ def audit_model(
     check_attacks(white, eps)
 
     # ------------------------------------------------------------------ white box, side by side
-    stage = _Stage("white_box", name, collective, log, progress)
+    stage = Stage("white_box", name, collective, log, progress)
     pool = stage.pool(all_ids)
     on = pool.to(x.device)
     _, ex = robustness_counts(model, x[on], y[on], white, eps, batch_size, cascade=False, ids=on,
@@ -251,37 +144,35 @@ def audit_model(
     # ------------------------------------------------------------------ cascade on the survivors
     min_norm: dict[str, torch.Tensor] = {}
     after: dict[str, dict[float, float]] = {a.name: dict(white_worst) for a in later}
-    survivors = torch.stack(list(robust.values())).any(0).nonzero().squeeze(1)
     if later:
-        stage = _Stage("cascade", name, collective, log, progress)
-        pool = stage.pool(survivors)
-        values: dict[str, Any] = {"fooled": {a.name: {} for a in later}, "min_norm": {}}
-        if pool.numel():
-            on = pool.to(x.device)
-            alive = {key: mask[pool].to(x.device) for key, mask in robust.items()}
-            _, ex = robustness_counts(model, x[on], y[on], later, eps, batch_size, cascade=True, alive=alive,
-                                      ids=on, record=stage.record(), on_progress=progress.attack)
-            values = {"fooled": ex["fooled"], "min_norm": ex["min_norm"]}
-        found = stage.gather(pool, values, n, f" ({', '.join(a.name for a in later)})")
+        stage = Stage("cascade", name, collective, log, progress)
+        found = stage.cascade(model, x, y, later, eps, batch_size, robust)
         stages["cascade"] = stage.info
-        for a in later:
-            by_eps = found["fooled"].get(a.name) or {}
-            fooled[a.name] = {eps_key(e): by_eps.get(eps_key(e), torch.zeros(n, dtype=torch.bool)) for e in eps}
-            for e in eps:
-                robust[eps_key(e)] = robust[eps_key(e)] & ~fooled[a.name][eps_key(e)]
-                after[a.name][e] = int(robust[eps_key(e)].sum()) / n
+        after = fold(found["fooled"], later, eps, n, fooled, robust)
         min_norm = {a.name: found["min_norm"].get(a.name, torch.full((n,), float("inf")))
                     for a in later if isinstance(a, MinNormAttack)}
-    worst = {e: int(robust[eps_key(e)].sum()) / n for e in eps}
     for a in later:
         results += [{"attack": a.name, "eps": e, "robust_accuracy": after[a.name][e], "stage": "after_white_box"}
                     for e in eps]
+
+    # ------------------------------------------------------------------ refine near the boundary
+    fmn = next((min_norm[a.name] for a in roles["cascade"] if a.name in min_norm), None)
+    if roles["refine"] and fmn is not None:
+        near = {eps_key(e): robust[eps_key(e)] & (fmn <= suite.refine_radius * e) for e in eps}
+        stage = Stage("refine", name, collective, log, progress)
+        found = stage.cascade(model, x, y, roles["refine"], eps, batch_size, near)
+        stages["refine"] = stage.info
+        refined = fold(found["fooled"], roles["refine"], eps, n, fooled, robust)
+        results += [{"attack": a.name, "eps": e, "robust_accuracy": refined[a.name][e], "stage": "refine"}
+                    for a in roles["refine"] for e in eps]
+        later = [*later, *roles["refine"]]
+    worst = {e: int(robust[eps_key(e)].sum()) / n for e in eps}
 
     # ------------------------------------------------------------------ the checklist's attacks
     main_eps = eps[len(eps) // 2]
     probe = PGD(eps=main_eps, norm=norm, steps=suite.steps, loss="margin", seed=seed)
     plan = ChecklistAttacks.build(roles["naive"], probe, x[0].numel())
-    stage = _Stage("checks", name, collective, log, progress)
+    stage = Stage("checks", name, collective, log, progress)
     cs = min(check_samples, n)
     pool = stage.pool(all_ids[:cs])
     on, rec = pool.to(x.device), stage.record()
@@ -370,4 +261,4 @@ def _per_sample(found: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-__all__ = ["ChecklistAttacks", "audit_model"]
+__all__ = ["audit_model"]

@@ -46,6 +46,11 @@ class AttackSuite:
             forward pass) and the model declares no module BPDA could route around, the
             gradient-free attacks are the main line: their query and sample budgets are
             multiplied by this.
+        refine_radius: inputs still robust whose minimum-norm (FMN) perturbation is within this
+            factor of eps sit near the boundary, where one random start finds an adversarial
+            point and another misses it: they get fresh starts (a margin PGD with ``5 * steps``
+            steps and ``refine_restarts`` random restarts, another seed). 0 disables it.
+        refine_restarts: random restarts of the refining PGD (0 disables it).
     """
 
     steps: int = 20
@@ -59,6 +64,8 @@ class AttackSuite:
     min_norm_steps: int = 100
     rays_queries: int = 1000
     escalation: int = 5
+    refine_radius: float = 1.1
+    refine_restarts: int = 5
 
 
 def default_attacks(norm: str, suite: AttackSuite, masked: bool, randomized: bool, seed: int = 0,
@@ -67,7 +74,8 @@ def default_attacks(norm: str, suite: AttackSuite, masked: bool, randomized: boo
     """The attack roles.
 
     ``one_step``, ``naive``, ``adaptive`` (list) run side by side, then the ``cascade`` (list:
-    APGD-CE, APGD-T, FMN) and ``black_box`` (list) on the survivors. The DLR loss needs the third
+    APGD-CE, APGD-T, FMN) and ``black_box`` (list) on the survivors; ``refine`` (list) on the survivors
+    near the boundary (FMN norm within ``refine_radius`` x eps). The DLR loss needs the third
     largest logit (targeted: the fourth); with fewer classes APGD takes the margin loss instead.
     """
     factor = max(1, suite.escalation) if broken_gradients else 1
@@ -97,6 +105,10 @@ def default_attacks(norm: str, suite: AttackSuite, masked: bool, randomized: boo
     if suite.min_norm_steps and not randomized:
         cascade.append(BPDA(FMN(norm=norm, steps=suite.min_norm_steps, seed=seed)) if masked else
                        FMN(norm=norm, steps=suite.min_norm_steps, seed=seed))
+    refine: list[Attack] = []
+    if suite.refine_radius > 0 and suite.refine_restarts and suite.min_norm_steps and not randomized:
+        refine.append(adapt(PGD(norm=norm, steps=suite.steps * 5, loss="margin", restarts=suite.refine_restarts,
+                                random_start=True, seed=seed + 1, name="refine_pgd_margin")))
     black: list[Attack] = []
     if suite.random_samples:
         black.append(RandomSampling(norm=norm, samples=suite.random_samples * factor, seed=seed))
@@ -111,6 +123,7 @@ def default_attacks(norm: str, suite: AttackSuite, masked: bool, randomized: boo
         "adaptive": wrapped,
         "cascade": cascade,
         "black_box": black,
+        "refine": refine,
     }
 
 
@@ -119,7 +132,7 @@ def role_names(roles: dict[str, Any]) -> dict[str, Any]:
     return {
         "one_step": roles["one_step"].name, "naive": roles["naive"].name,
         "adaptive": [a.name for a in roles["adaptive"]], "cascade": [a.name for a in roles["cascade"]],
-        "black_box": [a.name for a in roles["black_box"]],
+        "black_box": [a.name for a in roles["black_box"]], "refine": [a.name for a in roles["refine"]],
     }
 
 

@@ -1,0 +1,115 @@
+"""One stage of the audit plan: shard its inputs, attack (recorded), gather with one collective."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from lit_defense.attacks import Attack
+from lit_defense.audit.display import AuditProgress
+from lit_defense.audit.progress import ProgressLog
+from lit_defense.audit.sharding import Collective, shard
+from lit_defense.evaluation import robustness_counts
+from lit_defense.results import eps_key
+
+
+def _cpu(tree: Any) -> Any:
+    """Tensors of a nested dict moved to the CPU (what one process sends the others)."""
+    if isinstance(tree, torch.Tensor):
+        return tree.detach().cpu()
+    if isinstance(tree, dict):
+        return {k: _cpu(v) for k, v in tree.items()}
+    return tree
+
+
+def merge(parts: list[dict[str, Any]], n: int, fill: Any) -> dict[str, Any]:
+    """Shards' per-sample results (each with its ``ids``) back into tensors over all ``n`` inputs.
+
+    A process whose shard was empty may send a shorter tree (no attack ran there): keys are the
+    union over processes, and a missing leaf contributes nothing.
+    """
+    def walk(nodes: list[tuple[Any, torch.Tensor]]) -> Any:
+        tensors = [(v, i) for v, i in nodes if isinstance(v, torch.Tensor)]
+        if tensors:
+            out = torch.full((n,), fill(tensors[0][0]), dtype=tensors[0][0].dtype)
+            for values, ids in tensors:
+                out[ids] = values
+            return out
+        keys = list(dict.fromkeys(k for v, _ in nodes if isinstance(v, dict) for k in v))
+        return {k: walk([(v[k], i) for v, i in nodes if isinstance(v, dict) and k in v]) for k in keys}
+
+    return walk([(p["values"], p["ids"]) for p in parts])
+
+
+def default_fill(values: torch.Tensor) -> bool | float:
+    """What an input no process attacked holds: not fooled, or no norm found (``inf``)."""
+    return float("inf") if values.is_floating_point() else False
+
+
+class Stage:
+    """One stage of the plan: shard its inputs, attack, gather (one collective), show progress."""
+
+    def __init__(self, name: str, model_name: str, collective: Collective, log: ProgressLog | None,
+                 progress: AuditProgress) -> None:
+        self.name, self.model_name = name, model_name
+        self.collective, self.log, self.progress = collective, log, progress
+        self.info: dict[str, Any] = {}
+
+    def pool(self, ids: torch.Tensor) -> torch.Tensor:
+        """This process's share of the stage's inputs (ids, on the CPU)."""
+        self.progress.stage(self.model_name, self.name)
+        return shard(ids.cpu(), self.collective.rank, self.collective.world_size)
+
+    def record(self) -> Any:
+        """Where the stage's finished batches are recorded (``None``: not resumable)."""
+        return self.log.view(self.model_name, self.name) if self.log is not None else None
+
+    def gather(self, ids: torch.Tensor, values: dict[str, Any], n: int, detail: str = "") -> dict:
+        """Every process's per-sample ``values`` over all ``n`` inputs (one collective)."""
+        before = self.collective.calls[self.name]
+        parts = self.collective.gather({"ids": ids.cpu(), "values": _cpu(values)}, self.name)
+        sizes = [int(p["ids"].numel()) for p in parts]
+        self.info = {"inputs": sum(sizes), "per_process": sizes,
+                     "collectives": self.collective.calls[self.name] - before}
+        self.progress.stage_done(sum(sizes), detail)
+        return merge(parts, n, default_fill)
+
+
+    def cascade(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks: Sequence[Attack],
+                eps: Sequence[float], batch_size: int, alive: dict[str, torch.Tensor]) -> dict[str, Any]:
+        """A cascade of ``attacks`` on the inputs ``alive`` at some eps (eps key -> mask over all inputs).
+
+        Returns the gathered ``fooled`` (attack -> eps key -> mask) and ``min_norm`` over all inputs.
+        """
+        n = x.shape[0]
+        pool = self.pool(torch.stack(list(alive.values())).any(0).nonzero().squeeze(1))
+        values: dict[str, Any] = {"fooled": {a.name: {} for a in attacks}, "min_norm": {}}
+        if pool.numel():
+            on = pool.to(x.device)
+            _, ex = robustness_counts(model, x[on], y[on], attacks, eps, batch_size, cascade=True,
+                                      alive={k: m[pool].to(x.device) for k, m in alive.items()}, ids=on,
+                                      record=self.record(), on_progress=self.progress.attack)
+            values = {"fooled": ex["fooled"], "min_norm": ex["min_norm"]}
+        return self.gather(pool, values, n, f" ({', '.join(a.name for a in attacks)})")
+
+
+def fold(found: dict[str, Any], attacks: Sequence[Attack], eps: Sequence[float], n: int,
+          fooled: dict[str, dict[str, torch.Tensor]], robust: dict[str, torch.Tensor]) -> dict[str, dict[float, float]]:
+    """Fold a cascade's gathered per-sample results into ``fooled`` and ``robust`` (in place).
+
+    Returns each attack's cumulative robust accuracy per eps (after it and everything before).
+    """
+    after: dict[str, dict[float, float]] = {}
+    for a in attacks:
+        by_eps = found.get(a.name) or {}  # an attack that ran nowhere fooled nothing
+        fooled[a.name] = {eps_key(e): by_eps.get(eps_key(e), torch.zeros(n, dtype=torch.bool)) for e in eps}
+        for e in eps:
+            robust[eps_key(e)] = robust[eps_key(e)] & ~fooled[a.name][eps_key(e)]
+        after[a.name] = {e: int(robust[eps_key(e)].sum()) / n for e in eps}
+    return after
+
+
+__all__ = ["Stage", "default_fill", "fold", "merge"]
