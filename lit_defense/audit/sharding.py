@@ -61,12 +61,5 @@ class Collective:
         if self.distributed:
             dist.barrier()
 
-    def all_agree(self, value: Any, stage: str) -> Any:
-        """``value`` when every process has the same one; a ``RuntimeError`` otherwise."""
-        values = self.gather(value, stage)
-        if any(v != values[0] for v in values):
-            raise RuntimeError(f"the audit's processes disagree at {stage}: {values}")
-        return values[0]
-
 
 __all__ = ["Collective", "shard"]
