@@ -22,7 +22,9 @@ Every stage shards its inputs over the processes (``sharding.shard``), records e
 (``progress``) and gathers the per-sample results with one collective. The checklist then reads
 those results (``lit_defense.diagnostics``: pure functions of numbers). ``worst_case`` is the
 per-input worst case over all attacks. Measured against the reference AutoAttack
-(``benchmarks/vs_autoattack.py``): at least as strong, in a fraction of its time.
+(``benchmarks/vs_autoattack.py``, README "Against AutoAttack"): the same images as AutoAttack on
+the non-robust quick models, 2 fewer of 1000 on the adversarially trained one, in about a quarter
+of its time.
 """
 
 from __future__ import annotations
