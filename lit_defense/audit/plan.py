@@ -53,7 +53,7 @@ from lit_defense.diagnostics import (
     model_checks,
 )
 from lit_defense.evaluation import check_attacks, robustness_counts
-from lit_defense.results import Check, ModelAudit, eps_key, verdict
+from lit_defense.results import Check, ModelAudit, attack_curve, eps_key, verdict
 from lit_defense.threat import per_sample
 
 
@@ -145,7 +145,7 @@ def audit_model(
 
     # ------------------------------------------------------------------ cascade on the survivors
     min_norm: dict[str, torch.Tensor] = {}
-    after: dict[str, dict[float, float]] = {a.name: dict(white_worst) for a in later}
+    after: dict[str, dict[float, float]] = {}  # each later attack's cumulative accuracy (``fold``)
     if later:
         stage = Stage("cascade", name, collective, log, progress)
         found = stage.cascade(model, x, y, later, eps, batch_size, robust)
@@ -189,7 +189,7 @@ def audit_model(
     stages["checks"] = stage.info
 
     # ------------------------------------------------------------------ the checklist: pure functions
-    curve = {a.name: {r["eps"]: r["robust_accuracy"] for r in results if r["attack"] == a.name} for a in white}
+    curve = {a.name: attack_curve(results, a.name) for a in white}
     clean = int(clean_mask.sum()) / n
     naive, one_step = roles["naive"].name, roles["one_step"].name
     checks.append(check_one_step_vs_iterative(curve[one_step], curve[naive], thresholds, (one_step, naive)))

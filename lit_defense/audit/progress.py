@@ -102,10 +102,7 @@ class ProgressLog:
                 if "blob" in rec:
                     self._blobs[(rec["model"], rec["stage"])] = rec["blob"]
                     continue
-                unit = self._units.setdefault((rec["model"], rec["stage"], rec["unit"]), {})
-                keys = list(rec["values"])
-                for pos, sample in enumerate(rec["ids"]):
-                    unit[sample] = {k: rec["values"][k][pos] for k in keys}
+                self._remember(rec["model"], rec["stage"], rec["unit"], rec["ids"], rec["values"])
         return self
 
     def get(self, model: str, stage: str, unit: str, ids: list[int]) -> dict[str, list] | None:
@@ -133,6 +130,10 @@ class ProgressLog:
     def put(self, model: str, stage: str, unit: str, ids: list[int], values: dict[str, list]) -> None:
         """Record one finished batch of ``unit``."""
         self._append({"model": model, "stage": stage, "unit": unit, "ids": ids, "values": values})
+        self._remember(model, stage, unit, ids, values)
+
+    def _remember(self, model: str, stage: str, unit: str, ids: list[int], values: dict[str, list]) -> None:
+        """Index one batch's values by sample (what ``get`` reads)."""
         known = self._units.setdefault((model, stage, unit), {})
         for pos, sample in enumerate(ids):
             known[sample] = {k: v[pos] for k, v in values.items()}

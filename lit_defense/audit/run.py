@@ -11,6 +11,7 @@ continues where a crash or Ctrl-C stopped it (``progress``).
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -64,11 +65,7 @@ def _fabric_strategy(strategy: str | dict[str, Any]) -> str:
     """The Fabric strategy that shards samples as ``strategy`` would (``ddp`` for sharded models)."""
     name = strategy.get("class_path", "") if isinstance(strategy, dict) else str(strategy)
     low = name.rsplit(".", 1)[-1].lower()
-    if "fsdp" in low or "deepspeed" in low:
-        return "ddp"
-    if low in ("ddpstrategy",):
-        return "ddp"
-    return name
+    return "ddp" if "fsdp" in low or "deepspeed" in low or low == "ddpstrategy" else name
 
 
 def launch(trainer: AuditTrainer, main: Callable[[torch.device], T], from_command_line: bool) -> T:
@@ -96,8 +93,6 @@ def launch(trainer: AuditTrainer, main: Callable[[torch.device], T], from_comman
 
 
 def _already_launched() -> bool:
-    import os
-
     return "LOCAL_RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
@@ -226,7 +221,6 @@ def run_audit(
                 if audit.gradient_masking.suspected else "not suspected"
             say(f"audit: {name}: {summary}; gradient masking {masking}; {audit.seconds:.0f} s")
     except KeyboardInterrupt:
-        progress_log.close()
         raise ConfigError(f"audit interrupted; the same command with --output_dir {out} resumes it.") from None
     finally:
         progress_log.close()
