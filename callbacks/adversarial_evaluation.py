@@ -123,9 +123,9 @@ class AdversarialEvaluation(L.Callback):
         with warnings.catch_warnings():
             # the counts are already summed over ranks: Lightning's "use sync_dist" hint does not apply
             warnings.filterwarnings("ignore", ".*when logging on epoch level in distributed setting.*")
-            for name, value in result.metrics().items():
+            # every accuracy with its exact 95% interval: .../acc, .../ci_low, .../ci_high
+            for name, value in result.metrics(intervals=True).items():
                 pl_module.log(name, value, sync_dist=False, rank_zero_only=False)
-            pl_module.log("adv/clean/acc", result.clean_accuracy, sync_dist=False)
             pl_module.log("adv/seconds", result.seconds, sync_dist=False)
         if keep:
             self._log_visuals(trainer, result, examples)

@@ -1,106 +1,208 @@
 """The claims of the distillation and gradient-masking papers, checked against an audit report.
 
-``evaluate_claims(report)`` takes ``report.json`` of an audit that holds the models of
-``lit-defense run`` (``teacher``, ``distilled``, ``masked_*``, ``adv_train``) and returns one
-entry per claim: ``{claim, holds, evidence, text}``. ``add_claims_to_report(folder)`` adds them to
+``evaluate_claims(report, per_sample, test_split)`` takes ``report.json`` of an audit that holds the
+models of ``lit-defense run`` (``teacher``, ``distilled``, ``masked_*``, ``adv_train``), its
+``per_sample.json`` and, optionally, every model's per-sample correctness on the whole test split
+(``test_split.json``, written by ``lit-defense run``), and returns one entry per claim: ``{claim,
+state, holds, text, evidence}``.
+
+A claim is decided by the rule of the checklist (``lit_defense.stats.decide``): two models or two
+attacks on the same inputs are compared on their per-sample outcomes (the discordant inputs:
+exact interval and McNemar's test), a claim ``fails`` only when the numbers are significantly on
+the wrong side of its bar, ``holds`` when the whole 95% interval is on the right side, and is
+``inconclusive`` otherwise (``evidence["inputs_to_resolve"]``). ``holds`` is ``state == "holds"``.
+Clean accuracy comes from the whole test split when it is there (10,000 images cost seconds), not
+from the few hundred audited ones. ``add_claims_to_report(folder)`` adds the claims to
 ``report.json`` and ``report.md``.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from lit_defense.stats import ALPHA, Decision, Paired, State, paired, worst_state
+
 CLAIMS_TITLE = "## The papers' claims, checked on this run"
+CLAIM_STATE = {"pass": "holds", "fail": "fails", "inconclusive": "inconclusive"}
 
 
-def _acc(model: dict, attack: str, eps: float) -> float | None:
-    for r in model["results"]:
-        if r["attack"] == attack and abs(r["eps"] - eps) < 1e-12:
-            return r["robust_accuracy"]
-    return None
+def _robust(per: dict[str, Any], attack: str | None, eps: float) -> torch.Tensor:
+    """Per input: correct and not fooled by ``attack`` at ``eps`` (``None``: by any attack)."""
+    key = f"{eps:.6g}"
+    if attack is None:
+        return torch.tensor(per["robust"][key], dtype=torch.bool)
+    clean = torch.tensor(per["clean_correct"], dtype=torch.bool)
+    return clean & ~torch.tensor(per["fooled_by"][attack][key], dtype=torch.bool)
 
 
-def _worst(model: dict, eps: float) -> float:
-    return model["worst_case"][f"{eps:.6g}"]
+def _both(decisions: Sequence[Decision]) -> State:
+    return worst_state([d.state for d in decisions])
 
 
-def evaluate_claims(report: dict[str, Any], eps: float | None = None) -> list[dict[str, Any]]:
-    """Check the distillation and masking papers' claims against an audit report, at ``eps`` (default: the grid's value nearest 0.1)."""
+def _stats(pair: Paired, decisions: Sequence[Decision]) -> dict[str, Any]:
+    """The evidence of a paired decision: n, discordant counts, p-value, interval, threshold(s)."""
+    out = {**pair.evidence(), "difference": round(pair.difference, 6),
+           "ci": [round(v, 6) for v in decisions[0].ci], "thresholds": [d.threshold for d in decisions]}
+    need = max((d.inputs_to_resolve or 0 for d in decisions), default=0)
+    return {**out, "inputs_to_resolve": need} if need else out
+
+
+def evaluate_claims(report: dict[str, Any], per_sample: dict[str, Any] | None = None,
+                    test_split: dict[str, Any] | None = None, eps: float | None = None,
+                    alpha: float = ALPHA) -> list[dict[str, Any]]:
+    """Check the papers' claims (see module doc) at ``eps`` (default: the grid's value nearest 0.1)."""
+    if per_sample is None:
+        raise ValueError("the claims compare models on the same inputs: pass per_sample.json's data "
+                         "(written next to report.json by every audit).")
     models = {m["name"]: m for m in report["models"]}
+    per = per_sample["models"]
     grid = sorted({r["eps"] for m in report["models"] for r in m["results"]})
     eps = eps if eps is not None else min(grid, key=lambda e: abs(e - 0.1))
     out: list[dict[str, Any]] = []
 
-    def claim(name: str, holds: bool, text: str, **evidence: Any) -> None:
-        out.append({"claim": name, "holds": bool(holds), "text": text, "evidence": evidence})
+    def claim(name: str, state: State, text: str, **evidence: Any) -> None:
+        out.append({"claim": name, "state": CLAIM_STATE[state], "holds": state == "pass", "text": text,
+                    "evidence": evidence})
+
+    def acc(name: str, attack: str | None) -> float:
+        return float(_robust(per[name], attack, eps).double().mean())
 
     teacher, student = models.get("teacher"), models.get("distilled")
     if teacher and student:
-        gap = student["clean_accuracy"] - teacher["clean_accuracy"]
-        claim("distilled_clean_accuracy_close_to_teacher", abs(gap) <= 0.03,
-              f"The distilled student's clean accuracy is within 3 points of the teacher's ({gap:+.1%}).",
-              teacher=teacher["clean_accuracy"], student=student["clean_accuracy"])
-        naive = {a: (_acc(teacher, a, eps), _acc(student, a, eps)) for a in ("fgsm", "pgd_ce")}
-        looks = all(s is not None and t is not None and s - t >= 0.30 for t, s in naive.values())
-        claim("distilled_looks_robust_to_naive_attacks", looks,
+        split = (test_split or {}).get("models", {})
+        if "teacher" in split and "distilled" in split:
+            s_ok, t_ok = (torch.tensor(split[m]["correct"], dtype=torch.bool) for m in ("distilled", "teacher"))
+            where = f"the whole {test_split.get('split', 'test')} split"
+        else:
+            s_ok, t_ok = (torch.tensor(per[m]["clean_correct"], dtype=torch.bool) for m in ("distilled", "teacher"))
+            where = "the audited inputs"
+        pair = paired(s_ok, t_ok)
+        d = [pair.decide(0.03, alpha=alpha), pair.decide(-0.03, above=False, alpha=alpha)]
+        lo, hi = d[0].ci
+        claim("distilled_clean_accuracy_close_to_teacher", _both(d),
+              f"The distilled student's clean accuracy is within 3 points of the teacher's on {where} "
+              f"({float(s_ok.double().mean()):.1%} vs {float(t_ok.double().mean()):.1%}: {pair.difference:+.1%}, "
+              f"95% interval [{lo:+.1%}, {hi:+.1%}]).",
+              teacher=float(t_ok.double().mean()), student=float(s_ok.double().mean()), **_stats(pair, d))
+
+        naive = {a: paired(_robust(per["distilled"], a, eps), _robust(per["teacher"], a, eps)) for a in ("fgsm", "pgd_ce")}
+        d = [p.decide(0.30, above=False, alpha=alpha) for p in naive.values()]
+        claim("distilled_looks_robust_to_naive_attacks", _both(d),
               f"Under the naive cross-entropy attacks (FGSM, PGD-CE) at eps={eps:g} the student looks far more "
               "robust than the teacher (>= 30 points): "
-              + ", ".join(f"{a}: {s:.1%} vs {t:.1%}" for a, (t, s) in naive.items() if t is not None and s is not None),
-              eps=eps, **{f"{a}_teacher": t for a, (t, _) in naive.items()},
-              **{f"{a}_student": s for a, (_, s) in naive.items()})
-        m_t, m_s = _acc(teacher, "pgd_margin", eps), _acc(student, "pgd_margin", eps)
-        claim("distilled_falls_to_margin_attacks", m_t is not None and m_s is not None and m_s <= m_t + 0.05,
+              + ", ".join(f"{a}: {acc('distilled', a):.1%} vs {acc('teacher', a):.1%} "
+                          f"(difference {p.difference:+.1%}, 95% interval [{dec.ci[0]:+.1%}, {dec.ci[1]:+.1%}])"
+                          for (a, p), dec in zip(naive.items(), d, strict=True)),
+              eps=eps, **{a: _stats(p, [dec]) for (a, p), dec in zip(naive.items(), d, strict=True)})
+
+        pair = paired(_robust(per["distilled"], "pgd_margin", eps), _robust(per["teacher"], "pgd_margin", eps))
+        d = [pair.decide(0.05, alpha=alpha)]
+        claim("distilled_falls_to_margin_attacks", _both(d),
               f"Under the margin (Carlini-Wagner) loss the student is about as vulnerable as the teacher "
-              f"(PGD-margin at eps={eps:g}: {m_s:.1%} vs {m_t:.1%}; worst case {_worst(student, eps):.1%} vs "
-              f"{_worst(teacher, eps):.1%}).", eps=eps, teacher=m_t, student=m_s)
-    t_naive = _acc(teacher, "pgd_ce", eps) if teacher else 0.0
+              f"(PGD-margin at eps={eps:g}: {acc('distilled', 'pgd_margin'):.1%} vs {acc('teacher', 'pgd_margin'):.1%}, "
+              f"difference {pair.difference:+.1%}, 95% interval [{d[0].ci[0]:+.1%}, {d[0].ci[1]:+.1%}], bar +5 "
+              f"points; worst case {acc('distilled', None):.1%} vs {acc('teacher', None):.1%}).",
+              eps=eps, teacher=acc("teacher", "pgd_margin"), student=acc("distilled", "pgd_margin"), **_stats(pair, d))
+
     for name, m in models.items():
-        if not name.startswith("masked"):
-            continue
-        naive, worst = _acc(m, "pgd_ce", eps), _worst(m, eps)
-        adaptive = [a for a in m["roles"]["adaptive"] if a.startswith(("bpda", "eot"))]
-        best = min((_acc(m, a, eps) for a in adaptive), default=None)
-        gain = (naive or 0.0) - (t_naive or 0.0)
-        holds = naive is not None and gain > 0 and (naive - worst) >= 0.5 * gain
-        claim(f"{name}_falls_to_adaptive_attacks", holds,
-              f"{name}: the naive PGD-CE leaves {naive:.1%} (teacher: {t_naive:.1%}); the adaptive attacks leave "
-              f"{worst:.1%} (worst case; {', '.join(adaptive) or 'no BPDA/EOT'} alone: "
-              f"{best if best is not None else float('nan'):.1%}), removing at least half of the apparent gain.",
-              eps=eps, naive=naive, bpda_eot=best, worst=worst, teacher_naive=t_naive)
+        if name.startswith("masked") and teacher:
+            out.append(_masked_claim(name, m, per, eps, alpha))
     adv = models.get("adv_train")
     if adv:
-        naive, worst = _acc(adv, "pgd_ce", eps), _worst(adv, eps)
-        holds = naive is not None and naive - worst <= 0.05 and (not teacher or worst >= _worst(teacher, eps) + 0.2)
-        claim("adv_train_does_not_fall", holds,
-              f"The adversarially trained model keeps its robustness under every attack: PGD-CE {naive:.1%}, "
-              f"worst case {worst:.1%} at eps={eps:g} (no adaptive attack more than 5 points lower).",
-              eps=eps, naive=naive, worst=worst)
-    flagged = {n: m["gradient_masking"]["suspected"] for n, m in models.items()}
+        fell = paired(_robust(per["adv_train"], "pgd_ce", eps), _robust(per["adv_train"], None, eps))
+        d = [fell.decide(0.05, alpha=alpha)]
+        evidence: dict[str, Any] = {"eps": eps, "naive": acc("adv_train", "pgd_ce"), "worst": acc("adv_train", None),
+                                    "naive_minus_worst": _stats(fell, d)}
+        if teacher:
+            gain = paired(_robust(per["adv_train"], None, eps), _robust(per["teacher"], None, eps))
+            d.append(gain.decide(0.20, above=False, alpha=alpha))
+            evidence["worst_minus_teacher_worst"] = _stats(gain, d[1:])
+        claim("adv_train_does_not_fall", _both(d),
+              f"The adversarially trained model keeps its robustness under every attack: PGD-CE "
+              f"{acc('adv_train', 'pgd_ce'):.1%}, worst case {acc('adv_train', None):.1%} at eps={eps:g} (no adaptive "
+              f"attack more than 5 points lower: {fell.difference:.1%}, 95% interval up to {d[0].ci[1]:.1%}"
+              + (f"; at least 20 points above the teacher's worst case: {d[1].value:+.1%}" if teacher else "") + ").",
+              **evidence)
+
+    states = {n: m["gradient_masking"].get("state", "suspected" if m["gradient_masking"]["suspected"]
+                                           else "not suspected") for n, m in models.items()}
     # the T=100 distillation teacher, deployed at T=1, saturates its softmax just like the student
-    should = {n: (n.startswith(("distill", "masked"))) for n in flagged}
-    claim("audit_verdicts", all(flagged[n] == should[n] for n in flagged),
+    should = {n: "suspected" if n.startswith(("distill", "masked")) else "not suspected" for n in states}
+    wrong = [n for n in states if states[n] != should[n] and states[n] != "inconclusive"]
+    state: State = "fail" if wrong else "inconclusive" if "inconclusive" in states.values() else "pass"
+    claim("audit_verdicts", state,
           "The audit flags the distilled (and T=100 teacher) and masked models and neither the undefended "
-          "teacher nor the adversarially trained model: " + ", ".join(
-              f"{n} {'flagged' if f else 'not flagged'}" for n, f in flagged.items()),
-          flagged=flagged)
+          "teacher nor the adversarially trained model: " + ", ".join(f"{n} {s}" for n, s in states.items()),
+          verdicts=states, expected=should)
     return out
+
+
+def _masked_claim(name: str, m: dict[str, Any], per: dict[str, Any], eps: float, alpha: float) -> dict[str, Any]:
+    """A masked model falls to the adaptive attacks: they remove at least half of its apparent gain.
+
+    The apparent gain is its naive robust accuracy minus the teacher's (paired, same inputs), the
+    removed part its naive minus its worst case (paired, same model). The claim holds when the
+    lower bound of the removed part is at least half the upper bound of the gain, fails when the
+    upper bound of the removed part is below half the lower bound of the gain (one-sided ``alpha``
+    each), and is inconclusive in between.
+    """
+    naive_m, worst_m = _robust(per[name], "pgd_ce", eps), _robust(per[name], None, eps)
+    gain = paired(naive_m, _robust(per["teacher"], "pgd_ce", eps))
+    removed = paired(naive_m, worst_m)
+    g_lo, g_hi = gain.interval()
+    r_lo, r_hi = removed.interval()
+    ga_lo, _ = gain.bounds(alpha)
+    _, ra_hi = removed.bounds(alpha)
+    state: State = "fail" if gain.difference <= 0 or ra_hi < 0.5 * ga_lo else \
+        "pass" if r_lo >= 0.5 * g_hi else "inconclusive"
+    adaptive = [a for a in m["roles"]["adaptive"] if a.startswith(("bpda", "eot"))]
+    best = min((float(_robust(per[name], a, eps).double().mean()) for a in adaptive), default=None)
+    naive, worst = float(naive_m.double().mean()), float(worst_m.double().mean())
+    return {
+        "claim": f"{name}_falls_to_adaptive_attacks", "state": CLAIM_STATE[state], "holds": state == "pass",
+        "text": f"{name}: the naive PGD-CE leaves {naive:.1%} ({gain.difference:+.1%} over the teacher, 95% interval "
+                f"[{g_lo:+.1%}, {g_hi:+.1%}]); the adaptive attacks leave {worst:.1%} (worst case; "
+                f"{', '.join(adaptive) or 'no BPDA/EOT'} alone: {best if best is not None else float('nan'):.1%}), "
+                f"removing {removed.difference:.1%} (95% interval [{r_lo:.1%}, {r_hi:.1%}]): at least half of the "
+                "apparent gain.",
+        "evidence": {"eps": eps, "naive": naive, "worst": worst, "bpda_eot": best,
+                     "gain_over_teacher": {**gain.evidence(), "difference": gain.difference, "ci": [g_lo, g_hi]},
+                     "removed": {**removed.evidence(), "difference": removed.difference, "ci": [r_lo, r_hi]}},
+    }
 
 
 def claims_markdown(claims: list[dict[str, Any]]) -> str:
     """The claims as a Markdown table."""
-    lines = [CLAIMS_TITLE, "", "| claim | holds | what the numbers say |", "|---|---|---|"]
+    shown = {"holds": "yes", "fails": "**no**", "inconclusive": "*inconclusive*"}
+    lines = [CLAIMS_TITLE, "",
+             "A claim holds when the 95% interval of its numbers is on the right side of its bar, fails when "
+             "they are significantly on the wrong side (one-sided 1%), and is inconclusive in between. Models "
+             "and attacks are compared on the same inputs (paired).", "",
+             "| claim | holds | what the numbers say |", "|---|---|---|"]
     for c in claims:
-        lines.append(f"| {c['claim']} | {'yes' if c['holds'] else '**no**'} | {c['text'].replace('|', '/')} |")
+        need = c["evidence"].get("inputs_to_resolve")
+        more = f" About {need} inputs would decide it." if c["state"] == "inconclusive" and need else ""
+        lines.append(f"| {c['claim']} | {shown[c['state']]} | {(c['text'] + more).replace('|', '/')} |")
     return "\n".join(lines) + "\n"
 
 
+def _read(path: Path) -> dict[str, Any] | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
 def add_claims_to_report(folder: str | Path) -> list[dict[str, Any]]:
-    """Evaluate the claims of ``folder/report.json`` and append them to the report files."""
+    """Evaluate the claims of ``folder/report.json`` and append them to the report files.
+
+    Reads ``per_sample.json`` and, where ``lit-defense run`` wrote it, ``test_split.json``.
+    """
     folder = Path(folder)
     report = json.loads((folder / "report.json").read_text())
-    claims = evaluate_claims(report)
+    claims = evaluate_claims(report, _read(folder / "per_sample.json"), _read(folder / "test_split.json"))
     report["claims"] = claims
     (folder / "report.json").write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")
     md = (folder / "report.md").read_text()

@@ -36,6 +36,16 @@ from torch import nn
 from lit_defense.attacks.base import ce_loss, margin_loss
 from lit_defense.gradients import input_gradient
 from lit_defense.results import Check, MaskingVerdict, num, verdict
+from lit_defense.stats import (
+    ALPHA,
+    Decision,
+    Paired,
+    State,
+    decide_proportion,
+    mcnemar_p,
+    paired,
+    worst_state,
+)
 
 # A float32 softmax whose top-2 logit gap exceeds this has cross-entropy gradients below
 # exp(-40) ~ 4e-18: an attack following them makes no progress (the distillation signature).
@@ -65,6 +75,9 @@ class MaskingThresholds:
         incomplete_gap: doubling the attack's steps lowers accuracy by more than this.
         silent_success_fraction: a last-iterate attack loses more than this fraction of the
             adversarial points met along its path.
+        alpha: one-sided significance a check needs to fail: its number must be past the
+            threshold at this level (exact interval or McNemar's paired test); where the 95%
+            interval straddles the threshold the check is inconclusive.
     """
 
     one_step_gap: float = 0.03
@@ -79,6 +92,7 @@ class MaskingThresholds:
     randomized_tolerance: float = 1e-4
     incomplete_gap: float = 0.02
     silent_success_fraction: float = 0.01
+    alpha: float = ALPHA
 
 
 DEFAULT_THRESHOLDS = MaskingThresholds()
@@ -126,17 +140,22 @@ def check_logit_saturation(logits: torch.Tensor, thresholds: MaskingThresholds =
     gap = top[:, 0] - top[:, 1]
     saturated = gap > SATURATION_GAP
     frac = saturated.double().mean()
-    passed = bool(frac <= thresholds.saturated_fraction)
+    decision = decide_proportion(int(saturated.sum()), int(saturated.numel()), thresholds.saturated_fraction,
+                                 alpha=thresholds.alpha)
+    state = decision.state
     return Check(
-        "softmax_saturation", passed, num(frac),
+        "softmax_saturation", state == "pass", num(frac),
         f"The softmax is saturated on {frac:.1%} of inputs (top-2 logit gap > {SATURATION_GAP:g}, "
         f"median gap {gap.median():.3g}, mean max logit {top[:, 0].mean():.3g}): cross-entropy "
         "gradients underflow to zero, the signature of defensive distillation; use a margin loss."
-        if not passed else
+        if state == "fail" else
+        f"The softmax is saturated on {frac:.1%} of inputs, which {decision.n} inputs cannot tell from the "
+        f"{thresholds.saturated_fraction:.0%} threshold." if state == "inconclusive" else
         f"Softmax not saturated ({frac:.1%} of inputs with top-2 logit gap > {SATURATION_GAP:g}).",
         {"saturated_fraction": num(frac), "median_top2_gap": num(gap.median()),
          "mean_max_logit": num(top[:, 0].mean()), "logit_std": num(z.std()) if z.numel() > 1 else None,
-         "gap_threshold": SATURATION_GAP},
+         "gap_threshold": SATURATION_GAP, **decision.evidence(), "samples_option": "--num_samples"},
+        state=state,
     )
 
 
@@ -170,7 +189,7 @@ def check_zero_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
         logits = _logits(model, x)
     correct = logits.argmax(1) == y
     xs, ys = (x[correct], y[correct]) if correct.any() else (x, y)
-    fractions = {}
+    fractions, decisions = {}, {}
     for name, loss_fn in (("ce", ce_loss), ("margin", margin_loss)):
         g = _grad(model, xs, ys, loss_fn).flatten(1).abs().amax(1).double()
         fractions[name] = {
@@ -178,19 +197,26 @@ def check_zero_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
             "vanishing": num((g <= VANISHING_GRADIENT).double().mean()),
             "median_max_abs": num(g.median()),
         }
-    # the decision uses exact zeros: a sign (L-inf) or normalised (L2) step is full-size on any
-    # non-zero gradient, however small, so only an exactly zero gradient stops the attack
+        # the decision uses exact zeros: a sign (L-inf) or normalised (L2) step is full-size on any
+        # non-zero gradient, however small, so only an exactly zero gradient stops the attack
+        decisions[name] = decide_proportion(int((g == 0).sum()), int(g.numel()), thresholds.zero_gradient_fraction,
+                                            alpha=thresholds.alpha)
+    state = worst_state([d.state for d in decisions.values()])
     worst = max(fractions["ce"]["zero"] or 0.0, fractions["margin"]["zero"] or 0.0)
-    passed = worst <= thresholds.zero_gradient_fraction
-    which = [k for k in ("ce", "margin") if (fractions[k]["zero"] or 0) > thresholds.zero_gradient_fraction]
+    which = [k for k in ("ce", "margin") if decisions[k].state == state]
     return Check(
-        "zero_gradients", passed, num(worst),
+        "zero_gradients", state == "pass", num(worst),
         f"Input gradients are exactly zero for {worst:.1%} of correctly classified inputs "
         f"(loss: {', '.join(which)}): gradient attacks on that loss do not move."
-        if not passed else
+        if state == "fail" else
+        f"Input gradients are exactly zero for {worst:.1%} of correctly classified inputs, which "
+        f"{int(xs.shape[0])} inputs cannot tell from the {thresholds.zero_gradient_fraction:.0%} threshold."
+        if state == "inconclusive" else
         f"Input gradients are non-zero (exactly zero on {worst:.1%} of inputs, CE and margin).",
         {"samples": int(xs.shape[0]), "ce": fractions["ce"], "margin": fractions["margin"],
-         "vanishing_below": VANISHING_GRADIENT},
+         "vanishing_below": VANISHING_GRADIENT, **decisions[which[0] if which else "ce"].evidence(),
+         "samples_option": "--num_samples"},
+        state=state,
     )
 
 
@@ -311,35 +337,90 @@ def model_checks(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
 
 
 # -------------------------------------------------------------------------------- attack checks
-def check_one_step_vs_iterative(one_step: Mapping[float, float], iterative: Mapping[float, float],
-                                thresholds: MaskingThresholds = DEFAULT_THRESHOLDS,
-                                names: tuple[str, str] = ("fgsm", "pgd_ce")) -> Check:
-    """Flags FGSM beating the iterative attack: a sign of a gradient that does not lead uphill."""
-    gaps = {e: iterative[e] - one_step[e] for e in one_step if e in iterative}
-    eps, gap = max(gaps.items(), key=lambda kv: kv[1]) if gaps else (None, 0.0)
-    passed = gap <= thresholds.one_step_gap
+# Every check below reads per-sample outcomes (boolean masks over the same n inputs). Two attacks
+# on the same inputs are compared on their discordant inputs (``stats.Paired``: exact interval and
+# McNemar's test); a single rate by its exact interval. A check fails only when its number is
+# significantly past its threshold (one-sided ``alpha``), passes when its 95% interval is on the
+# right side, and is inconclusive otherwise (``evidence["inputs_to_resolve"]``).
+Masks = Mapping[float, torch.Tensor]
+
+
+def _paired_worst(pairs: Mapping[Any, Paired], threshold: float, alpha: float
+                  ) -> tuple[State, Any, Paired | None, Decision | None]:
+    """The worst of several paired comparisons: a failure first, then the largest difference."""
+    decided = {key: (p, p.decide(threshold, alpha=alpha)) for key, p in pairs.items()}
+    if not decided:
+        return "pass", None, None, None
+    rank = {"fail": 2, "inconclusive": 1, "pass": 0}
+    key = max(decided, key=lambda k: (rank[decided[k][1].state], decided[k][0].difference))
+    pair, decision = decided[key]
+    return decision.state, key, pair, decision
+
+
+def _decision_evidence(decision: Decision | None, pair: Paired | None, option: str) -> dict[str, Any]:
+    out: dict[str, Any] = decision.evidence() if decision is not None else {}
+    if pair is not None:
+        out.update(pair.evidence())
+    out["samples_option"] = option
+    return out
+
+
+def check_one_step_vs_iterative(one_step: Masks, iterative: Masks, thresholds: MaskingThresholds = DEFAULT_THRESHOLDS,
+                                names: tuple[str, str] = ("fgsm", "pgd_ce"), samples_option: str = "--num_samples"
+                                ) -> Check:
+    """Flags FGSM beating the iterative attack: a gradient that does not lead uphill.
+
+    ``one_step``/``iterative``: eps -> per input, robust under that attack (same inputs).
+    """
+    pairs = {e: paired(iterative[e], one_step[e]) for e in one_step if e in iterative}
+    state, eps, pair, decision = _paired_worst(pairs, thresholds.one_step_gap, thresholds.alpha)
+    gap = pair.difference if pair else 0.0
     return Check(
-        "one_step_beats_iterative", passed, num(gap),
+        "one_step_beats_iterative", state == "pass", num(gap),
         f"The one-step attack ({names[0]}) beats the iterative one ({names[1]}) by {gap:.1%} at "
-        f"eps={eps:g}: the iterative attack follows misleading local gradients." if not passed else
+        f"eps={eps:g}: the iterative attack follows misleading local gradients." if state == "fail" else
+        f"The one-step attack ({names[0]}) beats the iterative one by {gap:.1%} at eps={eps:g}, which "
+        f"{len(one_step[eps])} inputs cannot tell from the {thresholds.one_step_gap:.0%} threshold."
+        if state == "inconclusive" else
         f"The iterative attack is at least as strong as the one-step one (largest gap {gap:+.1%}).",
-        {"one_step": names[0], "iterative": names[1], "gap_by_eps": {str(k): num(v) for k, v in gaps.items()}},
+        {"one_step": names[0], "iterative": names[1], "eps": eps,
+         "gap_by_eps": {str(k): num(v.difference) for k, v in pairs.items()},
+         **_decision_evidence(decision, pair, samples_option)},
+        state=state, kind="signature",
     )
 
 
-def check_extra_found(name: str, what: str, before: Mapping[float, float], after: Mapping[float, float],
-                      threshold: float, attacks: Sequence[str]) -> Check:
-    """Attacks run after all white-box ones (on their survivors) must find (almost) nothing more."""
-    extra = {e: before[e] - after[e] for e in before if e in after}
-    eps, gap = max(extra.items(), key=lambda kv: kv[1]) if extra else (None, 0.0)
-    passed = gap <= threshold
+def check_extra_found(name: str, what: str, before: Masks, after: Masks, threshold: float, attacks: Sequence[str],
+                      alpha: float = ALPHA) -> Check:
+    """Attacks run after all white-box ones (on their survivors) must find (almost) nothing more.
+
+    ``before``/``after``: eps -> per input, robust before and after these attacks. The inputs
+    they fooled are their discordant inputs against the white-box attacks (which fooled none the
+    later attacks missed, since the later ones only see survivors): a rate with an exact interval.
+    """
+    decided = {}
+    for e in before:
+        if e in after:
+            k, n = int((before[e] & ~after[e]).sum()), int(before[e].numel())
+            decided[e] = (k, n, decide_proportion(k, n, threshold, alpha=alpha))
+    rank = {"fail": 2, "inconclusive": 1, "pass": 0}
+    eps = max(decided, key=lambda e: (rank[decided[e][2].state], decided[e][0])) if decided else None
+    k, n, decision = decided[eps] if decided else (0, 0, None)
+    state: State = decision.state if decision else "pass"
+    gap = k / n if n else 0.0
     return Check(
-        name, passed, num(gap),
+        name, state == "pass", num(gap),
         f"{what} ({', '.join(attacks)}) fools {gap:.1%} of the inputs that every white-box attack "
-        f"failed on (eps={eps:g}): the white-box gradients are misleading." if not passed else
+        f"failed on (eps={eps:g}): the white-box gradients are misleading." if state == "fail" else
+        f"{what} ({', '.join(attacks)}) fools {gap:.1%} of the inputs every white-box attack failed on "
+        f"(eps={eps:g}), which {n} inputs cannot tell from the {threshold:.0%} threshold."
+        if state == "inconclusive" else
         f"{what} ({', '.join(attacks)}) finds little beyond the white-box attacks (at most {gap:.1%}).",
-        {"attacks": list(attacks), "white_box_accuracy": {str(k): num(v) for k, v in before.items()},
-         "after": {str(k): num(v) for k, v in after.items()}, "extra_by_eps": {str(k): num(v) for k, v in extra.items()}},
+        {"attacks": list(attacks), "eps": eps,
+         "extra_by_eps": {str(e): num(d[0] / d[1]) if d[1] else None for e, d in decided.items()},
+         **(decision.evidence() if decision else {}), "discordant": [k, 0], "p_value": num(mcnemar_p(k, 0)),
+         "samples_option": "--num_samples"},
+        state=state, kind="signature",
     )
 
 
@@ -350,54 +431,76 @@ def check_unbounded(attack: str, eps: float, fooled: torch.Tensor,
     A budget that large can turn any image into any other. ``fooled``: per correctly classified
     input, whether the unbounded ``attack`` (at ``eps``) fooled it.
     """
-    success = fooled.double().mean() if fooled.numel() else torch.tensor(1.0)
-    passed = bool(success >= thresholds.unbounded_success)
+    k, n = int(fooled.sum()), int(fooled.numel())
+    decision = decide_proportion(k, n, thresholds.unbounded_success, above=False, alpha=thresholds.alpha) \
+        if n else None
+    state: State = decision.state if decision else "pass"
+    success = k / n if n else 1.0
     return Check(
-        "unbounded_attack_fails", passed, num(success),
+        "unbounded_attack_fails", state == "pass", num(success),
         f"An unbounded {attack} (eps={eps:g}) fools only {success:.1%} of inputs, not ~100%: "
-        "its gradients lead nowhere." if not passed else
+        "its gradients lead nowhere." if state == "fail" else
+        f"An unbounded {attack} (eps={eps:g}) fools {success:.1%} of inputs, which {n} inputs cannot tell "
+        f"from the {thresholds.unbounded_success:.0%} threshold." if state == "inconclusive" else
         f"An unbounded {attack} (eps={eps:g}) fools {success:.1%} of inputs.",
-        {"attack": attack, "eps": eps, "success_rate": num(success), "samples": int(fooled.numel())},
+        {"attack": attack, "eps": eps, "success_rate": num(success), "samples": n,
+         **(decision.evidence() if decision else {}), "samples_option": "--check_samples"},
+        state=state, kind="signature",
     )
 
 
-def check_monotone(curves: Mapping[str, Mapping[float, float]], clean_accuracy: float,
+def check_monotone(curves: Mapping[str, Masks], clean: torch.Tensor,
                    thresholds: MaskingThresholds = DEFAULT_THRESHOLDS) -> Check:
-    """Flags robust accuracy that rises with eps: a larger budget must never help the model."""
-    worst_rise, where = 0.0, None
+    """Flags robust accuracy that rises with eps: a larger budget must never help the model.
+
+    ``curves``: attack -> eps -> per input, robust; ``clean``: per input, correctly classified
+    (eps 0). Each rise is a paired comparison of the same inputs at two eps.
+    """
+    pairs = {}
     for name, curve in curves.items():
-        points = [(0.0, clean_accuracy), *sorted(curve.items())]
-        for (e0, a0), (e1, a1) in zip(points, points[1:], strict=False):
-            if a1 - a0 > worst_rise:
-                worst_rise, where = a1 - a0, (name, e0, e1)
-    passed = worst_rise <= thresholds.monotone_tolerance
+        points = [(0.0, clean), *sorted(curve.items(), key=lambda kv: kv[0])]
+        for (e0, m0), (e1, m1) in zip(points, points[1:], strict=False):
+            pairs[(name, e0, e1)] = paired(m1, m0)
+    state, where, pair, decision = _paired_worst(pairs, thresholds.monotone_tolerance, thresholds.alpha)
+    rise = max(pair.difference, 0.0) if pair else 0.0
     return Check(
-        "not_monotone_in_eps", passed, num(worst_rise),
-        f"Robust accuracy under {where[0]} rises by {worst_rise:.1%} from eps={where[1]:g} to "
-        f"eps={where[2]:g}: a larger budget can only help a working attack." if not passed else
+        "not_monotone_in_eps", state == "pass", num(rise),
+        f"Robust accuracy under {where[0]} rises by {rise:.1%} from eps={where[1]:g} to "
+        f"eps={where[2]:g}: a larger budget can only help a working attack." if state == "fail" else
+        f"Robust accuracy under {where[0]} rises by {rise:.1%} from eps={where[1]:g} to eps={where[2]:g}, "
+        f"which {pair.n} inputs cannot tell from the {thresholds.monotone_tolerance:.0%} tolerance."
+        if state == "inconclusive" else
         "Robust accuracy falls monotonically with eps for every attack.",
-        {"largest_rise": num(worst_rise), "where": list(where) if where else None},
+        {"largest_rise": num(rise), "where": list(where) if where and rise > 0 else None,
+         **_decision_evidence(decision, pair, "--num_samples")},
+        state=state, kind="signature",
     )
 
 
-def check_adaptive_vs_naive(naive: Mapping[float, float], adaptive: Mapping[str, Mapping[float, float]],
-                            thresholds: MaskingThresholds = DEFAULT_THRESHOLDS,
-                            naive_name: str = "pgd_ce") -> Check:
-    """Flags an adaptive attack that beats the naive one by more than the threshold."""
-    best_gap, where = 0.0, None
-    for name, curve in adaptive.items():
-        for e, acc in curve.items():
-            if e in naive and naive[e] - acc > best_gap:
-                best_gap, where = naive[e] - acc, (name, e)
-    passed = best_gap <= thresholds.adaptive_gap
+def check_adaptive_vs_naive(naive: Masks, adaptive: Mapping[str, Masks],
+                            thresholds: MaskingThresholds = DEFAULT_THRESHOLDS, naive_name: str = "pgd_ce") -> Check:
+    """An adaptive attack (margin, BPDA, EOT) that beats the naive one by more than the threshold.
+
+    ``naive``: eps -> per input, robust under the naive attack; ``adaptive``: attack -> the same.
+    An *outcome* check: on its own it says the naive attack is weak; it corroborates masking only
+    where a mechanism check shows the gradients themselves are unusable.
+    """
+    pairs = {(name, e): paired(naive[e], mask) for name, curve in adaptive.items()
+             for e, mask in curve.items() if e in naive}
+    state, where, pair, decision = _paired_worst(pairs, thresholds.adaptive_gap, thresholds.alpha)
+    gap = max(pair.difference, 0.0) if pair else 0.0
     return Check(
-        "adaptive_beats_naive", passed, num(best_gap),
-        f"The adaptive attack {where[0]} lowers robust accuracy {best_gap:.1%} below the naive "
+        "adaptive_beats_naive", state == "pass", num(gap),
+        f"The adaptive attack {where[0]} lowers robust accuracy {gap:.1%} below the naive "
         f"{naive_name} at eps={where[1]:g}: the naive attack's robustness was apparent, not real."
-        if not passed else
-        f"Adaptive attacks ({', '.join(adaptive) or 'none'}) are within {best_gap:.1%} of the naive {naive_name}.",
-        {"naive": naive_name, "adaptive": list(adaptive), "largest_gap": num(best_gap),
-         "where": list(where) if where else None},
+        if state == "fail" else
+        f"The adaptive attack {where[0]} lowers robust accuracy {gap:.1%} below the naive {naive_name} at "
+        f"eps={where[1]:g}, which {pair.n} inputs cannot tell from the {thresholds.adaptive_gap:.0%} threshold."
+        if state == "inconclusive" else
+        f"Adaptive attacks ({', '.join(adaptive) or 'none'}) are within {gap:.1%} of the naive {naive_name}.",
+        {"naive": naive_name, "adaptive": list(adaptive), "largest_gap": num(gap),
+         "where": list(where) if where else None, **_decision_evidence(decision, pair, "--num_samples")},
+        state=state, kind="outcome",
     )
 
 
@@ -408,17 +511,19 @@ def check_incomplete_optimisation(attack: str, steps: int, longer_steps: int, ep
 
     ``robust`` / ``robust_longer``: per input, robust under the attack and under its 2x-steps copy.
     """
+    pair = paired(robust, robust_longer)
+    decision = pair.decide(thresholds.incomplete_gap, alpha=thresholds.alpha)
+    gap = pair.difference
     acc = robust.double().mean() if robust.numel() else torch.tensor(0.0)
     acc2 = robust_longer.double().mean() if robust_longer.numel() else torch.tensor(0.0)
-    gap = float(acc - acc2)
-    passed = gap <= thresholds.incomplete_gap
     return Check(
-        "incomplete_optimisation", passed, num(gap),
+        "incomplete_optimisation", decision.state == "pass", num(gap),
         f"Doubling {attack}'s steps ({steps} -> {longer_steps}) lowers accuracy by "
         f"{gap:.1%} more: the attack had not converged, so its numbers are upper bounds."
-        if not passed else f"Doubling {attack}'s steps changes accuracy by {gap:+.1%}: converged.",
-        {"attack": attack, "steps": steps, "accuracy": num(acc), "accuracy_2x_steps": num(acc2), "eps": eps},
-        advisory=True,
+        if decision.state != "pass" else f"Doubling {attack}'s steps changes accuracy by {gap:+.1%}: converged.",
+        {"attack": attack, "steps": steps, "accuracy": num(acc), "accuracy_2x_steps": num(acc2), "eps": eps,
+         **_decision_evidence(decision, pair, "--check_samples")},
+        state=decision.state, kind="advisory",
     )
 
 
@@ -429,17 +534,21 @@ def check_silent_success(attack: str, met: torch.Tensor, kept: torch.Tensor,
     This project's PGD keeps the first one it meets; many tools return the last iterate. ``met`` /
     ``kept``: per input, fooled by the first-adversarial and by the last-iterate copy of the attack.
     """
-    lost = (met & ~kept).double().mean() if met.numel() else torch.tensor(0.0)
-    passed = bool(lost <= thresholds.silent_success_fraction)
+    lost_count, n = int((met & ~kept).sum()), int(met.numel())
+    decision = decide_proportion(lost_count, n, thresholds.silent_success_fraction, alpha=thresholds.alpha) \
+        if n else None
+    state: State = decision.state if decision else "pass"
+    lost = lost_count / n if n else 0.0
     return Check(
-        "silent_success", passed, num(lost),
+        "silent_success", state == "pass", num(lost),
         f"{lost:.1%} of inputs were adversarial somewhere along {attack}'s path but not at its "
         "last iterate: the loss surface is ragged; attacks that return the last iterate overstate "
-        "robustness (lit-defense keeps the first adversarial point)." if not passed else
+        "robustness (lit-defense keeps the first adversarial point)." if state != "pass" else
         f"A last-iterate {attack} loses {lost:.1%} of the adversarial points met on its path.",
         {"attack": attack, "met_along_path": num(met.double().mean()) if met.numel() else None,
-         "kept_at_last_iterate": num(kept.double().mean()) if kept.numel() else None, "lost": num(lost)},
-        advisory=True,
+         "kept_at_last_iterate": num(kept.double().mean()) if kept.numel() else None, "lost": num(lost),
+         **(decision.evidence() if decision else {}), "samples_option": "--check_samples"},
+        state=state, kind="advisory",
     )
 
 

@@ -31,7 +31,8 @@ from torch import nn
 from lit_defense.attacks.base import Attack, MinNormAttack
 from lit_defense.diagnostics import MaskingThresholds, check_one_step_vs_iterative
 from lit_defense.errors import ConfigError
-from lit_defense.results import Check, eps_key
+from lit_defense.results import Check, eps_key, interval_metrics
+from lit_defense.stats import Estimate
 from lit_defense.threat import check_eps, per_sample
 
 WORST = "worst"
@@ -51,13 +52,20 @@ class RobustnessResult:
     seconds: float = 0.0
     extra: dict = field(default_factory=dict)
 
-    def metrics(self, prefix: str = "adv") -> dict[str, float]:
-        """``{"adv/<attack>/eps=<eps>/acc": value}`` for every attack and ``worst``."""
-        return {
-            f"{prefix}/{name}/eps={key}/acc": value
-            for name, per_eps in self.robust_accuracy.items()
-            for key, value in per_eps.items()
-        }
+    def metrics(self, prefix: str = "adv", intervals: bool = False) -> dict[str, float]:
+        """``{"adv/<attack>/eps=<eps>/acc": value}`` for every attack and ``worst``.
+
+        With ``intervals``, each accuracy also gets its exact 95% interval as ``.../ci_low`` and
+        ``.../ci_high``, and the clean accuracy is included (``adv/clean/acc`` and its interval).
+        """
+        if not intervals:
+            return {f"{prefix}/{name}/eps={key}/acc": value
+                    for name, per_eps in self.robust_accuracy.items() for key, value in per_eps.items()}
+        out = interval_metrics(f"{prefix}/clean", Estimate.of(self.clean_accuracy, self.num_samples))
+        for name, per_eps in self.robust_accuracy.items():
+            for key, value in per_eps.items():
+                out.update(interval_metrics(f"{prefix}/{name}/eps={key}", Estimate.of(value, self.num_samples)))
+        return out
 
     def worst(self, eps: float) -> float:
         """Worst-case robust accuracy at ``eps``."""
@@ -326,9 +334,9 @@ def cheap_attack_check(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: 
     from lit_defense.attacks import FGSM, PGD
 
     fgsm, pgd = FGSM(eps=eps, norm=norm), PGD(eps=eps, norm=norm, steps=steps)
-    accuracy = [1 - fooled_by(model, a, a(model, x, y), x, y).double().mean() for a in (fgsm, pgd)]
-    return check_one_step_vs_iterative({eps: float(accuracy[0])}, {eps: float(accuracy[1])},
-                                       thresholds or MaskingThresholds(), (fgsm.name, f"pgd{steps}_ce"))
+    robust = [~fooled_by(model, a, a(model, x, y), x, y).cpu() for a in (fgsm, pgd)]
+    return check_one_step_vs_iterative({eps: robust[0]}, {eps: robust[1]}, thresholds or MaskingThresholds(),
+                                       (fgsm.name, f"pgd{steps}_ce"), samples_option="num_samples")
 
 
 def evaluate_robustness(

@@ -1,9 +1,11 @@
 """The audit's report: ``report.json``, ``report.md`` and PNG plots (and TensorBoard scalars).
 
-``report.json`` holds, per model: ``name``, ``clean_accuracy``, ``results`` (``{attack, eps,
-robust_accuracy, stage}``), ``worst_case`` (eps -> robust accuracy over all attacks) and
-``gradient_masking`` (``{suspected, triggered, checks: [{name, passed, value, summary,
-evidence}]}``). ``report.md`` says the same in tables and plain words.
+``report.json`` holds, per model: ``name``, ``clean_accuracy`` (an *estimate*: ``{value, ci:
+[low, high], k, n}``, ``lit_defense.stats.Estimate``), ``results`` (``{attack, eps,
+robust_accuracy, ci, n, stage}``), ``worst_case`` (eps -> estimate of the robust accuracy over all
+attacks) and ``gradient_masking`` (``{suspected, state, triggered, inconclusive, checks: [{name,
+state, kind, passed, value, summary, evidence}]}``). ``report.md`` says the same in tables and
+plain words, every accuracy with its exact 95% interval; the plots draw the intervals as bands.
 """
 
 from __future__ import annotations
@@ -36,7 +38,30 @@ def _pct(value: float | None) -> str:
     return "n/a" if value is None or not math.isfinite(value) else f"{100 * value:.1f}%"
 
 
-def _evidence_text(evidence: dict[str, Any], limit: int = 6) -> str:
+def _with_ci(audit: ModelAudit, value: float | None) -> str:
+    """``82.5% [78.4, 86.1]``: an accuracy of ``audit`` with its exact 95% interval."""
+    return "n/a" if value is None or not math.isfinite(value) else audit.estimate(value).text()
+
+
+def _flag(audit: ModelAudit) -> str:
+    v = audit.gradient_masking
+    if v.suspected:
+        return "**suspected**: " + ", ".join(v.triggered)
+    if v.state == "inconclusive":
+        return "*inconclusive*: " + ", ".join(v.inconclusive)
+    return "not suspected"
+
+
+RESULT_TEXT = {"pass": "pass", "fail": "**FAIL**", "inconclusive": "*inconclusive*"}
+
+
+def _shown(evidence: dict[str, Any]) -> dict[str, Any]:
+    """The evidence with its statistics first (n, discordant counts, p-value, interval)."""
+    first = [k for k in ("n", "discordant", "p_value", "ci", "threshold", "inputs_to_resolve") if k in evidence]
+    return {**{k: evidence[k] for k in first}, **{k: v for k, v in evidence.items() if k not in first}}
+
+
+def _evidence_text(evidence: dict[str, Any], limit: int = 8) -> str:
     parts = []
     for key, value in evidence.items():
         if isinstance(value, dict):
@@ -75,16 +100,16 @@ def markdown(audits: Sequence[ModelAudit], meta: dict[str, Any]) -> str:
     ]
     for a in audits:
         naive_curve = a.curve(a.roles["naive"])
-        cells = " | ".join(f"{_pct(naive_curve.get(e))} | **{_pct(a.worst_case[eps_key(e)])}**" for e in a.eps)
-        flag = ("**suspected**: " + ", ".join(a.gradient_masking.triggered)) if a.gradient_masking.suspected \
-            else "not suspected"
-        lines.append(f"| {a.name} | {_pct(a.clean_accuracy)} | {cells} | {flag} |")
-    lines += ["", "![robust accuracy of all models](robust_accuracy_all.png)", ""]
+        cells = " | ".join(f"{_with_ci(a, naive_curve.get(e))} | **{_with_ci(a, a.worst_case[eps_key(e)])}**"
+                           for e in a.eps)
+        lines.append(f"| {a.name} | {_with_ci(a, a.clean_accuracy)} | {cells} | {_flag(a)} |")
+    lines += ["", "Each accuracy is followed by its exact (Clopper-Pearson) 95% interval, in points.", "",
+              "![robust accuracy of all models](robust_accuracy_all.png)", ""]
     for a in audits:
         lines += [
             f"## {a.name}",
             "",
-            f"Source: `{a.source}`. Clean accuracy {_pct(a.clean_accuracy)} on {a.num_samples} images; "
+            f"Source: `{a.source}`. Clean accuracy {_with_ci(a, a.clean_accuracy)} on {a.num_samples} images; "
             f"audited in {a.seconds:.0f} s.",
             "",
             f"**Verdict.** {a.gradient_masking.explain()}",
@@ -100,13 +125,15 @@ def markdown(audits: Sequence[ModelAudit], meta: dict[str, Any]) -> str:
             curve = a.curve(attack)
             role = " (naive)" if attack == a.roles["naive"] else ""
             stage_text = "own" if stage == "white_box" else "after all above"
-            lines.append(f"| {attack}{role} | {stage_text} | " + " | ".join(_pct(curve.get(e)) for e in a.eps) + " |")
-        lines.append("| **worst case** | all | " + " | ".join(f"**{_pct(a.worst_case[eps_key(e)])}**" for e in a.eps) + " |")
-        lines += ["", "| check | result | value | evidence |", "|---|---|---:|---|"]
+            lines.append(f"| {attack}{role} | {stage_text} | "
+                         + " | ".join(_with_ci(a, curve.get(e)) for e in a.eps) + " |")
+        lines.append("| **worst case** | all | "
+                     + " | ".join(f"**{_with_ci(a, a.worst_case[eps_key(e)])}**" for e in a.eps) + " |")
+        lines += ["", "| check | kind | result | value | evidence |", "|---|---|---|---:|---|"]
         for c in a.gradient_masking.checks:
-            result = "pass" if c.passed else ("warn (advisory)" if c.advisory else "**FAIL**")
+            result = RESULT_TEXT[c.state] if not c.advisory or c.passed else f"warn (advisory, {c.state})"
             value = "" if c.value is None else f"{c.value:.4g}"
-            lines.append(f"| {c.name} | {result} | {value} | {_evidence_text(c.evidence)} |")
+            lines.append(f"| {c.name} | {c.kind} | {result} | {value} | {_evidence_text(_shown(c.evidence))} |")
         lines += ["", f"![{a.name}](robust_accuracy_{_slug(a.name)}.png)", ""]
     lines += ["![adversarial examples](adversarial_examples.png)", ""]
     return "\n".join(lines)
@@ -131,8 +158,9 @@ def model_figure(audit: ModelAudit) -> Figure:
         curve = audit.curve(name)
         ax.plot(eps, [audit.clean_accuracy, *(curve[e] for e in audit.eps)], "--o", linewidth=1, alpha=0.8,
                 label=name + (" (naive)" if name == audit.roles["naive"] else ""))
-    ax.plot(eps, [audit.clean_accuracy, *(audit.worst_case[eps_key(e)] for e in audit.eps)], "-o", color="black",
-            linewidth=2.5, label="worst case (all attacks)")
+    worst = [audit.clean_accuracy, *(audit.worst_case[eps_key(e)] for e in audit.eps)]
+    ax.plot(eps, worst, "-o", color="black", linewidth=2.5, label="worst case (all attacks)")
+    _band(ax, audit, eps, worst, "black", "95% interval")
     _finish(ax, f"{audit.name}: robust accuracy ({audit.norm})", audit.norm)
     fig.tight_layout()
     return fig
@@ -150,12 +178,23 @@ def comparison_figure(audits: Sequence[ModelAudit]) -> Figure:
         naive = a.curve(a.roles["naive"])
         ax.plot(eps, [a.clean_accuracy, *(naive[e] for e in a.eps)], "--", color=color, alpha=0.7,
                 label=f"{a.name}: apparent ({a.roles['naive']})")
-        ax.plot(eps, [a.clean_accuracy, *(a.worst_case[eps_key(e)] for e in a.eps)], "-o", color=color,
-                linewidth=2, label=f"{a.name}: worst case" + (" [masking]" if a.gradient_masking.suspected else ""))
-    _finish(ax, "apparent (dashed) vs worst-case (solid) robust accuracy", audits[0].norm if audits else "linf")
+        worst = [a.clean_accuracy, *(a.worst_case[eps_key(e)] for e in a.eps)]
+        ax.plot(eps, worst, "-o", color=color, linewidth=2,
+                label=f"{a.name}: worst case" + (" [masking]" if a.gradient_masking.suspected else ""))
+        _band(ax, a, eps, worst, color)
+    _finish(ax, "apparent (dashed) vs worst-case (solid, 95% interval shaded) robust accuracy",
+            audits[0].norm if audits else "linf")
     ax.legend(fontsize=6.5, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
     fig.tight_layout()
     return fig
+
+
+def _band(ax: Axes, audit: ModelAudit, eps: Sequence[float], values: Sequence[float], color: str,
+          label: str | None = None) -> None:
+    """The exact 95% intervals of a curve of ``audit``'s accuracies, as a shaded band."""
+    bounds = [audit.estimate(v).ci for v in values]
+    ax.fill_between(eps, [lo for lo, _ in bounds], [hi for _, hi in bounds], color=color, alpha=0.15,
+                    linewidth=0, label=label)
 
 
 def _finish(ax: Axes, title: str, norm: str) -> None:

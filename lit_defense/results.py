@@ -13,9 +13,11 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
+
+from lit_defense.stats import Estimate, State
 
 
 def eps_key(eps: float) -> str:
@@ -31,11 +33,26 @@ def num(value: Any, digits: int = 6) -> float | None:
     return round(value, digits) if math.isfinite(value) else None
 
 
+# What a check tells (see ``verdict``):
+# - ``mechanism``: the gradients themselves are unusable (saturation, zero gradients, finite
+#   differences, randomness, autograd in the forward pass, probabilities): masking on its own;
+# - ``signature``: an outcome that only masked gradients explain (gradient-free or random search
+#   beating every white-box attack, an unbounded attack failing, one step beating many, robust
+#   accuracy rising with eps): masking on its own;
+# - ``outcome``: one attack beats another (a margin loss beats CE-PGD). On a model whose gradients
+#   are fine that only says the naive attack is weak; it corroborates a mechanism, never flags alone;
+# - ``advisory``: about the evaluation's own numbers (converged? path kept?), never the verdict.
+CheckKind = Literal["mechanism", "signature", "outcome", "advisory"]
+DECIDING: tuple[str, ...] = ("mechanism", "signature")
+
+
 @dataclass
 class Check:
     """One item of the gradient-masking checklist.
 
-    ``advisory`` checks are reported but do not decide the verdict.
+    ``state`` is ``pass``, ``fail`` or ``inconclusive`` (the numbers cannot tell at this sample
+    size: ``evidence["inputs_to_resolve"]`` says how many inputs would); ``passed`` is
+    ``state == "pass"``. ``kind`` says whether it can decide the verdict (see ``CheckKind``).
     """
 
     name: str
@@ -44,6 +61,16 @@ class Check:
     summary: str
     evidence: dict[str, Any] = field(default_factory=dict)
     advisory: bool = False
+    state: State = ""  # type: ignore[assignment]  # derived from ``passed`` when not given
+    kind: CheckKind = "mechanism"
+
+    def __post_init__(self) -> None:
+        if not self.state:
+            self.state = "pass" if self.passed else "fail"
+        self.passed = self.state == "pass"
+        if self.advisory:
+            self.kind = "advisory"
+        self.advisory = self.kind == "advisory"
 
     def to_dict(self) -> dict[str, Any]:
         """The check as JSON-ready data."""
@@ -52,36 +79,74 @@ class Check:
 
 @dataclass
 class MaskingVerdict:
-    """Whether gradient masking is suspected, which checks said so, and every check."""
+    """Whether gradient masking is suspected, which checks said so, and every check.
+
+    ``state``: ``suspected`` (a mechanism or signature check failed), ``inconclusive`` (none
+    failed, but one could not be decided at this sample size) or ``not suspected``. ``triggered``
+    lists the failed checks behind a suspicion (outcome checks corroborate it), ``inconclusive``
+    the undecided deciding checks; ``suspected`` is ``state == "suspected"``.
+    """
 
     suspected: bool
     triggered: list[str]
     checks: list[Check]
+    state: str = ""
+    inconclusive: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.state:
+            self.state = "suspected" if self.suspected else "inconclusive" if self.inconclusive else "not suspected"
 
     def to_dict(self) -> dict[str, Any]:
         """The verdict as JSON-ready data."""
         return {
             "suspected": self.suspected,
+            "state": self.state,
             "triggered": list(self.triggered),
+            "inconclusive": list(self.inconclusive),
             "checks": [c.to_dict() for c in self.checks],
         }
 
     def explain(self) -> str:
-        """The verdict in plain words."""
-        if not self.suspected:
-            advisory = [c for c in self.checks if not c.passed]
-            text = "No sign of gradient masking: every check passed"
-            if advisory:
-                text += f" (advisory: {'; '.join(c.summary for c in advisory)})"
-            return text + "."
-        failed = [c for c in self.checks if not c.passed and not c.advisory]
-        return "Gradient masking suspected: " + " ".join(c.summary for c in failed)
+        """The verdict in plain words, with what to run when the numbers cannot decide."""
+        weak = [c for c in self.checks if c.kind == "outcome" and c.state == "fail"]
+        notes = [c for c in self.checks if c.kind == "advisory" and not c.passed]
+        if self.suspected:
+            failed = [c for c in self.checks if c.name in self.triggered]
+            return "Gradient masking suspected: " + " ".join(c.summary for c in failed)
+        if self.state == "inconclusive":
+            undecided = [c for c in self.checks if c.name in self.inconclusive]
+            text = "Inconclusive: no check failed, but " + "; ".join(
+                f"{c.name} cannot be decided on {c.evidence.get('n', '?')} inputs "
+                f"(re-run with about {c.evidence.get('inputs_to_resolve', '?')}: {rerun_hint(c)})"
+                for c in undecided) + "."
+        else:
+            text = "No sign of gradient masking: every mechanism and signature check passed."
+        if weak:
+            text += " The naive attack is weak (" + " ".join(c.summary for c in weak) + \
+                ") With usable gradients that is not masking: report the worst case, not the naive number."
+        if notes:
+            text += f" Advisory: {'; '.join(c.summary for c in notes)}"
+        return text
+
+
+def rerun_hint(check: Check) -> str:
+    """Which audit option gives an inconclusive check more inputs."""
+    option = check.evidence.get("samples_option", "--num_samples")
+    return f"{option}={check.evidence.get('inputs_to_resolve', '?')}"
 
 
 def verdict(checks: Sequence[Check]) -> MaskingVerdict:
-    """The verdict of a list of checks: suspected when any non-advisory check failed."""
-    triggered = [c.name for c in checks if not c.passed and not c.advisory]
-    return MaskingVerdict(bool(triggered), triggered, list(checks))
+    """The verdict of a list of checks.
+
+    Suspected when a mechanism or signature check failed (failed outcome checks then corroborate
+    it); inconclusive when none failed and one of them is undecided; otherwise not suspected.
+    """
+    failed = [c.name for c in checks if c.kind in DECIDING and c.state == "fail"]
+    undecided = [c.name for c in checks if c.kind in DECIDING and c.state == "inconclusive"]
+    if failed:
+        failed += [c.name for c in checks if c.kind == "outcome" and c.state == "fail"]
+    return MaskingVerdict(bool(failed), failed, list(checks), inconclusive=undecided)
 
 
 def attack_curve(results: Sequence[dict[str, Any]], attack: str) -> dict[float, float]:
@@ -120,24 +185,55 @@ class ModelAudit:
         """Eps -> robust accuracy of one attack."""
         return attack_curve(self.results, attack)
 
+    def estimate(self, value: float) -> Estimate:
+        """An accuracy of this audit (counted on ``num_samples`` inputs) with its exact interval."""
+        return Estimate.of(value, self.num_samples)
+
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready data (the examples' tensors and the per-sample results are left out)."""
-        data = {k: v for k, v in asdict(self).items() if k not in ("examples", "gradient_masking", "per_sample")}
+        """JSON-ready data (the examples' tensors and the per-sample results are left out).
+
+        ``clean_accuracy`` and every ``worst_case`` entry are *estimates* (``{"value", "ci": [low,
+        high], "k", "n"}``, ``lit_defense.stats.Estimate``); every ``results`` row carries ``ci``
+        and ``n`` next to its ``robust_accuracy``.
+        """
+        skip = ("examples", "gradient_masking", "per_sample", "results", "worst_case", "clean_accuracy")
+        data = {k: v for k, v in asdict(self).items() if k not in skip}
+        data["clean_accuracy"] = self.estimate(self.clean_accuracy).to_dict()
+        data["results"] = [{**r, "ci": self.estimate(r["robust_accuracy"]).to_dict()["ci"], "n": self.num_samples}
+                           for r in self.results]
+        data["worst_case"] = {k: self.estimate(v).to_dict() for k, v in self.worst_case.items()}
         data["gradient_masking"] = self.gradient_masking.to_dict()
         return data
 
     def metrics(self) -> dict[str, float]:
-        """The audit's numbers under the project's metric names (TensorBoard, callbacks)."""
-        out = {"adv/clean/acc": self.clean_accuracy}
+        """The audit's numbers under the project's metric names (TensorBoard, callbacks).
+
+        Each accuracy ``.../acc`` comes with its interval as ``.../ci_low`` and ``.../ci_high``.
+        """
+        out = interval_metrics("adv/clean", self.estimate(self.clean_accuracy))
         for r in self.results:
-            out[f"adv/{r['attack']}/eps={eps_key(r['eps'])}/acc"] = r["robust_accuracy"]
+            out.update(interval_metrics(f"adv/{r['attack']}/eps={eps_key(r['eps'])}",
+                                        self.estimate(r["robust_accuracy"])))
         for key, value in self.worst_case.items():
-            out[f"adv/worst/eps={key}/acc"] = value
+            out.update(interval_metrics(f"adv/worst/eps={key}", self.estimate(value)))
         for check in self.gradient_masking.checks:
             if check.value is not None:
                 out[f"masking/{check.name}"] = check.value
         out["masking/suspected"] = float(self.gradient_masking.suspected)
+        out["masking/inconclusive"] = float(self.gradient_masking.state == "inconclusive")
         return out
 
 
-__all__ = ["Check", "MaskingVerdict", "ModelAudit", "attack_curve", "eps_key", "num", "verdict"]
+def interval_metrics(prefix: str, estimate: Estimate) -> dict[str, float]:
+    """``{prefix/acc, prefix/ci_low, prefix/ci_high}`` of one accuracy."""
+    lo, hi = estimate.ci
+    return {f"{prefix}/acc": estimate.value, f"{prefix}/ci_low": lo, f"{prefix}/ci_high": hi}
+
+
+def value_of(number: Any) -> float:
+    """The value of a report number: an estimate (``{"value", "ci", ...}``) or a plain float."""
+    return float(number["value"]) if isinstance(number, dict) else float(number)
+
+
+__all__ = ["Check", "CheckKind", "MaskingVerdict", "ModelAudit", "attack_curve", "eps_key", "interval_metrics", "num",
+           "rerun_hint", "value_of", "verdict"]

@@ -93,3 +93,18 @@ def trained():
     y = dm.test_set.labels
     model.eval()
     return model, x, y
+
+
+def assert_not_significantly_more_robust(audit, reference, eps_key, margin):
+    """``audit``'s worst case at ``eps_key`` is not significantly more than ``margin`` above ``reference``'s.
+
+    Both audited the same inputs: a paired comparison of their per-sample robustness (exact
+    interval and McNemar's test, ``lit_defense.stats``), so the assertion holds on every numeric
+    path unless the gap is really past ``margin``.
+    """
+    from lit_defense.stats import paired
+
+    pair = paired(audit.per_sample["robust"][eps_key], reference.per_sample["robust"][eps_key])
+    decision = pair.decide(margin)
+    assert decision.state != "fail", (eps_key, audit.worst_case[eps_key], reference.worst_case[eps_key],
+                                      decision.evidence(), pair.evidence())

@@ -53,7 +53,7 @@ from lit_defense.diagnostics import (
     model_checks,
 )
 from lit_defense.evaluation import check_attacks, robustness_counts
-from lit_defense.results import Check, ModelAudit, attack_curve, eps_key, verdict
+from lit_defense.results import Check, ModelAudit, eps_key, verdict
 from lit_defense.threat import per_sample
 
 
@@ -135,17 +135,15 @@ def audit_model(
     stages = {"probe": probe_info, "white_box": stage.info}
     clean_mask = found["clean"]
     fooled: dict[str, dict[str, torch.Tensor]] = dict(found["fooled"])
-    results = [
-        {"attack": a.name, "eps": e, "robust_accuracy": int((clean_mask & ~fooled[a.name][eps_key(e)]).sum()) / n,
-         "stage": "white_box"}
-        for e in eps for a in white
-    ]
+    own = {a.name: {e: clean_mask & ~fooled[a.name][eps_key(e)] for e in eps} for a in white}  # robust, each alone
+    results = [{"attack": a.name, "eps": e, "robust_accuracy": _rate(own[a.name][e]), "stage": "white_box"}
+               for e in eps for a in white]
     robust = {eps_key(e): clean_mask & ~torch.stack([fooled[a.name][eps_key(e)] for a in white]).any(0) for e in eps}
-    white_worst = {e: int(robust[eps_key(e)].sum()) / n for e in eps}
+    white_robust = {e: robust[eps_key(e)].clone() for e in eps}
 
     # ------------------------------------------------------------------ cascade on the survivors
     min_norm: dict[str, torch.Tensor] = {}
-    after: dict[str, dict[float, float]] = {}  # each later attack's cumulative accuracy (``fold``)
+    after: dict[str, dict[float, torch.Tensor]] = {}  # still robust after each later attack (``fold``)
     if later:
         stage = Stage("cascade", name, collective, log, progress)
         found = stage.cascade(model, x, y, later, eps, batch_size, robust)
@@ -154,7 +152,7 @@ def audit_model(
         min_norm = {a.name: found["min_norm"].get(a.name, torch.full((n,), float("inf")))
                     for a in later if isinstance(a, MinNormAttack)}
     for a in later:
-        results += [{"attack": a.name, "eps": e, "robust_accuracy": after[a.name][e], "stage": "after_white_box"}
+        results += [{"attack": a.name, "eps": e, "robust_accuracy": _rate(after[a.name][e]), "stage": "after_white_box"}
                     for e in eps]
 
     # ------------------------------------------------------------------ refine near the boundary
@@ -165,10 +163,10 @@ def audit_model(
         found = stage.cascade(model, x, y, roles["refine"], eps, batch_size, near)
         stages["refine"] = stage.info
         refined = fold(found["fooled"], roles["refine"], eps, n, fooled, robust)
-        results += [{"attack": a.name, "eps": e, "robust_accuracy": refined[a.name][e], "stage": "refine"}
+        results += [{"attack": a.name, "eps": e, "robust_accuracy": _rate(refined[a.name][e]), "stage": "refine"}
                     for a in roles["refine"] for e in eps]
         later = [*later, *roles["refine"]]
-    worst = {e: int(robust[eps_key(e)].sum()) / n for e in eps}
+    worst = {e: _rate(robust[eps_key(e)]) for e in eps}
 
     # ------------------------------------------------------------------ the checklist's attacks
     main_eps = eps[len(eps) // 2]
@@ -189,23 +187,24 @@ def audit_model(
     stages["checks"] = stage.info
 
     # ------------------------------------------------------------------ the checklist: pure functions
-    curve = {a.name: attack_curve(results, a.name) for a in white}
-    clean = int(clean_mask.sum()) / n
+    clean = _rate(clean_mask)
     naive, one_step = roles["naive"].name, roles["one_step"].name
-    checks.append(check_one_step_vs_iterative(curve[one_step], curve[naive], thresholds, (one_step, naive)))
-    checks.append(check_adaptive_vs_naive(curve[naive], {a.name: curve[a.name] for a in roles["adaptive"]},
+    checks.append(check_one_step_vs_iterative(own[one_step], own[naive], thresholds, (one_step, naive)))
+    checks.append(check_adaptive_vs_naive(own[naive], {a.name: own[a.name] for a in roles["adaptive"]},
                                           thresholds, naive))
-    checks.append(check_monotone({**curve, "worst": worst}, clean, thresholds))
-    gradient_worst = {e: after[roles["cascade"][-1].name][e] for e in eps} if roles["cascade"] else white_worst
+    checks.append(check_monotone({**own, "worst": {e: robust[eps_key(e)] for e in eps}}, clean_mask, thresholds))
+    gradient_robust = after[roles["cascade"][-1].name] if roles["cascade"] else white_robust
     random_names = [a.name for a in roles["black_box"] if isinstance(a, RandomSampling)]
     other_names = [a.name for a in roles["black_box"] if not isinstance(a, RandomSampling)]
     if random_names:
         checks.append(check_extra_found("random_sampling_beats_attacks", "Random sampling in the ball",
-                                        gradient_worst, after[random_names[-1]], thresholds.random_gap, random_names))
+                                        gradient_robust, after[random_names[-1]], thresholds.random_gap,
+                                        random_names, thresholds.alpha))
     if other_names:
-        base = after[random_names[-1]] if random_names else gradient_worst
+        base = after[random_names[-1]] if random_names else gradient_robust
         checks.append(check_extra_found("black_box_beats_white_box", "Gradient-free attacks", base,
-                                        after[other_names[-1]], thresholds.black_box_gap, other_names))
+                                        after[other_names[-1]], thresholds.black_box_gap, other_names,
+                                        thresholds.alpha))
     checks += plan.checks(found["clean"], found["fooled"], thresholds)
 
     per_sample_results = {"clean_correct": clean_mask, "robust": robust, "fooled": fooled, "min_norm": min_norm}
@@ -217,6 +216,11 @@ def audit_model(
         roles=role_names(roles), seconds=round(time.perf_counter() - start, 2), examples=examples,
         per_sample=_per_sample(per_sample_results), stages=stages,
     )
+
+
+def _rate(mask: torch.Tensor) -> float:
+    """The fraction of inputs a per-sample mask holds (an accuracy over all audited inputs)."""
+    return int(mask.sum()) / max(int(mask.numel()), 1)
 
 
 def _examples(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: Sequence[float], attacks: Sequence[Attack],

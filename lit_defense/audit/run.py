@@ -217,8 +217,9 @@ def run_audit(
             progress.model_done()
             audits.append(audit)
             summary = ", ".join(f"{k} {v:.3f}" for k, v in audit_metrics_summary(audit).items() if v is not None)
-            masking = "suspected (" + ", ".join(audit.gradient_masking.triggered) + ")" \
-                if audit.gradient_masking.suspected else "not suspected"
+            v = audit.gradient_masking
+            masking = f"suspected ({', '.join(v.triggered)})" if v.suspected else \
+                f"inconclusive ({', '.join(v.inconclusive)})" if v.state == "inconclusive" else "not suspected"
             say(f"audit: {name}: {summary}; gradient masking {masking}; {audit.seconds:.0f} s")
     except KeyboardInterrupt:
         raise ConfigError(f"audit interrupted; the same command with --output_dir {out} resumes it.") from None

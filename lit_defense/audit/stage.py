@@ -97,18 +97,20 @@ class Stage:
 
 
 def fold(found: dict[str, Any], attacks: Sequence[Attack], eps: Sequence[float], n: int,
-          fooled: dict[str, dict[str, torch.Tensor]], robust: dict[str, torch.Tensor]) -> dict[str, dict[float, float]]:
+         fooled: dict[str, dict[str, torch.Tensor]], robust: dict[str, torch.Tensor]
+         ) -> dict[str, dict[float, torch.Tensor]]:
     """Fold a cascade's gathered per-sample results into ``fooled`` and ``robust`` (in place).
 
-    Returns each attack's cumulative robust accuracy per eps (after it and everything before).
+    Returns, per attack and eps, which inputs are still robust after it and everything before
+    (the cumulative robust accuracy is its mean over all ``n`` inputs).
     """
-    after: dict[str, dict[float, float]] = {}
+    after: dict[str, dict[float, torch.Tensor]] = {}
     for a in attacks:
         by_eps = found.get(a.name) or {}  # an attack that ran nowhere fooled nothing
         fooled[a.name] = {eps_key(e): by_eps.get(eps_key(e), torch.zeros(n, dtype=torch.bool)) for e in eps}
         for e in eps:
             robust[eps_key(e)] = robust[eps_key(e)] & ~fooled[a.name][eps_key(e)]
-        after[a.name] = {e: int(robust[eps_key(e)].sum()) / n for e in eps}
+        after[a.name] = {e: robust[eps_key(e)].clone() for e in eps}
     return after
 
 

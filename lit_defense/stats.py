@@ -1,0 +1,293 @@
+"""Exact intervals and paired tests for numbers measured on n inputs.
+
+An accuracy measured on n images is an estimate: 330 of 400 is 82.5%, and its exact 95% interval
+is [78.4%, 86.1%]. Two attacks (or two models) run on the *same* inputs are compared on their
+per-sample outcomes: only the discordant inputs (fooled by one and not the other) carry
+information (McNemar's test), so a paired comparison is far sharper than two intervals side by
+side.
+
+Everything here is plain Python floats (``math.lgamma``, a continued fraction for the incomplete
+beta function): no torch kernel, so the numbers are the same on every CPU and numeric path.
+
+- ``clopper_pearson(k, n)``: the exact (Clopper-Pearson) interval of a proportion.
+- ``Estimate``: a proportion with its interval, written in reports as
+  ``{"value": k/n, "ci": [low, high], "k": k, "n": n}`` (the *estimate* shape).
+- ``paired_difference(b, c, n)``: the difference of two paired proportions, ``(b - c) / n``, with
+  ``b``/``c`` the discordant counts, its interval and McNemar's exact one-sided p-value.
+- ``decide(...)``: the three-state rule every check and claim uses (see ``Decision``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Literal
+
+CONFIDENCE = 0.95  # the intervals shown next to every number
+ALPHA = 0.01  # one-sided significance a check or claim needs to fail
+
+State = Literal["pass", "fail", "inconclusive"]
+
+
+# ------------------------------------------------------------------------- incomplete beta
+def _beta_continued_fraction(a: float, b: float, x: float) -> float:
+    """Lentz's continued fraction for the regularized incomplete beta function."""
+    tiny, eps = 1e-300, 1e-15
+    c, d = 1.0, 1.0 - (a + b) * x / (a + 1.0)
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    h = d
+    for m in range(1, 10_000):
+        for aa in (m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
+                   -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))):
+            d = 1.0 + aa * d
+            d = 1.0 / (d if abs(d) > tiny else tiny)
+            c = 1.0 + aa / c
+            c = c if abs(c) > tiny else tiny
+            h *= d * c
+        if abs(d * c - 1.0) < eps:
+            break
+    return h
+
+
+def betainc(a: float, b: float, x: float) -> float:
+    """The regularized incomplete beta function I_x(a, b), for a, b > 0."""
+    if x <= 0.0:
+        return 0.0
+    if x >= 1.0:
+        return 1.0
+    log_front = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
+    if x < (a + 1.0) / (a + b + 2.0):
+        return math.exp(log_front) * _beta_continued_fraction(a, b, x) / a
+    return 1.0 - math.exp(log_front) * _beta_continued_fraction(b, a, 1.0 - x) / b
+
+
+def binom_sf(k: int, n: int, p: float) -> float:
+    """P(X >= k) for X ~ Binomial(n, p)."""
+    if k <= 0:
+        return 1.0
+    if k > n:
+        return 0.0
+    return betainc(k, n - k + 1, p)
+
+
+def binom_cdf(k: int, n: int, p: float) -> float:
+    """P(X <= k) for X ~ Binomial(n, p)."""
+    return 1.0 - binom_sf(k + 1, n, p)
+
+
+def _solve(f: Any, target: float) -> float:
+    """The p in [0, 1] where the monotone increasing ``f(p)`` crosses ``target`` (bisection)."""
+    lo, hi = 0.0, 1.0
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        if f(mid) < target:
+            lo = mid
+        else:
+            hi = mid
+    return (lo + hi) / 2
+
+
+def lower_bound(k: int, n: int, alpha: float) -> float:
+    """The exact one-sided (1 - alpha) lower confidence bound of a proportion k / n."""
+    if n <= 0 or k <= 0:
+        return 0.0
+    return _solve(lambda p: binom_sf(k, n, p), alpha)
+
+
+def upper_bound(k: int, n: int, alpha: float) -> float:
+    """The exact one-sided (1 - alpha) upper confidence bound of a proportion k / n."""
+    if n <= 0 or k >= n:
+        return 1.0
+    return _solve(lambda p: 1.0 - binom_cdf(k, n, p), 1.0 - alpha)
+
+
+def clopper_pearson(k: int, n: int, confidence: float = CONFIDENCE) -> tuple[float, float]:
+    """The exact (Clopper-Pearson) two-sided interval of the proportion ``k / n``."""
+    _check_counts(k, n)
+    tail = (1.0 - confidence) / 2
+    return lower_bound(k, n, tail), upper_bound(k, n, tail)
+
+
+def _check_counts(k: int, n: int) -> None:
+    if n < 0 or k < 0 or k > n:
+        raise ValueError(f"a proportion needs 0 <= k <= n, got k={k}, n={n}")
+
+
+def mcnemar_p(b: int, c: int) -> float:
+    """McNemar's exact one-sided p-value that the first of two paired outcomes is more frequent.
+
+    ``b``: inputs where only the first holds (e.g. fooled by attack A, not by B); ``c``: only the
+    second. Under no difference each discordant input is a fair coin: p = P(Binom(b + c, 1/2) >= b).
+    """
+    return 1.0 if b + c == 0 else binom_sf(b, b + c, 0.5)
+
+
+def _round(value: float) -> float:
+    return round(float(value), 6)
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A proportion ``k / n`` with its exact 95% interval (the *estimate* shape of the reports)."""
+
+    k: int
+    n: int
+
+    def __post_init__(self) -> None:
+        _check_counts(self.k, self.n)
+
+    @property
+    def value(self) -> float:
+        """The proportion k / n (0 when nothing was measured)."""
+        return self.k / self.n if self.n else 0.0
+
+    @property
+    def ci(self) -> tuple[float, float]:
+        """The exact (Clopper-Pearson) 95% interval."""
+        return clopper_pearson(self.k, self.n)
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{"value", "ci": [low, high], "k", "n"}``: JSON-ready."""
+        lo, hi = self.ci
+        return {"value": _round(self.value), "ci": [_round(lo), _round(hi)], "k": self.k, "n": self.n}
+
+    @classmethod
+    def of(cls, value: float, n: int) -> Estimate:
+        """The estimate of an accuracy ``value`` that was counted on ``n`` inputs."""
+        return cls(round(value * n), n)
+
+    def text(self) -> str:
+        """``82.5% [78.4, 86.1]``."""
+        lo, hi = self.ci
+        return f"{100 * self.value:.1f}% [{100 * lo:.1f}, {100 * hi:.1f}]"
+
+
+@dataclass(frozen=True)
+class Decision:
+    """A measured quantity against a threshold, decided by the one rule of checks and claims.
+
+    ``value`` is the point estimate, ``ci`` its 95% interval, ``low_alpha``/``high_alpha`` its
+    one-sided (1 - alpha) bounds. For "bad when above ``threshold``":
+
+    - ``fail``: significantly above the threshold (``low_alpha > threshold``);
+    - ``pass``: the whole 95% interval is at or below the threshold;
+    - ``inconclusive``: otherwise (the interval straddles the threshold); ``inputs_to_resolve``
+      says about how many inputs would shrink the interval enough to decide.
+
+    ``above=False`` mirrors it ("bad when below").
+    """
+
+    state: State
+    value: float
+    ci: tuple[float, float]
+    threshold: float
+    n: int
+    low_alpha: float
+    high_alpha: float
+    inputs_to_resolve: int | None
+
+    def evidence(self) -> dict[str, Any]:
+        """The numbers behind the decision, JSON-ready."""
+        return {"state": self.state, "value": _round(self.value), "ci": [_round(self.ci[0]), _round(self.ci[1])],
+                "threshold": self.threshold, "n": self.n,
+                **({"inputs_to_resolve": self.inputs_to_resolve} if self.inputs_to_resolve else {})}
+
+
+def decide(value: float, ci: tuple[float, float], bounds: tuple[float, float], threshold: float, n: int,
+           above: bool = True) -> Decision:
+    """The three-state rule (see ``Decision``); ``bounds`` are the one-sided (1 - alpha) bounds."""
+    low, high = bounds
+    if above:
+        state: State = "fail" if low > threshold else "pass" if ci[1] <= threshold else "inconclusive"
+    else:
+        state = "fail" if high < threshold else "pass" if ci[0] >= threshold else "inconclusive"
+    need = None
+    if state == "inconclusive":
+        # the interval's reach towards the threshold shrinks as 1/sqrt(n): this many inputs (at the
+        # same rates) bring its edge to the threshold
+        reach = max(value - ci[0] if value >= threshold else ci[1] - value, 1e-9)
+        distance = abs(value - threshold)
+        need = math.ceil(n * (reach / distance) ** 2) if distance > 0 else 100 * max(n, 1)
+        need = max(min(need, 100 * max(n, 1)), n + 1)
+    return Decision(state, value, ci, threshold, n, low, high, need)
+
+
+def decide_proportion(k: int, n: int, threshold: float, above: bool = True, alpha: float = ALPHA) -> Decision:
+    """``decide`` for a proportion ``k / n`` (exact intervals)."""
+    _check_counts(k, n)
+    value = k / n if n else 0.0
+    return decide(value, clopper_pearson(k, n), (lower_bound(k, n, alpha), upper_bound(k, n, alpha)),
+                  threshold, n, above)
+
+
+@dataclass(frozen=True)
+class Paired:
+    """Two outcomes on the same n inputs: ``b`` inputs where only the first holds, ``c`` only the second.
+
+    ``difference`` is (b - c) / n, the first's rate minus the second's. Only the m = b + c
+    discordant inputs carry information about it: given m, ``b`` is binomial with the share of
+    the first among them, and the difference is (m / n) (2 share - 1). Its intervals are exact
+    (Clopper-Pearson) on that share, conditional on m, the same conditioning as McNemar's test;
+    ``p_value`` is McNemar's exact one-sided test of "the first holds more often".
+    """
+
+    b: int
+    c: int
+    n: int
+
+    def __post_init__(self) -> None:
+        _check_counts(self.b + self.c, self.n)
+        _check_counts(self.b, self.b + self.c)
+
+    @property
+    def difference(self) -> float:
+        """The difference (b - c) / n."""
+        return (self.b - self.c) / self.n if self.n else 0.0
+
+    def _scale(self, share: float) -> float:
+        return (self.b + self.c) / self.n * (2 * share - 1) if self.n else 0.0
+
+    def interval(self, confidence: float = CONFIDENCE) -> tuple[float, float]:
+        """The exact two-sided interval of the difference, conditional on the discordant count."""
+        lo, hi = clopper_pearson(self.b, self.b + self.c, confidence)
+        return self._scale(lo), self._scale(hi)
+
+    def bounds(self, alpha: float) -> tuple[float, float]:
+        """The exact one-sided (1 - alpha) lower and upper bounds of the difference."""
+        m = self.b + self.c
+        return self._scale(lower_bound(self.b, m, alpha)), self._scale(upper_bound(self.b, m, alpha))
+
+    @property
+    def p_value(self) -> float:
+        """McNemar's exact one-sided p-value (the first holds more often than the second)."""
+        return mcnemar_p(self.b, self.c)
+
+    def decide(self, threshold: float, above: bool = True, alpha: float = ALPHA) -> Decision:
+        """``decide`` for the difference against ``threshold``."""
+        return decide(self.difference, self.interval(), self.bounds(alpha), threshold, self.n, above)
+
+    def evidence(self) -> dict[str, Any]:
+        """n, the discordant counts and McNemar's p-value."""
+        return {"n": self.n, "discordant": [self.b, self.c], "p_value": _round(self.p_value)}
+
+
+def paired(first: Any, second: Any) -> Paired:
+    """The discordant counts of two boolean per-sample masks (tensors or sequences) of equal length."""
+    import torch
+
+    a = torch.as_tensor(first, dtype=torch.bool).flatten().cpu()
+    b = torch.as_tensor(second, dtype=torch.bool).flatten().cpu()
+    if a.numel() != b.numel():
+        raise ValueError(f"paired outcomes need the same inputs, got {a.numel()} and {b.numel()} samples")
+    return Paired(int((a & ~b).sum()), int((b & ~a).sum()), int(a.numel()))
+
+
+def worst_state(states: list[State]) -> State:
+    """``fail`` if any failed, else ``inconclusive`` if any was, else ``pass``."""
+    return "fail" if "fail" in states else "inconclusive" if "inconclusive" in states else "pass"
+
+
+__all__ = [
+    "ALPHA", "CONFIDENCE", "Decision", "Estimate", "Paired", "betainc", "binom_cdf", "binom_sf", "clopper_pearson",
+    "decide", "decide_proportion", "lower_bound", "mcnemar_p", "paired", "upper_bound", "worst_state",
+]
