@@ -520,7 +520,9 @@ def check_incomplete_optimisation(attack: str, steps: int, longer_steps: int, ep
         "incomplete_optimisation", decision.state == "pass", num(gap),
         f"Doubling {attack}'s steps ({steps} -> {longer_steps}) lowers accuracy by "
         f"{gap:.1%} more: the attack had not converged, so its numbers are upper bounds."
-        if decision.state != "pass" else f"Doubling {attack}'s steps changes accuracy by {gap:+.1%}: converged.",
+        if decision.state == "fail" else f"Doubling {attack}'s steps changes accuracy by {gap:+.1%}"
+        + (f", which {pair.n} inputs cannot tell from the {thresholds.incomplete_gap:.0%} threshold."
+           if decision.state == "inconclusive" else ": converged."),
         {"attack": attack, "steps": steps, "accuracy": num(acc), "accuracy_2x_steps": num(acc2), "eps": eps,
          **_decision_evidence(decision, pair, "--check_samples")},
         state=decision.state, kind="advisory",
@@ -543,8 +545,10 @@ def check_silent_success(attack: str, met: torch.Tensor, kept: torch.Tensor,
         "silent_success", state == "pass", num(lost),
         f"{lost:.1%} of inputs were adversarial somewhere along {attack}'s path but not at its "
         "last iterate: the loss surface is ragged; attacks that return the last iterate overstate "
-        "robustness (lit-defense keeps the first adversarial point)." if state != "pass" else
-        f"A last-iterate {attack} loses {lost:.1%} of the adversarial points met on its path.",
+        "robustness (lit-defense keeps the first adversarial point)." if state == "fail" else
+        f"A last-iterate {attack} loses {lost:.1%} of the adversarial points met on its path"
+        + (f", which {n} inputs cannot tell from the {thresholds.silent_success_fraction:.0%} threshold."
+           if state == "inconclusive" else "."),
         {"attack": attack, "met_along_path": num(met.double().mean()) if met.numel() else None,
          "kept_at_last_iterate": num(kept.double().mean()) if kept.numel() else None, "lost": num(lost),
          **(decision.evidence() if decision else {}), "samples_option": "--check_samples"},

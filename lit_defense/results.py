@@ -110,7 +110,7 @@ class MaskingVerdict:
     def explain(self) -> str:
         """The verdict in plain words, with what to run when the numbers cannot decide."""
         weak = [c for c in self.checks if c.kind == "outcome" and c.state == "fail"]
-        notes = [c for c in self.checks if c.kind == "advisory" and not c.passed]
+        notes = [c for c in self.checks if c.kind == "advisory" and c.state == "fail"]
         if self.suspected:
             failed = [c for c in self.checks if c.name in self.triggered]
             return "Gradient masking suspected: " + " ".join(c.summary for c in failed)
