@@ -2,7 +2,8 @@
 
 Thin by design: it takes a fixed, seeded validation subset, shards it across processes, calls
 ``lit_defense.diagnostics`` and logs ``masking/<check>`` (the number that decides each check) plus
-``masking/suspected`` (0/1). When masking first appears it warns once, naming the checks and what
+``masking/suspected`` (0/1) and ``masking/inconclusive`` (0/1: a check could not be decided on
+the subset; a larger ``num_samples`` decides it). When masking first appears it warns once, naming the checks and what
 to do. The expensive attack-based checks live in ``lit-defense audit``.
 
 Under DDP each rank checks its shard; the logged values are means over ranks (``sync_dist``), and
@@ -77,6 +78,8 @@ class GradientMaskingMonitor(L.Callback):
                 pl_module.log(f"masking/{check.name}", float(check.value), sync_dist=True)
         suspected = torch.tensor(float(result.suspected), device=pl_module.device)
         pl_module.log("masking/suspected", suspected, sync_dist=True, reduce_fx="max")
+        undecided = torch.tensor(float(result.state == "inconclusive"), device=pl_module.device)
+        pl_module.log("masking/inconclusive", undecided, sync_dist=True, reduce_fx="max")
         if result.suspected and not self._warned:
             self._warned = True
             rank_zero_warn(

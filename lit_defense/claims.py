@@ -12,7 +12,8 @@ exact interval and McNemar's test), a claim ``fails`` only when the numbers are 
 the wrong side of its bar, ``holds`` when the whole 95% interval is on the right side, and is
 ``inconclusive`` otherwise (``evidence["inputs_to_resolve"]``). ``holds`` is ``state == "holds"``.
 Clean accuracy comes from the whole test split when it is there (10,000 images cost seconds), not
-from the few hundred audited ones. ``add_claims_to_report(folder)`` adds the claims to
+from the few hundred audited ones, and the distillation claims from the teacher and the student
+attacked on the same larger subset (``test_split["attacks"]``) when it is there. ``add_claims_to_report(folder)`` adds the claims to
 ``report.json`` and ``report.md``.
 """
 
@@ -90,24 +91,41 @@ def evaluate_claims(report: dict[str, Any], per_sample: dict[str, Any] | None = 
               f"95% interval [{lo:+.1%}, {hi:+.1%}]).",
               teacher=float(t_ok.double().mean()), student=float(s_ok.double().mean()), **_stats(pair, d))
 
-        naive = {a: paired(_robust(per["distilled"], a, eps), _robust(per["teacher"], a, eps)) for a in ("fgsm", "pgd_ce")}
+        attacked = (test_split or {}).get("attacks", {})
+        if {"teacher", "distilled"} <= set(attacked.get("models", {})) and abs(attacked["eps"] - eps) < 1e-12:
+            # measured on more test images than the audit's, same inputs for both models
+            where = f"{attacked['n']} test images"
+
+            def rob(model: str, attack: str) -> torch.Tensor:
+                return torch.tensor(attacked["models"][model]["robust"][attack], dtype=torch.bool)
+        else:
+            where = "the audited inputs"
+
+            def rob(model: str, attack: str) -> torch.Tensor:
+                return _robust(per[model], attack, eps)
+
+        def acc2(model: str, attack: str) -> float:
+            return float(rob(model, attack).double().mean())
+
+        naive = {a: paired(rob("distilled", a), rob("teacher", a)) for a in ("fgsm", "pgd_ce")}
         d = [p.decide(0.30, above=False, alpha=alpha) for p in naive.values()]
         claim("distilled_looks_robust_to_naive_attacks", _both(d),
               f"Under the naive cross-entropy attacks (FGSM, PGD-CE) at eps={eps:g} the student looks far more "
-              "robust than the teacher (>= 30 points): "
-              + ", ".join(f"{a}: {acc('distilled', a):.1%} vs {acc('teacher', a):.1%} "
+              f"robust than the teacher (>= 30 points, on {where}): "
+              + ", ".join(f"{a}: {acc2('distilled', a):.1%} vs {acc2('teacher', a):.1%} "
                           f"(difference {p.difference:+.1%}, 95% interval [{dec.ci[0]:+.1%}, {dec.ci[1]:+.1%}])"
                           for (a, p), dec in zip(naive.items(), d, strict=True)),
               eps=eps, **{a: _stats(p, [dec]) for (a, p), dec in zip(naive.items(), d, strict=True)})
 
-        pair = paired(_robust(per["distilled"], "pgd_margin", eps), _robust(per["teacher"], "pgd_margin", eps))
+        pair = paired(rob("distilled", "pgd_margin"), rob("teacher", "pgd_margin"))
         d = [pair.decide(0.05, alpha=alpha)]
         claim("distilled_falls_to_margin_attacks", _both(d),
               f"Under the margin (Carlini-Wagner) loss the student is about as vulnerable as the teacher "
-              f"(PGD-margin at eps={eps:g}: {acc('distilled', 'pgd_margin'):.1%} vs {acc('teacher', 'pgd_margin'):.1%}, "
-              f"difference {pair.difference:+.1%}, 95% interval [{d[0].ci[0]:+.1%}, {d[0].ci[1]:+.1%}], bar +5 "
-              f"points; worst case {acc('distilled', None):.1%} vs {acc('teacher', None):.1%}).",
-              eps=eps, teacher=acc("teacher", "pgd_margin"), student=acc("distilled", "pgd_margin"), **_stats(pair, d))
+              f"(PGD-margin at eps={eps:g} on {where}: {acc2('distilled', 'pgd_margin'):.1%} vs "
+              f"{acc2('teacher', 'pgd_margin'):.1%}, difference {pair.difference:+.1%}, 95% interval "
+              f"[{d[0].ci[0]:+.1%}, {d[0].ci[1]:+.1%}], bar +5 points; audit worst case {acc('distilled', None):.1%} "
+              f"vs {acc('teacher', None):.1%}).",
+              eps=eps, teacher=acc2("teacher", "pgd_margin"), student=acc2("distilled", "pgd_margin"), **_stats(pair, d))
 
     for name, m in models.items():
         if name.startswith("masked") and teacher:

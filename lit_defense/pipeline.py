@@ -64,7 +64,9 @@ class Profile:
     """Epochs per stage, extra overrides per stage and for every stage, and the audit's settings.
 
     ``audit`` holds keyword arguments of ``lit_defense.audit.run_audit`` (``suite`` as
-    ``AttackSuite`` fields), ``audit_data`` those of the audited ``VisionDataModule``.
+    ``AttackSuite`` fields), ``audit_data`` those of the audited ``VisionDataModule``;
+    ``claim_samples`` test images are attacked on the teacher and the student for the distillation
+    claims (``measure_for_claims``).
     """
 
     epochs: dict[str, int]
@@ -72,6 +74,7 @@ class Profile:
     common: list[str] = field(default_factory=list)
     audit: dict[str, Any] = field(default_factory=dict)
     audit_data: dict[str, Any] = field(default_factory=dict)
+    claim_samples: int = 2000
 
 
 PROFILES = {
@@ -201,7 +204,7 @@ def run(profile_name: str = "quick", root: str | Path = "runs", run_dir: str | P
         log(f"[{total}/{total}] audit of {len(STAGES)} models ...")
         start = time.perf_counter()
         audit_stages(profile, folder, log)
-        split_accuracy(profile, folder)
+        measure_for_claims(profile, folder)
         from lit_defense.claims import add_claims_to_report
 
         claims = add_claims_to_report(folder)
@@ -233,37 +236,59 @@ def audit_stages(profile: Profile, folder: Path, log: Callable[[str], None] = pr
               suite=suite, output_dir=folder, overwrite=True, log=log, **settings)
 
 
-def split_accuracy(profile: Profile, folder: Path, batch_size: int = 1000) -> dict[str, Any]:
-    """Every stage's per-sample correctness on the whole test split: ``folder/test_split.json``.
+def measure_for_claims(profile: Profile, folder: Path, batch_size: int = 1000) -> dict[str, Any]:
+    """What the claims compare, measured where it can be measured well: ``folder/test_split.json``.
 
-    The claims compare clean accuracies there (10,000 Fashion-MNIST images, a forward pass each:
-    seconds), not on the few hundred audited images, whose 95% interval is about +-5 points. The
-    estimates (``{value, ci, k, n}``) also go into ``report.json`` as ``test_split``.
+    - every stage's per-sample correctness on the whole test split (10,000 Fashion-MNIST images, a
+      forward pass each: seconds), not on the few hundred audited images, whose 95% interval is
+      about +-5 points;
+    - the teacher's and the student's per-sample robustness under the audit's white-box attacks
+      (FGSM, PGD-CE, PGD-margin) at eps 0.1 on ``profile.claim_samples`` seeded test images: the
+      distillation claims compare the two models on those same inputs (paired).
+
+    The clean estimates (``{value, ci, k, n}``) also go into ``report.json`` as ``test_split``.
     """
     import torch
 
-    from lit_defense.audit import ModelSpec
+    from lit_defense.audit import AttackSuite, ModelSpec
     from lit_defense.audit.models import load_model
-    from lit_defense.data import VisionDataModule
+    from lit_defense.audit.suite import default_attacks
+    from lit_defense.data import VisionDataModule, fixed_subset, fixed_subset_indices
+    from lit_defense.evaluation import robustness_counts
+    from lit_defense.results import eps_key
     from lit_defense.stats import Estimate
 
     data = VisionDataModule(**profile.audit_data)
     data.prepare_data()
     data.setup("test")
-    out: dict[str, Any] = {"split": "test", "data": data.dataset, "n": 0, "models": {}}
+    eps = 0.1
+    roles = default_attacks("linf", AttackSuite(**profile.audit.get("suite", {})), masked=False, randomized=False)
+    attacks = [roles["one_step"], roles["naive"], roles["adaptive"][0]]
+    x, y = fixed_subset(data.test_set, profile.claim_samples, seed=0)
+    out: dict[str, Any] = {"split": "test", "data": data.dataset, "n": 0, "models": {},
+                           "attacks": {"eps": eps, "n": int(x.shape[0]), "seed": 0,
+                                       "index": fixed_subset_indices(len(data.test_set), profile.claim_samples, 0),
+                                       "models": {}}}
     for stage in STAGES:
         model = load_model(ModelSpec(name=stage.name, checkpoint=str(_last_ckpt(folder, stage.name))))
-        correct = []
+        correct: list[bool] = []
         with torch.no_grad():
-            for x, y, *_ in data.test_dataloader():
-                correct += (model(x).argmax(1) == y).tolist()
+            for xb, yb, *_ in data.test_dataloader():
+                correct += (model(xb).argmax(1) == yb).tolist()
         out["n"] = len(correct)
         out["models"][stage.name] = {"accuracy": Estimate(sum(correct), len(correct)).to_dict(), "correct": correct}
+        if stage.name in ("teacher", "distilled"):
+            _, ex = robustness_counts(model, x, y, attacks, [eps], batch_size, cascade=False)
+            out["attacks"]["models"][stage.name] = {
+                "clean_correct": ex["clean_correct"].tolist(),
+                "robust": {a.name: (ex["clean_correct"] & ~ex["fooled"][a.name][eps_key(eps)]).tolist()
+                           for a in attacks}}
     (folder / "test_split.json").write_text(json.dumps(out) + "\n")
     report_path = folder / "report.json"
     report = json.loads(report_path.read_text())
     report["test_split"] = {"split": out["split"], "n": out["n"],
-                            "accuracy": {name: m["accuracy"] for name, m in out["models"].items()}}
+                            "accuracy": {name: m["accuracy"] for name, m in out["models"].items()},
+                            "attacked": {"eps": eps, "n": int(x.shape[0]), "attacks": [a.name for a in attacks]}}
     report_path.write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")
     return out
 
@@ -280,4 +305,4 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-__all__ = ["PROFILES", "STAGES", "Profile", "audit_stages", "main", "run", "split_accuracy", "stage_args"]
+__all__ = ["PROFILES", "STAGES", "Profile", "audit_stages", "main", "run", "measure_for_claims", "stage_args"]

@@ -225,10 +225,12 @@ class Paired:
     """Two outcomes on the same n inputs: ``b`` inputs where only the first holds, ``c`` only the second.
 
     ``difference`` is (b - c) / n, the first's rate minus the second's. Only the m = b + c
-    discordant inputs carry information about it: given m, ``b`` is binomial with the share of
-    the first among them, and the difference is (m / n) (2 share - 1). Its intervals are exact
-    (Clopper-Pearson) on that share, conditional on m, the same conditioning as McNemar's test;
-    ``p_value`` is McNemar's exact one-sided test of "the first holds more often".
+    discordant inputs carry information about it: the difference is q (2 s - 1), with q the rate
+    of discordant inputs (m of n) and s the first's share among them (b of m). Its intervals take
+    an exact (Clopper-Pearson) interval for each of q and s, each at half the error rate, and the
+    extreme values of q (2 s - 1) over both (a union bound: at least the stated confidence, no
+    normal approximation). ``p_value`` is McNemar's exact one-sided test of "the first holds more
+    often".
     """
 
     b: int
@@ -237,25 +239,30 @@ class Paired:
 
     def __post_init__(self) -> None:
         _check_counts(self.b + self.c, self.n)
-        _check_counts(self.b, self.b + self.c)
 
     @property
     def difference(self) -> float:
         """The difference (b - c) / n."""
         return (self.b - self.c) / self.n if self.n else 0.0
 
-    def _scale(self, share: float) -> float:
-        return (self.b + self.c) / self.n * (2 * share - 1) if self.n else 0.0
+    def _range(self, q: tuple[float, float], s: tuple[float, float]) -> tuple[float, float]:
+        """The lowest and highest q (2 s - 1) over the two intervals."""
+        values = [qq * (2 * ss - 1) for qq in q for ss in s]
+        return min(values), max(values)
 
     def interval(self, confidence: float = CONFIDENCE) -> tuple[float, float]:
-        """The exact two-sided interval of the difference, conditional on the discordant count."""
-        lo, hi = clopper_pearson(self.b, self.b + self.c, confidence)
-        return self._scale(lo), self._scale(hi)
+        """The exact two-sided interval of the difference (see the class doc)."""
+        half = 1 - (1 - confidence) / 2
+        m = self.b + self.c
+        return self._range(clopper_pearson(m, self.n, half), clopper_pearson(self.b, m, half))
 
     def bounds(self, alpha: float) -> tuple[float, float]:
         """The exact one-sided (1 - alpha) lower and upper bounds of the difference."""
-        m = self.b + self.c
-        return self._scale(lower_bound(self.b, m, alpha)), self._scale(upper_bound(self.b, m, alpha))
+        m, a = self.b + self.c, alpha / 2
+        q = (lower_bound(m, self.n, a), upper_bound(m, self.n, a))
+        low = self._range(q, (lower_bound(self.b, m, a), lower_bound(self.b, m, a)))[0]
+        high = self._range(q, (upper_bound(self.b, m, a), upper_bound(self.b, m, a)))[1]
+        return low, high
 
     @property
     def p_value(self) -> float:
