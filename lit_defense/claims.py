@@ -83,7 +83,7 @@ def evaluate_claims(report: dict[str, Any], per_sample: dict[str, Any] | None = 
             s_ok, t_ok = (torch.tensor(per[m]["clean_correct"], dtype=torch.bool) for m in ("distilled", "teacher"))
             where = "the audited inputs"
         pair = paired(s_ok, t_ok)
-        d = [pair.decide(0.03, alpha=alpha), pair.decide(-0.03, above=False, alpha=alpha)]
+        d = [pair.decide(0.03, alpha=alpha, strict=True), pair.decide(-0.03, above=False, alpha=alpha, strict=True)]
         lo, hi = d[0].ci
         claim("distilled_clean_accuracy_close_to_teacher", _both(d),
               f"The distilled student's clean accuracy is within 3 points of the teacher's on {where} "
@@ -108,7 +108,7 @@ def evaluate_claims(report: dict[str, Any], per_sample: dict[str, Any] | None = 
             return float(rob(model, attack).double().mean())
 
         naive = {a: paired(rob("distilled", a), rob("teacher", a)) for a in ("fgsm", "pgd_ce")}
-        d = [p.decide(0.30, above=False, alpha=alpha) for p in naive.values()]
+        d = [p.decide(0.30, above=False, alpha=alpha, strict=True) for p in naive.values()]
         claim("distilled_looks_robust_to_naive_attacks", _both(d),
               f"Under the naive cross-entropy attacks (FGSM, PGD-CE) at eps={eps:g} the student looks far more "
               f"robust than the teacher (>= 30 points, on {where}): "
@@ -118,7 +118,7 @@ def evaluate_claims(report: dict[str, Any], per_sample: dict[str, Any] | None = 
               eps=eps, **{a: _stats(p, [dec]) for (a, p), dec in zip(naive.items(), d, strict=True)})
 
         pair = paired(rob("distilled", "pgd_margin"), rob("teacher", "pgd_margin"))
-        d = [pair.decide(0.05, alpha=alpha)]
+        d = [pair.decide(0.05, alpha=alpha, strict=True)]
         claim("distilled_falls_to_margin_attacks", _both(d),
               f"Under the margin (Carlini-Wagner) loss the student is about as vulnerable as the teacher "
               f"(PGD-margin at eps={eps:g} on {where}: {acc2('distilled', 'pgd_margin'):.1%} vs "
@@ -133,12 +133,12 @@ def evaluate_claims(report: dict[str, Any], per_sample: dict[str, Any] | None = 
     adv = models.get("adv_train")
     if adv:
         fell = paired(_robust(per["adv_train"], "pgd_ce", eps), _robust(per["adv_train"], None, eps))
-        d = [fell.decide(0.05, alpha=alpha)]
+        d = [fell.decide(0.05, alpha=alpha, strict=True)]
         evidence: dict[str, Any] = {"eps": eps, "naive": acc("adv_train", "pgd_ce"), "worst": acc("adv_train", None),
                                     "naive_minus_worst": _stats(fell, d)}
         if teacher:
             gain = paired(_robust(per["adv_train"], None, eps), _robust(per["teacher"], None, eps))
-            d.append(gain.decide(0.20, above=False, alpha=alpha))
+            d.append(gain.decide(0.20, above=False, alpha=alpha, strict=True))
             evidence["worst_minus_teacher_worst"] = _stats(gain, d[1:])
         claim("adv_train_does_not_fall", _both(d),
               f"The adversarially trained model keeps its robustness under every attack: PGD-CE "

@@ -20,7 +20,7 @@ beta function): no torch kernel, so the numbers are the same on every CPU and nu
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 CONFIDENCE = 0.95  # the intervals shown next to every number
@@ -149,7 +149,7 @@ class Estimate:
     def to_dict(self) -> dict[str, Any]:
         """``{"value", "ci": [low, high], "k", "n"}``: JSON-ready."""
         lo, hi = self.ci
-        return {"value": _round(self.value), "ci": [_round(lo), _round(hi)], "k": self.k, "n": self.n}
+        return {"value": self.value, "ci": [_round(lo), _round(hi)], "k": self.k, "n": self.n}
 
     @classmethod
     def of(cls, value: float, n: int) -> Estimate:
@@ -170,9 +170,10 @@ class Decision:
     one-sided (1 - alpha) bounds. For "bad when above ``threshold``":
 
     - ``fail``: significantly above the threshold (``low_alpha > threshold``);
-    - ``pass``: the whole 95% interval is at or below the threshold;
-    - ``inconclusive``: otherwise (the interval straddles the threshold); ``inputs_to_resolve``
-      says about how many inputs would shrink the interval enough to decide.
+    - ``inconclusive``: a check's number above the threshold but not significantly, or a claim's
+      95% interval straddling its bar; ``inputs_to_resolve`` says about how many inputs (at the
+      same rates) would decide it;
+    - ``pass``: otherwise (see ``decide`` for checks vs claims).
 
     ``above=False`` mirrors it ("bad when below").
     """
@@ -185,39 +186,58 @@ class Decision:
     low_alpha: float
     high_alpha: float
     inputs_to_resolve: int | None
+    p_value: float | None = None
 
     def evidence(self) -> dict[str, Any]:
         """The numbers behind the decision, JSON-ready."""
         return {"state": self.state, "value": _round(self.value), "ci": [_round(self.ci[0]), _round(self.ci[1])],
                 "threshold": self.threshold, "n": self.n,
+                **({"p_value": _round(self.p_value)} if self.p_value is not None else {}),
                 **({"inputs_to_resolve": self.inputs_to_resolve} if self.inputs_to_resolve else {})}
 
 
 def decide(value: float, ci: tuple[float, float], bounds: tuple[float, float], threshold: float, n: int,
-           above: bool = True) -> Decision:
-    """The three-state rule (see ``Decision``); ``bounds`` are the one-sided (1 - alpha) bounds."""
+           above: bool = True, strict: bool = False) -> Decision:
+    """The three-state rule (see ``Decision``); ``bounds`` are the one-sided (1 - alpha) bounds.
+
+    A check is an *alarm* (``strict=False``): it fails only when significantly past its threshold,
+    is inconclusive when its number is past the threshold but not significantly, and passes
+    otherwise: no evidence of masking is a pass. A claim is an *assertion* (``strict=True``): it
+    holds only when its whole 95% interval is on the right side of its bar, fails when
+    significantly on the wrong side, and is inconclusive in between.
+    """
     low, high = bounds
-    if above:
-        state: State = "fail" if low > threshold else "pass" if ci[1] <= threshold else "inconclusive"
-    else:
-        state = "fail" if high < threshold else "pass" if ci[0] >= threshold else "inconclusive"
+    beyond = value > threshold if above else value < threshold
+    significant = low > threshold if above else high < threshold
+    inside = ci[1] <= threshold if above else ci[0] >= threshold
+    state: State = "fail" if significant else ("pass" if inside else "inconclusive") if strict else \
+        ("inconclusive" if beyond else "pass")
     need = None
     if state == "inconclusive":
         # the interval's reach towards the threshold shrinks as 1/sqrt(n): this many inputs (at the
         # same rates) bring its edge to the threshold
-        reach = max(value - ci[0] if value >= threshold else ci[1] - value, 1e-9)
+        if beyond:
+            reach = value - low if above else high - value
+        else:
+            reach = ci[1] - value if above else value - ci[0]
         distance = abs(value - threshold)
-        need = math.ceil(n * (reach / distance) ** 2) if distance > 0 else 100 * max(n, 1)
+        need = math.ceil(n * (max(reach, 1e-9) / distance) ** 2) if distance > 0 else 100 * max(n, 1)
         need = max(min(need, 100 * max(n, 1)), n + 1)
     return Decision(state, value, ci, threshold, n, low, high, need)
 
 
-def decide_proportion(k: int, n: int, threshold: float, above: bool = True, alpha: float = ALPHA) -> Decision:
-    """``decide`` for a proportion ``k / n`` (exact intervals)."""
+def decide_proportion(k: int, n: int, threshold: float, above: bool = True, alpha: float = ALPHA,
+                      strict: bool = False) -> Decision:
+    """``decide`` for a proportion ``k / n`` (exact intervals).
+
+    Its ``p_value`` is the exact one-sided binomial test of "past the threshold": P(X >= k) (or
+    P(X <= k) with ``above=False``) for X ~ Binomial(n, threshold).
+    """
     _check_counts(k, n)
     value = k / n if n else 0.0
-    return decide(value, clopper_pearson(k, n), (lower_bound(k, n, alpha), upper_bound(k, n, alpha)),
-                  threshold, n, above)
+    p = binom_sf(k, n, threshold) if above else binom_cdf(k, n, threshold)
+    return replace(decide(value, clopper_pearson(k, n), (lower_bound(k, n, alpha), upper_bound(k, n, alpha)),
+                          threshold, n, above, strict), p_value=p)
 
 
 @dataclass(frozen=True)
@@ -269,9 +289,9 @@ class Paired:
         """McNemar's exact one-sided p-value (the first holds more often than the second)."""
         return mcnemar_p(self.b, self.c)
 
-    def decide(self, threshold: float, above: bool = True, alpha: float = ALPHA) -> Decision:
+    def decide(self, threshold: float, above: bool = True, alpha: float = ALPHA, strict: bool = False) -> Decision:
         """``decide`` for the difference against ``threshold``."""
-        return decide(self.difference, self.interval(), self.bounds(alpha), threshold, self.n, above)
+        return decide(self.difference, self.interval(), self.bounds(alpha), threshold, self.n, above, strict)
 
     def evidence(self) -> dict[str, Any]:
         """n, the discordant counts and McNemar's p-value."""

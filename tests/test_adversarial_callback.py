@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import lightning as L
+import pytest
 import torch
 from conftest import CONFIGS, SYNTHETIC
 
@@ -34,6 +35,16 @@ def test_callback_logs_expected_keys_in_fast_dev_run(tmp_path):
     assert EXPECTED <= set(trainer.callback_metrics)
     worst = trainer.callback_metrics["adv/worst/eps=0.1/acc"]
     assert worst <= trainer.callback_metrics["adv/fgsm/eps=0.1/acc"]
+    # every accuracy with its exact 95% interval (Clopper-Pearson on the attacked subset)
+    for name in [*EXPECTED, "adv/clean/acc"]:
+        if name.endswith("/acc"):
+            low, high = (float(trainer.callback_metrics[name[:-3] + b]) for b in ("ci_low", "ci_high"))
+            assert low <= float(trainer.callback_metrics[name]) <= high, name
+    from lit_defense.stats import clopper_pearson
+
+    n = cb.last_result.num_samples
+    k = round(float(worst) * n)
+    assert float(trainer.callback_metrics["adv/worst/eps=0.1/ci_low"]) == pytest.approx(clopper_pearson(k, n)[0])
 
 
 def test_callback_under_validate_inference_mode_with_tensorboard(tmp_path):
@@ -59,7 +70,7 @@ def test_callback_under_validate_inference_mode_with_tensorboard(tmp_path):
 
     acc = EventAccumulator(str(logger.log_dir))
     acc.Reload()
-    assert "adv/worst/eps=0.1/acc" in acc.Tags()["scalars"]
+    assert {"adv/worst/eps=0.1/acc", "adv/worst/eps=0.1/ci_low", "adv/worst/eps=0.1/ci_high"} <= set(acc.Tags()["scalars"])
     assert {"adv/examples/eps=0.05", "adv/examples/eps=0.1"} <= set(acc.Tags()["images"])
     assert "adv/robust_accuracy_vs_eps" in acc.Tags()["images"]
     # the grid's columns named by class (the DataModule's class names)

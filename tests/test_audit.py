@@ -58,23 +58,28 @@ def test_audit_writes_report_json_md_plots_and_tensorboard(checkpoint, in_tmp, c
     report = json.loads((out / "report.json").read_text())
     assert [m["name"] for m in report["models"]] == ["teacher", "tiny"]  # name from the run folder
     for m in report["models"]:
-        assert 0 <= m["clean_accuracy"] <= 1
+        # accuracies are estimates: {value, ci: [low, high], k, n}, the interval exact (Clopper-Pearson)
+        clean = m["clean_accuracy"]
+        assert set(clean) == {"value", "ci", "k", "n"} and clean["n"] == 96 and clean["k"] == round(96 * clean["value"])
+        assert 0 <= clean["ci"][0] <= clean["value"] <= clean["ci"][1] <= 1
         assert set(m["worst_case"]) == {"0.05", "0.1", "0.2"}
-        assert all({"attack", "eps", "robust_accuracy"} <= set(r) for r in m["results"])
+        assert all({"attack", "eps", "robust_accuracy", "ci", "n"} <= set(r) for r in m["results"])
         gm = m["gradient_masking"]
-        assert isinstance(gm["suspected"], bool)
-        assert all({"name", "passed", "evidence"} <= set(c) for c in gm["checks"]) and len(gm["checks"]) >= 14
+        assert isinstance(gm["suspected"], bool) and gm["state"] in ("suspected", "not suspected", "inconclusive")
+        assert all({"name", "state", "kind", "passed", "evidence"} <= set(c) for c in gm["checks"])
+        assert len(gm["checks"]) >= 14
         for r in m["results"]:  # worst case is the minimum over every attack
-            assert m["worst_case"][f"{r['eps']:g}"] <= r["robust_accuracy"] + 1e-9
+            assert m["worst_case"][f"{r['eps']:g}"]["value"] <= r["robust_accuracy"] + 1e-9
+            assert r["ci"][0] <= r["robust_accuracy"] <= r["ci"][1]
     # per-sample results: plain JSON, consistent with the report's numbers
     per = json.loads((out / "per_sample.json").read_text())
     assert len(per["index"]) == len(per["label"]) == 96 and per["index"] == sorted(per["index"])
     for m in report["models"]:
         ps = per["models"][m["name"]]
         n = len(ps["clean_correct"])
-        assert n == 96 and sum(ps["clean_correct"]) / n == pytest.approx(m["clean_accuracy"])
+        assert n == 96 and sum(ps["clean_correct"]) / n == pytest.approx(m["clean_accuracy"]["value"])
         for key, robust in ps["robust"].items():
-            assert sum(robust) / n == pytest.approx(m["worst_case"][key])
+            assert sum(robust) / n == pytest.approx(m["worst_case"][key]["value"])
             for i, r in enumerate(robust):
                 assert not r or ps["clean_correct"][i]
                 assert not (r and any(f[key][i] for f in ps["fooled_by"].values())), (m["name"], key, i)

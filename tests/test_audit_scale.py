@@ -77,8 +77,8 @@ def _numbers(out: Path) -> list[dict]:
     """What must not depend on processes, batches or interruptions: every number and verdict."""
     report = json.loads((out / "report.json").read_text())
     return [{"name": m["name"], "clean": m["clean_accuracy"], "results": m["results"], "worst": m["worst_case"],
-             "suspected": m["gradient_masking"]["suspected"], "triggered": m["gradient_masking"]["triggered"],
-             "checks": {c["name"]: (c["passed"], c["value"]) for c in m["gradient_masking"]["checks"]}}
+             "verdict": m["gradient_masking"]["state"], "triggered": m["gradient_masking"]["triggered"],
+             "checks": {c["name"]: (c["state"], c["value"], c["evidence"]) for c in m["gradient_masking"]["checks"]}}
             for m in report["models"]]
 
 
