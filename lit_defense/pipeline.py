@@ -101,7 +101,8 @@ PROFILES = {
     # a few minutes, on easy synthetic data: what the tests run
     "smoke": Profile(
         epochs={"teacher": 3, "distillation_teacher": 3, "distilled": 3, "masked_bit_depth": 2,
-                "masked_random_resize_pad": 2, "adv_train": 3},
+                "masked_random_resize_pad": 2, "adv_train": 2},
+        extra={"adv_train": ["--model.init_args.attack_steps=3"]},
         common=["--data.init_args.dataset=synthetic", "--data.init_args.val_size=256",
                 "--data.init_args.synthetic_train_size=1280", "--data.init_args.synthetic_test_size=128",
                 "--data.init_args.synthetic_noise=0.15", "--data.init_args.batch_size=32",
