@@ -343,6 +343,7 @@ def model_checks(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
 # significantly past its threshold (one-sided ``alpha``), passes when its 95% interval is on the
 # right side, and is inconclusive otherwise (``evidence["inputs_to_resolve"]``).
 Masks = Mapping[float, torch.Tensor]
+_SEVERITY = {"fail": 2, "inconclusive": 1, "pass": 0}  # which of several decisions a check reports
 
 
 def _paired_worst(pairs: Mapping[Any, Paired], threshold: float, alpha: float
@@ -351,8 +352,7 @@ def _paired_worst(pairs: Mapping[Any, Paired], threshold: float, alpha: float
     decided = {key: (p, p.decide(threshold, alpha=alpha)) for key, p in pairs.items()}
     if not decided:
         return "pass", None, None, None
-    rank = {"fail": 2, "inconclusive": 1, "pass": 0}
-    key = max(decided, key=lambda k: (rank[decided[k][1].state], decided[k][0].difference))
+    key = max(decided, key=lambda k: (_SEVERITY[decided[k][1].state], decided[k][0].difference))
     pair, decision = decided[key]
     return decision.state, key, pair, decision
 
@@ -403,8 +403,7 @@ def check_extra_found(name: str, what: str, before: Masks, after: Masks, thresho
         if e in after:
             k, n = int((before[e] & ~after[e]).sum()), int(before[e].numel())
             decided[e] = (k, n, decide_proportion(k, n, threshold, alpha=alpha))
-    rank = {"fail": 2, "inconclusive": 1, "pass": 0}
-    eps = max(decided, key=lambda e: (rank[decided[e][2].state], decided[e][0])) if decided else None
+    eps = max(decided, key=lambda e: (_SEVERITY[decided[e][2].state], decided[e][0])) if decided else None
     k, n, decision = decided[eps] if decided else (0, 0, None)
     state: State = decision.state if decision else "pass"
     gap = k / n if n else 0.0
