@@ -17,18 +17,17 @@ different processes add up exactly (DDP), then turned into a JSON-serialisable d
 
 from __future__ import annotations
 
-import inspect
 import json
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
 import torch
 from torch import nn
 
-from lit_defense.attacks.base import Attack, MinNormAttack
+from lit_defense.attacks.base import Attack, GridResult, fooled_by
 from lit_defense.diagnostics import MaskingThresholds, check_one_step_vs_iterative
 from lit_defense.errors import ConfigError
 from lit_defense.results import Check, eps_key, interval_metrics
@@ -50,7 +49,6 @@ class RobustnessResult:
     robust_accuracy: dict[str, dict[str, float]]  # attack name (or "worst") -> eps_key -> accuracy
     cascade: bool = True
     seconds: float = 0.0
-    extra: dict = field(default_factory=dict)
 
     def metrics(self, prefix: str = "adv", intervals: bool = False) -> dict[str, float]:
         """``{"adv/<attack>/eps=<eps>/acc": value}`` for every attack and ``worst``.
@@ -146,16 +144,6 @@ def _predict(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor
         return torch.cat([model(xb).argmax(1) for xb in x.split(batch_size)])
 
 
-def fooled_by(model: nn.Module, attack: Attack, x_adv: torch.Tensor, x: torch.Tensor, y: torch.Tensor
-              ) -> torch.Tensor:
-    """Per sample: is ``x_adv`` misclassified *and* inside ``attack``'s threat model around ``x``?
-
-    An output outside the threat model is a failed attack, not a success.
-    """
-    with torch.inference_mode(False), torch.no_grad():
-        return (model(x_adv).argmax(1) != y) & attack.threat.contains(x_adv, x)
-
-
 class UnitRecord(Protocol):
     """Where per-sample results of finished work are kept (the audit's resumable progress).
 
@@ -224,27 +212,27 @@ def robustness_counts(
         adv_k = [x[:k].clone() for _ in eps]
         for i, attack in enumerate(attacks):
             pools = [still[j] if cascade else start[j] for j in range(n_e)]
-            min_norm = None
+            grid, computed = None, None
             total = sum(int(p.sum()) for p in pools)
             done = 0
             if on_progress is not None:
                 on_progress(attack.name, 0, total)
-            if isinstance(attack, MinNormAttack):  # one run answers every eps
-                min_norm = _min_norms(model, attack, x, y, torch.stack(pools).any(0), eps, batch_size, ids, record)
-                examples["min_norm"][attack.name] = min_norm[1]
+            if attack.answers_grid:  # one run answers every eps, on every point still robust at some eps
+                grid, computed = _grid_run(model, attack, x, y, torch.stack(pools).any(0), eps, batch_size, ids,
+                                           record)
+                if grid.norms is not None:
+                    examples["min_norm"][attack.name] = grid.norms
             for j, e in enumerate(eps):
-                attack_e = attack.with_eps(e)
                 unit = unit_name(attack, e)
                 fooled = torch.zeros_like(clean_ok)
                 for chunk in pools[j].nonzero().squeeze(1).split(batch_size):
                     if chunk.numel() == 0:  # an empty pool splits into one empty chunk
                         continue
-                    if min_norm is not None:
-                        hit = min_norm[2][j][chunk]
-                        x_adv = torch.where(per_sample(hit, x[chunk]), min_norm[0][chunk], x[chunk]) \
-                            if bool(min_norm[3][chunk].all()) else None
+                    if grid is not None and computed is not None:
+                        hit = grid.fooled[j][chunk]
+                        x_adv = grid.points[j][chunk] if bool(computed[chunk].all()) else None
                     else:
-                        hit, x_adv = _attack_chunk(model, attack_e, x[chunk], y[chunk], ids[chunk], unit, record)
+                        hit, x_adv = _attack_chunk(model, attack, e, x[chunk], y[chunk], ids[chunk], unit, record)
                     fooled[chunk] = hit
                     if k and x_adv is not None:
                         first = chunk < k
@@ -269,40 +257,32 @@ def robustness_counts(
     return counts, examples
 
 
-def _attack_chunk(model: nn.Module, attack: Attack, x: torch.Tensor, y: torch.Tensor, ids: torch.Tensor,
-                  unit: str, record: UnitRecord | None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """``(fooled, x_adv)`` of one batch: from the record when it holds them (``x_adv`` None), else run."""
+def _attack_chunk(model: nn.Module, attack: Attack, eps: float, x: torch.Tensor, y: torch.Tensor,
+                  ids: torch.Tensor, unit: str, record: UnitRecord | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(fooled, x_adv)`` of one batch at one eps: from the record when it holds them (``x_adv`` None), else run."""
     keys = ids.tolist() if record is not None else []
     stored = record.get(unit, keys) if record is not None else None
     if stored is not None:
         return torch.tensor(stored["fooled"], dtype=torch.bool, device=x.device), None
-    x_adv = attack(model, x, y, ids) if _takes_ids(attack) else attack(model, x, y)
-    hit = fooled_by(model, attack, x_adv, x, y)
+    found = attack.attack_grid(model, x, y, [eps], ids)
     if record is not None:
-        record.put(unit, keys, {"fooled": hit.tolist()})
-    return hit, x_adv
+        record.put(unit, keys, {"fooled": found.fooled[0].tolist()})
+    return found.fooled[0], found.points[0]
 
 
-def _takes_ids(attack: Attack) -> bool:
-    """Whether ``attack(model, x, y, ids)`` is accepted (an attack written before ``ids`` takes 3)."""
-    try:
-        params = inspect.signature(attack.__call__).parameters
-    except (TypeError, ValueError):
-        return False
-    return "ids" in params or any(p.kind is p.VAR_POSITIONAL or p.kind is p.VAR_KEYWORD for p in params.values())
+def _grid_run(model: nn.Module, attack: Attack, x: torch.Tensor, y: torch.Tensor, pool: torch.Tensor,
+              eps: Sequence[float], batch_size: int, ids: torch.Tensor, record: UnitRecord | None
+              ) -> tuple[GridResult, torch.Tensor]:
+    """An attack that answers a grid (``answers_grid``), run once on the ``pool`` points.
 
-
-def _min_norms(model: nn.Module, attack: MinNormAttack, x: torch.Tensor, y: torch.Tensor, pool: torch.Tensor,
-               eps: Sequence[float], batch_size: int, ids: torch.Tensor, record: UnitRecord | None,
-               ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor], torch.Tensor]:
-    """A minimum-norm attack on the ``pool`` points: ``(points, norms, fooled per eps, computed)``.
-
-    ``norms`` is ``inf`` off the pool or where none was found; ``computed`` marks the points this
-    call found (the others came from the record, which keeps norms, not points).
+    Returns its result over all of ``x`` and which points this call attacked (the others came from
+    the record, which keeps norms and outcomes, not points; off the pool, points are clean and
+    norms ``inf``).
     """
-    points = x.clone()
+    points = [x.clone() for _ in eps]
     computed = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
     norms = torch.full((x.shape[0],), float("inf"), device=x.device)
+    has_norms = True
     fooled = [torch.zeros(x.shape[0], dtype=torch.bool, device=x.device) for _ in eps]
     unit = unit_name(attack, None)
     for chunk in pool.nonzero().squeeze(1).split(batch_size):
@@ -311,21 +291,26 @@ def _min_norms(model: nn.Module, attack: MinNormAttack, x: torch.Tensor, y: torc
         keys = ids[chunk].tolist() if record is not None else []
         stored = record.get(unit, keys) if record is not None else None
         if stored is not None:
-            norms[chunk] = torch.tensor([float("inf") if v is None else v for v in stored["norm"]], device=x.device)
+            if "norm" in stored:
+                norms[chunk] = torch.tensor([float("inf") if v is None else v for v in stored["norm"]], device=x.device)
+            else:
+                has_norms = False
             for j, e in enumerate(eps):
                 fooled[j][chunk] = torch.tensor(stored[f"fooled@{eps_key(e)}"], dtype=torch.bool, device=x.device)
             continue
-        xc, yc = x[chunk], y[chunk]
-        points[chunk], norms[chunk] = attack.min_norms(model, xc, yc, ids[chunk])
+        found = attack.attack_grid(model, x[chunk], y[chunk], eps, ids[chunk])
         computed[chunk] = True
-        for j, e in enumerate(eps):
-            inside = per_sample(norms[chunk] <= e, xc)
-            fooled[j][chunk] = fooled_by(model, attack.with_eps(e), torch.where(inside, points[chunk], xc), xc, yc)
+        for j in range(len(eps)):
+            points[j][chunk], fooled[j][chunk] = found.points[j], found.fooled[j]
+        values: dict[str, list] = {f"fooled@{eps_key(e)}": fooled[j][chunk].tolist() for j, e in enumerate(eps)}
+        if found.norms is None:
+            has_norms = False
+        else:
+            norms[chunk] = found.norms
+            values["norm"] = [v if math.isfinite(v) else None for v in found.norms.tolist()]
         if record is not None:
-            values: dict[str, list] = {"norm": [v if math.isfinite(v) else None for v in norms[chunk].tolist()]}
-            values.update({f"fooled@{eps_key(e)}": fooled[j][chunk].tolist() for j, e in enumerate(eps)})
             record.put(unit, keys, values)
-    return points, norms, fooled, computed
+    return GridResult(points, fooled, norms if has_norms else None), computed
 
 
 def cheap_attack_check(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, norm: str = "linf",
@@ -334,7 +319,7 @@ def cheap_attack_check(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: 
     from lit_defense.attacks import FGSM, PGD
 
     fgsm, pgd = FGSM(eps=eps, norm=norm), PGD(eps=eps, norm=norm, steps=steps)
-    robust = [~fooled_by(model, a, a(model, x, y), x, y).cpu() for a in (fgsm, pgd)]
+    robust = [~fooled_by(model, a.threat, a(model, x, y), x, y).cpu() for a in (fgsm, pgd)]
     return check_one_step_vs_iterative({eps: robust[0]}, {eps: robust[1]}, thresholds or MaskingThresholds(),
                                        (fgsm.name, f"pgd{steps}_ce"), samples_option="num_samples")
 

@@ -10,12 +10,13 @@ loading a checkpoint needs the LightningModules, and those (adversarial training
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 
 import torch
 from torch import nn
 from typing_extensions import override
 
-from lit_defense.attacks.base import Attack, FixedBudgetAttack
+from lit_defense.attacks.base import Attack, FixedBudgetAttack, GridResult, fooled_by
 from lit_defense.attacks.gradient import PGD
 from lit_defense.modules.loading import module_from_checkpoint
 from lit_defense.rng import SampleRNG
@@ -43,13 +44,32 @@ class Transfer(FixedBudgetAttack):
     def default_name(self) -> str:
         return f"transfer_{self.attack.name}"
 
-    @override
-    def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-                generator: SampleRNG) -> torch.Tensor:
+    @property
+    def answers_grid(self) -> bool:  # type: ignore[override]
+        """Whether the surrogate's attack answers a grid of budgets in one run."""
+        return self.attack.answers_grid
+
+    def _on_device(self, x: torch.Tensor) -> nn.Module:
         surrogate = self._surrogate
         if next(surrogate.parameters()).device != x.device:
             surrogate.to(x.device)
-        return self.attack.with_eps(self.eps)(surrogate, x, y, generator.ids)
+        return surrogate
+
+    @override
+    def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                generator: SampleRNG) -> torch.Tensor:
+        return self.attack.with_eps(self.eps)(self._on_device(x), x, y, generator.ids)
+
+    @override
+    def attack_grid(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: Sequence[float],
+                    ids: torch.Tensor | None = None) -> GridResult:
+        """The surrogate attack's points for the grid, judged on the target ``model``.
+
+        The norms the surrogate's attack found are the surrogate's, not the target's: none are kept.
+        """
+        points = self.attack.attack_grid(self._on_device(x), x, y, eps, ids).points
+        return GridResult(points, [fooled_by(model, ThreatModel(self.norm, e), p, x, y)
+                                   for e, p in zip(eps, points, strict=True)])
 
     def with_eps(self, eps: float) -> Transfer:
         """A copy at budget ``eps`` that shares the loaded surrogate (no second checkpoint read)."""

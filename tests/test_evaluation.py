@@ -72,7 +72,7 @@ def test_points_outside_the_threat_model_do_not_count():
         def perturb(self, model, x, y, generator):
             return torch.zeros_like(x)
 
-        def __call__(self, model, x, y):  # skips the projection every attack's __call__ makes
+        def __call__(self, model, x, y, ids=None):  # skips the projection every attack's __call__ makes
             return self.perturb(model, x, y, None)
 
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2))

@@ -1,12 +1,11 @@
 """Attacks on [0, 1] pixels: ``attack(model, x, y) -> x_adv``. See ``base.py`` for the contract."""
 
-from typing import NoReturn
-
 from lit_defense.attacks.apgd import APGD
 from lit_defense.attacks.base import (
     Attack,
     FixedBudgetAttack,
     GradientAttack,
+    GridResult,
     MinNormAttack,
     ce_loss,
     dlr_loss,
@@ -22,14 +21,8 @@ from lit_defense.attacks.square import Square
 from lit_defense.attacks.wrappers import BPDA, EOT, bpda_hooks, masked_modules
 
 __all__ = [
-    "APGD", "Attack", "BPDA", "CarliniWagnerL2", "EOT", "FGSM", "FMN", "FixedBudgetAttack", "GradientAttack", "JSMA",
+    "APGD", "Attack", "BPDA", "CarliniWagnerL2", "EOT", "FGSM", "FMN", "FixedBudgetAttack", "GradientAttack", "GridResult", "JSMA",
     "MinNormAttack", "PGD", "RandomSampling", "RayS", "Square",
     "bpda_hooks", "ce_loss", "dlr_loss", "margin_loss", "masked_modules",
 ]
 
-
-def __getattr__(name: str) -> NoReturn:
-    if name == "Transfer":  # moved: it loads a checkpoint, which sits above the attack package
-        raise AttributeError("lit_defense.attacks.Transfer is now lit_defense.transfer.Transfer "
-                             "(class_path: lit_defense.transfer.Transfer).")
-    raise AttributeError(f"module 'lit_defense.attacks' has no attribute {name!r}")

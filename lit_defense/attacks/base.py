@@ -14,7 +14,11 @@ An attack is a small class, constructible from YAML (``class_path``/``init_args`
 
 Two kinds: a ``FixedBudgetAttack`` looks for an adversarial point inside one budget ``eps``; a
 ``MinNormAttack`` looks for each input's *smallest* adversarial perturbation, so one run answers
-every budget of a grid. Everything that shapes an attack (loss, EOT samples, which iterate it
+every budget of a grid. Either answers a grid through ``attack.attack_grid(model, x, y, eps, ids)
+-> GridResult``: the base runs once per budget, a minimum-norm attack once for all
+(``answers_grid``), and every wrapper (BPDA, EOT, Transfer) passes the call and the flag through, so
+wrapping never hides an attack's kind (after foolbox 3's ``MinimizationAttack`` answering a list of
+epsilons). Everything that shapes an attack (loss, EOT samples, which iterate it
 returns) is a constructor argument: ``attack.replace(steps=40)`` is a copy with other arguments,
 and wrappers reach their inner attack only through such copies (``for_eot``), never by setting
 attributes from outside. The norm-specific operations (projection, random start, steepest step)
@@ -25,7 +29,8 @@ from __future__ import annotations
 
 import abc
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
 import torch
@@ -111,6 +116,33 @@ def _check_inputs(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
         raise ConfigError(f"labels must be integer class indices of shape ({x.shape[0]},), got {y.dtype} {tuple(y.shape)}.")
 
 
+@dataclass(frozen=True)
+class GridResult:
+    """What one attack found on a batch for every budget of a grid.
+
+    Attributes:
+        points: per budget, the adversarial inputs the attack returns at that budget (inside it).
+        fooled: per budget, per sample: the point is misclassified by the attacked model and
+            inside the budget (``fooled_by``).
+        norms: per sample, the smallest adversarial perturbation found (``inf``: none; 0: already
+            misclassified) when the attack minimises norms against this model, else ``None``.
+    """
+
+    points: list[torch.Tensor]
+    fooled: list[torch.Tensor]
+    norms: torch.Tensor | None = None
+
+
+def fooled_by(model: nn.Module, threat: ThreatModel, x_adv: torch.Tensor, x: torch.Tensor, y: torch.Tensor
+              ) -> torch.Tensor:
+    """Per sample: is ``x_adv`` misclassified by ``model`` *and* inside ``threat`` around ``x``?
+
+    An output outside the threat model is a failed attack, not a success.
+    """
+    with torch.inference_mode(False), torch.no_grad():
+        return (model(x_adv).argmax(1) != y) & threat.contains(x_adv, x)
+
+
 class Attack(abc.ABC):
     """Abstract base of every attack: ``attack(model, x, y) -> x_adv`` (see module doc).
 
@@ -127,6 +159,8 @@ class Attack(abc.ABC):
 
     norms: tuple[str, ...] = ("linf", "l2")
     uses_gradients = True
+    #: one run answers every budget of a grid (``attack_grid`` is not a loop over ``with_eps``)
+    answers_grid = False
 
     @override
     def __new__(cls, *args: Any, **kwargs: Any) -> Attack:
@@ -216,6 +250,15 @@ class Attack(abc.ABC):
             x_adv = self.perturb(model, x, y, SampleRNG.for_batch(self.seed, x.shape[0], x.device, ids))
             return self.threat.project(x_adv.detach(), x)
 
+    def attack_grid(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: Sequence[float],
+                    ids: torch.Tensor | None = None) -> GridResult:
+        """The attack at every budget of ``eps`` on ``(x, y)``: one ``with_eps`` copy per budget.
+
+        Attacks that answer a whole grid in one run (``answers_grid``) override it.
+        """
+        points = [self.with_eps(e)(model, x, y, ids) for e in eps]
+        return GridResult(points, [fooled_by(model, ThreatModel(self.norm, e), p, x, y) for e, p in zip(eps, points, strict=True)])
+
     @abc.abstractmethod
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                 generator: SampleRNG) -> torch.Tensor:
@@ -276,14 +319,17 @@ class MinNormAttack(Attack, abc.ABC):
 
     ``minimize`` returns the adversarial points and their norms (``inf`` where none was found);
     called with a budget (``attack(model, x, y)``) it returns the point where its norm is within
-    ``eps``, else the clean input. ``eps`` only matters for that call.
+    ``eps``, else the clean input. ``eps`` only matters for that call. ``attack_grid`` runs it once
+    for a whole grid of budgets.
     """
+
+    answers_grid = True
 
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                 generator: SampleRNG) -> torch.Tensor:
         """The minimal adversarial point where it lies within ``eps``, else ``x``."""
         x_adv, norms = self.minimize(model, x, y, generator)
-        inside = norms <= self.eps * (1 + 1e-5) + 1e-7
+        inside = norms <= _within(self.eps)
         return torch.where(per_sample(inside, x), x_adv, x)
 
     @abc.abstractmethod
@@ -305,3 +351,17 @@ class MinNormAttack(Attack, abc.ABC):
                 wrong = model(x).argmax(1) != y
             x_adv = torch.where(per_sample(wrong, x), x, x_adv.detach().clamp(0, 1))
             return x_adv, torch.where(wrong, torch.zeros_like(norms), norms)
+
+    @override
+    def attack_grid(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: Sequence[float],
+                    ids: torch.Tensor | None = None) -> GridResult:
+        """One minimisation answers every budget: at ``e``, the point found where its norm is within ``e``."""
+        found, norms = self.min_norms(model, x, y, ids)
+        points = [torch.where(per_sample(norms <= _within(e), x), found, x) for e in eps]
+        return GridResult(points, [fooled_by(model, ThreatModel(self.norm, e), p, x, y)
+                                   for e, p in zip(eps, points, strict=True)], norms)
+
+
+def _within(eps: float) -> float:
+    """The largest norm that counts as inside budget ``eps`` (float rounding of a norm on the sphere)."""
+    return eps * (1 + 1e-5) + 1e-7

@@ -18,14 +18,14 @@ They compose: ``EOT(BPDA(PGD(...)))``.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 from typing_extensions import override
 
-from lit_defense.attacks.base import Attack
+from lit_defense.attacks.base import Attack, GridResult
 from lit_defense.errors import ConfigError
 from lit_defense.rng import SampleRNG
 from lit_defense.threat import ThreatModel
@@ -93,7 +93,10 @@ def bpda_hooks(model: nn.Module, names: list[str] | None = None) -> Iterator[Non
 
 
 class _Wrapper(Attack):
-    """An attack that delegates to ``attack`` and takes its threat model."""
+    """An attack that delegates to ``attack`` and takes its threat model and its kind.
+
+    ``answers_grid`` is the inner attack's: ``BPDA(FMN)`` answers a grid in one run, as ``FMN`` does.
+    """
 
     def __init__(self, attack: Attack, name: str | None = None) -> None:
         if not isinstance(attack, Attack):
@@ -107,6 +110,11 @@ class _Wrapper(Attack):
     def threat(self) -> ThreatModel:
         """The inner attack's threat model."""
         return self.attack.threat
+
+    @property
+    def answers_grid(self) -> bool:  # type: ignore[override]
+        """Whether the inner attack answers a grid of budgets in one run."""
+        return self.attack.answers_grid
 
     def with_eps(self, eps: float) -> _Wrapper:
         return self.replace(attack=self.attack.with_eps(eps))
@@ -142,6 +150,16 @@ class BPDA(_Wrapper):
         with bpda_hooks(model, self.modules):
             return self.attack(model, x, y, ids)
 
+    @override
+    def attack_grid(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: Sequence[float],
+                    ids: torch.Tensor | None = None) -> GridResult:
+        """The inner attack's answer for the grid, with the masked modules' backward replaced.
+
+        The forward passes (and so ``fooled`` and the norms) are the model's own.
+        """
+        with bpda_hooks(model, self.modules):
+            return self.attack.attack_grid(model, x, y, eps, ids)
+
 
 class EOT(_Wrapper):
     """Expectation over Transformation around ``attack``: gradients averaged over ``samples`` draws.
@@ -168,3 +186,9 @@ class EOT(_Wrapper):
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                  ids: torch.Tensor | None = None) -> torch.Tensor:
         return self._inner(model, x, y, ids)
+
+    @override
+    def attack_grid(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: Sequence[float],
+                    ids: torch.Tensor | None = None) -> GridResult:
+        """The inner attack's ``for_eot`` copy's answer for the grid."""
+        return self._inner.attack_grid(model, x, y, eps, ids)

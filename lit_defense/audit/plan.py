@@ -37,7 +37,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from lit_defense.attacks import PGD, Attack, MinNormAttack, RandomSampling, masked_modules
+from lit_defense.attacks import PGD, Attack, RandomSampling, masked_modules
 from lit_defense.audit.checklist import ChecklistAttacks
 from lit_defense.audit.display import AuditProgress
 from lit_defense.audit.progress import ProgressLog
@@ -54,7 +54,6 @@ from lit_defense.diagnostics import (
 )
 from lit_defense.evaluation import check_attacks, robustness_counts
 from lit_defense.results import Check, ModelAudit, eps_key, verdict
-from lit_defense.threat import per_sample
 
 
 def _probe(model: nn.Module, x: torch.Tensor, y: torch.Tensor, thresholds: MaskingThresholds, check_samples: int,
@@ -149,8 +148,7 @@ def audit_model(
         found = stage.cascade(model, x, y, later, eps, batch_size, robust)
         stages["cascade"] = stage.info
         after = fold(found["fooled"], later, eps, n, fooled, robust)
-        min_norm = {a.name: found["min_norm"].get(a.name, torch.full((n,), float("inf")))
-                    for a in later if isinstance(a, MinNormAttack)}
+        min_norm = dict(found["min_norm"])  # the norms of every attack that minimised them (BPDA(FMN) too)
     for a in later:
         results += [{"attack": a.name, "eps": e, "robust_accuracy": _rate(after[a.name][e]), "stage": "after_white_box"}
                     for e in eps]
@@ -242,12 +240,7 @@ def _examples(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: Sequence[
                 ids = mask.nonzero().squeeze(1)
                 if ids.numel() == 0:
                     continue
-                if isinstance(attack, MinNormAttack):
-                    points, norms = attack.min_norms(model, x[ids], y[ids], ids)
-                    x_adv = torch.where(per_sample(norms <= e, points), points, x[ids])
-                else:
-                    x_adv = attack.with_eps(e)(model, x[ids], y[ids], ids)
-                adv[ids] = x_adv
+                adv[ids] = attack.attack_grid(model, x[ids], y[ids], [e], ids).points[0]
                 taken |= mask
             out["adv"][key] = adv
             with torch.no_grad():

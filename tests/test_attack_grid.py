@@ -1,0 +1,100 @@
+"""``attack_grid``: every attack answers a grid of budgets, and wrappers never hide its kind.
+
+The defect this guards against: a wrapper (``BPDA(FMN)``) hid that its inner attack minimises norms,
+so it ran once per eps, recorded no norms, and the audit's refine stage never ran on masked models.
+"""
+
+from __future__ import annotations
+
+from unittest import mock
+
+import pytest
+import torch
+from torch import nn
+
+from lit_defense.attacks import BPDA, EOT, FGSM, FMN, PGD, Attack, MinNormAttack
+from lit_defense.attacks.base import fooled_by
+from lit_defense.audit import AttackSuite
+from lit_defense.audit.plan import audit_model
+from lit_defense.defenses import BitDepthReduction
+from lit_defense.evaluation import robustness_counts
+from lit_defense.results import eps_key
+from lit_defense.threat import ThreatModel
+
+EPS = [0.05, 0.1, 0.2]
+
+
+def masked(model: nn.Module) -> nn.Module:
+    """The trained model behind a declared non-differentiable defense (4-bit pixels)."""
+    return nn.Sequential(BitDepthReduction(bits=4), model).eval()
+
+
+@pytest.mark.parametrize(
+    "make, grid",
+    [
+        (lambda: FMN(steps=10), True),
+        (lambda: BPDA(FMN(steps=10)), True),
+        (lambda: PGD(steps=5), False),
+        (lambda: BPDA(PGD(steps=5)), False),
+        (lambda: EOT(PGD(steps=5), samples=2), False),
+        (lambda: FGSM(), False),
+    ],
+    ids=lambda v: v().name if callable(v) else str(v),
+)
+def test_attack_grid_answers_every_budget_and_wrappers_keep_the_kind(trained, make, grid):
+    model, x, y = trained
+    target = masked(model)
+    x, y = x[:32], y[:32]
+    attack: Attack = make()
+    assert attack.answers_grid is grid
+    found = attack.attack_grid(target, x, y, EPS)
+    assert len(found.points) == len(found.fooled) == len(EPS)
+    assert (found.norms is not None) is grid
+    for e, points, fooled in zip(EPS, found.points, found.fooled, strict=True):
+        threat = ThreatModel(attack.norm, e)
+        assert points.shape == x.shape and bool(threat.contains(points, x).all())
+        assert torch.equal(fooled, fooled_by(target, threat, points, x, y))
+    if grid:
+        # one minimisation: fooled at a budget exactly where the norm found lies within it, so the
+        # grid is nested (fooled at 0.05 implies fooled at 0.1)
+        assert found.norms.shape == (x.shape[0],)
+        for small, big in zip(found.fooled, found.fooled[1:], strict=False):
+            assert not (small & ~big).any()
+        assert found.fooled[-1].any(), "the minimum-norm attack found nothing at eps 0.2 behind BPDA"
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_a_wrapped_minimum_norm_attack_runs_once_for_the_whole_grid_and_keeps_its_norms(trained):
+    model, x, y = trained
+    target = masked(model)
+    x, y = x[:32], y[:32]
+    calls = []
+    original = MinNormAttack.min_norms
+
+    def spy(self, *args, **kwargs):
+        calls.append(self.name)
+        return original(self, *args, **kwargs)
+
+    with mock.patch.object(MinNormAttack, "min_norms", spy):
+        _, ex = robustness_counts(target, x, y, [BPDA(FMN(steps=10))], EPS, batch_size=64)
+    assert calls == ["fmn"]  # one run answers the three budgets
+    norms = ex["min_norm"]["bpda_fmn"]
+    assert norms.shape == (32,) and torch.isfinite(norms).any()
+    for e in EPS:
+        key = eps_key(e)
+        # fooled where the norm found lies inside the budget (among the points attacked)
+        inside = ex["clean_correct"] & (norms <= e * (1 + 1e-5) + 1e-7)
+        assert torch.equal(ex["fooled"]["bpda_fmn"][key] & ex["clean_correct"], inside), e
+
+
+def test_the_audit_refines_behind_bpda_on_a_masked_model(trained):
+    """BPDA(FMN)'s norms reach the plan: the refine stage runs on a masked model."""
+    model, x, y = trained
+    suite = AttackSuite(steps=10, eot_samples=2, square_queries=20, random_samples=2, apgd_steps=5, apgd_targets=1,
+                        min_norm_steps=10, rays_queries=0)
+    a = audit_model(masked(model), x[:64], y[:64], [0.1], name="bit_depth", suite=suite, check_samples=32)
+    assert "bpda_fmn" in a.roles["cascade"]
+    assert "refine" in a.stages, a.stages
+    norms = a.per_sample["min_norm"]["bpda_fmn"]
+    assert len(norms) == 64 and any(v is not None for v in norms)
+    assert any(r["stage"] == "refine" for r in a.results)
