@@ -124,4 +124,7 @@ def test_result_types_sit_below_producers_and_reporters():
     for module in ("lit_defense.report", "lit_defense.plots"):
         assert not any(d.startswith("lit_defense.audit") for d in graph[module]), f"{module} imports the audit"
     # the checklist reads results: it runs no attack and imports neither the attacks' runner nor the audit
-    assert not {"lit_defense.evaluation", "lit_defense.audit"} & graph["lit_defense.diagnostics"]
+    checklist = [m for m in graph if m == "lit_defense.diagnostics" or m.startswith("lit_defense.diagnostics.")]
+    assert {"lit_defense.diagnostics.mechanism", "lit_defense.diagnostics.outcome"} <= set(checklist)
+    for module in checklist:
+        assert not {"lit_defense.evaluation", "lit_defense.audit"} & graph[module], module

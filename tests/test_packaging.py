@@ -22,6 +22,11 @@ def test_wheel_ships_every_recipe_and_no_generic_top_level_module(tmp_path):
     top_level = {n.split("/", 1)[0] for n in names if "/" in n and ".dist-info" not in n}
     assert top_level == {"lit_defense", "lit_defense_callbacks"}, top_level
     assert "lit_defense_callbacks/adversarial_evaluation.py" in names
+    # every module of the core, subpackages included (setuptools' package list is explicit)
+    sources = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "lit_defense").rglob("*.py"))
+    assert len(sources) > 40
+    unshipped = [m for m in sources if m not in names]
+    assert not unshipped, f"pyproject's [tool.setuptools] packages misses: {unshipped}"
 
 
 def test_the_pipeline_finds_its_recipes_through_the_package():

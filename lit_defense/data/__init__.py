@@ -16,252 +16,32 @@ Datasets:
 
 from __future__ import annotations
 
-import gzip
-import math
-import struct
-import zlib
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import lightning as L
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 from typing_extensions import override
 
+from lit_defense.data.datasets import (
+    DATASETS,
+    Batch,
+    DatasetInfo,
+    DatasetName,
+    EpochShuffleSampler,
+    ImageTensorDataset,
+    class_label,
+    collate_batch,
+    random_crop_flip,
+)
+from lit_defense.data.idx import IDX_FILES, _find_file, read_idx
+from lit_defense.data.synthetic import make_synthetic
 from lit_defense.errors import ConfigError, DataFormatError, DataNotFoundError
 
-DatasetName = Literal["mnist", "fashion_mnist", "cifar10", "synthetic"]
 
-
-@dataclass(frozen=True)
-class DatasetInfo:
-    """Static facts about a dataset: what a model needs to know before any data is read."""
-
-    num_classes: int
-    in_chans: int
-    image_size: int
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    torchvision_name: str | None = None
-    system_dirs: tuple[str, ...] = ()
-    class_names: tuple[str, ...] = ()
-
-
-def class_label(k: int, names: Sequence[str]) -> str:
-    """The name of class ``k`` where ``names`` has it, else the number."""
-    return names[k] if 0 <= k < len(names) else str(k)
-
-
-DATASETS: dict[str, DatasetInfo] = {
-    "mnist": DatasetInfo(
-        10, 1, 28, (0.1307,), (0.3081,), "MNIST",
-        ("/usr/share/datasets/mnist", "/usr/share/datasets/MNIST"),
-        tuple(str(i) for i in range(10)),
-    ),
-    "fashion_mnist": DatasetInfo(
-        10, 1, 28, (0.2860,), (0.3530,), "FashionMNIST",
-        ("/usr/share/datasets/fashion-mnist",),
-        ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-         "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
-    ),
-    "cifar10": DatasetInfo(
-        10, 3, 32, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), "CIFAR10", (),
-        ("airplane", "automobile", "bird", "cat", "deer",
-         "dog", "frog", "horse", "ship", "truck"),
-    ),
-}
-
-IDX_FILES = {
-    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
-    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
-}
-
-_IDX_DTYPES = {
-    0x08: np.dtype(np.uint8),
-    0x09: np.dtype(np.int8),
-    0x0B: np.dtype(">i2"),
-    0x0C: np.dtype(">i4"),
-    0x0D: np.dtype(">f4"),
-    0x0E: np.dtype(">f8"),
-}
-
-
-# --------------------------------------------------------------------------------------------
-# IDX files
-# --------------------------------------------------------------------------------------------
-def read_idx(path: str | Path) -> torch.Tensor:
-    """Read an IDX file (optionally gzip-compressed) into a tensor, checking its header and size.
-
-    Raises ``DataFormatError`` naming the file when it is truncated, corrupted or not IDX.
-    """
-    path = Path(path)
-    try:
-        if path.suffix == ".gz":
-            with gzip.open(path, "rb") as f:
-                raw = f.read()
-        else:
-            raw = path.read_bytes()
-    except (EOFError, OSError, zlib.error) as err:
-        if isinstance(err, FileNotFoundError):
-            raise DataNotFoundError(f"IDX file not found: {path}") from None
-        raise DataFormatError(
-            f"cannot read {path}: {err}. The file is truncated or corrupted; delete it and "
-            "fetch the dataset again."
-        ) from None
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
-        raise DataFormatError(
-            f"{path} is not an IDX file (bad magic number {raw[:4].hex() or 'empty'}); "
-            "expected the MNIST/Fashion-MNIST IDX format."
-        )
-    dtype, ndim = _IDX_DTYPES[raw[2]], raw[3]
-    header = 4 + 4 * ndim
-    if len(raw) < header:
-        raise DataFormatError(f"{path} is truncated inside its header; fetch it again.")
-    dims = struct.unpack(">" + "I" * ndim, raw[4:header])
-    expected = math.prod(dims) * dtype.itemsize
-    if len(raw) - header != expected:
-        raise DataFormatError(
-            f"{path} is truncated or corrupted: its header announces shape {tuple(dims)} "
-            f"({expected} bytes of data) but it holds {len(raw) - header}; fetch it again."
-        )
-    array = np.frombuffer(raw, dtype=dtype, offset=header).reshape(dims)
-    return torch.from_numpy(array.astype(dtype.newbyteorder("="), copy=True))
-
-
-def _find_file(stem: str, dirs: Sequence[Path]) -> Path | None:
-    for d in dirs:
-        for name in (stem, stem + ".gz"):
-            if (d / name).is_file():
-                return d / name
-    return None
-
-
-# --------------------------------------------------------------------------------------------
-# Datasets
-# --------------------------------------------------------------------------------------------
-Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # images in [0, 1], labels, sample indices
-
-
-class ImageTensorDataset(Dataset):
-    """Images held in memory as uint8 ``(N, C, H, W)``; yields ``(x in [0,1], y, index)``.
-
-    Implements ``__getitems__`` so a DataLoader fetches a whole batch with one indexing op instead
-    of collating ``batch_size`` single samples.
-    """
-
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, augment: bool = False) -> None:
-        if images.ndim == 3:
-            images = images.unsqueeze(1)
-        if images.dtype != torch.uint8 or images.ndim != 4:
-            raise DataFormatError(
-                f"images must be uint8 of shape (N, C, H, W), got {images.dtype} {tuple(images.shape)}"
-            )
-        if labels.shape[0] != images.shape[0]:
-            raise DataFormatError(
-                f"{images.shape[0]} images but {labels.shape[0]} labels: the image and label "
-                "files do not belong together."
-            )
-        self.images = images.contiguous()
-        self.labels = labels.long()
-        self.augment = augment
-
-    def __len__(self) -> int:
-        return self.images.shape[0]
-
-    def _batch(self, index: torch.Tensor) -> Batch:
-        x = self.images[index].float().div_(255.0)
-        if self.augment:
-            x = random_crop_flip(x, flip=x.shape[1] == 3)
-        return x, self.labels[index], index
-
-    def __getitem__(self, i: int) -> Batch:
-        x, y, idx = self._batch(torch.tensor([i]))
-        return x[0], y[0], idx[0]
-
-    def __getitems__(self, indices: list[int]) -> Batch:
-        return self._batch(torch.as_tensor(indices, dtype=torch.long))
-
-
-def random_crop_flip(x: torch.Tensor, padding: int = 2, flip: bool = False) -> torch.Tensor:
-    """Random translation by up to ``padding`` pixels (zero padded), and horizontal flips."""
-    n, _, h, w = x.shape
-    padded = F.pad(x, (padding,) * 4)
-    dy = torch.randint(0, 2 * padding + 1, (n,))
-    dx = torch.randint(0, 2 * padding + 1, (n,))
-    rows = (dy[:, None] + torch.arange(h)[None, :])[:, None, :, None].expand(n, x.shape[1], h, w + 2 * padding)
-    out = padded.gather(2, rows)
-    cols = (dx[:, None] + torch.arange(w)[None, :])[:, None, None, :].expand(n, x.shape[1], h, w)
-    out = out.gather(3, cols)
-    if flip:
-        mask = torch.rand(n) < 0.5
-        out[mask] = out[mask].flip(-1)
-    return out
-
-
-class EpochShuffleSampler(torch.utils.data.Sampler[int]):
-    """A fresh random order every epoch, drawn from ``(seed, epoch)`` only.
-
-    Lightning calls ``set_epoch`` before each epoch, so a run resumed from a checkpoint sees the
-    same order in its later epochs as an uninterrupted run, whatever the global RNG did (under DDP
-    Lightning's distributed sampler wraps it and shuffles per epoch itself).
-    """
-
-    def __init__(self, num_samples: int, seed: int = 0) -> None:
-        self.num_samples = num_samples
-        self.seed = seed
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        """Reshuffle for ``epoch`` (called by the training loop, as ``DistributedSampler`` is)."""
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.num_samples
-
-    def __iter__(self) -> Iterator[int]:
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        return iter(torch.randperm(self.num_samples, generator=g).tolist())
-
-
-def collate_batch(batch: Batch | list[Batch]) -> Batch:
-    """Collate for ``ImageTensorDataset.__getitems__``: the batch is already stacked."""
-    if isinstance(batch, tuple) and len(batch) == 3 and isinstance(batch[0], torch.Tensor):
-        return batch
-    return torch.utils.data.default_collate(batch)
-
-
-def make_synthetic(
-    num_samples: int,
-    num_classes: int = 10,
-    in_chans: int = 1,
-    image_size: int = 28,
-    noise: float = 0.2,
-    seed: int = 0,
-    split_seed: int = 0,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Deterministic class-dependent images (uint8): a smooth random template per class plus noise.
-
-    The templates depend on ``seed`` only; ``split_seed`` draws the samples, so train and test
-    share classes but not samples.
-    """
-    g = torch.Generator().manual_seed(seed)
-    coarse = torch.rand(num_classes, in_chans, 4, 4, generator=g)
-    templates = F.interpolate(coarse, size=(image_size, image_size), mode="bilinear", align_corners=False)
-    g = torch.Generator().manual_seed(10_000 + split_seed)
-    labels = torch.arange(num_samples) % num_classes
-    labels = labels[torch.randperm(num_samples, generator=g)]
-    x = templates[labels] + noise * torch.randn(num_samples, in_chans, image_size, image_size, generator=g)
-    images = (x.clamp(0, 1) * 255).round().to(torch.uint8)
-    return images, labels
-
-
-# --------------------------------------------------------------------------------------------
-# The DataModule
-# --------------------------------------------------------------------------------------------
 class SplitDataModule(L.LightningDataModule):
     """The dataloaders of a DataModule that holds ``train_set``, ``val_set`` and ``test_set``.
 
@@ -570,3 +350,10 @@ def fixed_subset(dataset: Dataset, num_samples: int, seed: int) -> tuple[torch.T
             x = torch.stack([torch.as_tensor(it[0]) for it in items])
             y = torch.as_tensor([int(it[1]) for it in items])
         return x.detach().clone().float(), y.detach().clone().long()
+
+
+__all__ = [
+    "DATASETS", "IDX_FILES", "Batch", "DatasetInfo", "DatasetName", "EpochShuffleSampler", "ImageTensorDataset",
+    "SplitDataModule", "VisionDataModule", "class_label", "collate_batch", "fixed_subset", "fixed_subset_indices",
+    "make_synthetic", "random_crop_flip", "read_idx",
+]
