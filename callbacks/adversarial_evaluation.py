@@ -1,14 +1,14 @@
 """``AdversarialEvaluation``: robust accuracy every validation epoch, logged to TensorBoard.
 
 Thin by design: it picks a fixed, seeded subset of the validation set, shards it across
-processes, calls ``lit_defense.evaluation.robustness_counts`` and logs. All attack logic lives in
-``lit_defense``.
+processes, attacks it into a ``lit_defense.metrics.RobustAccuracy`` (a torchmetrics ``Metric``) and
+logs. All attack logic lives in ``lit_defense``.
 
 Logged: ``adv/<attack>/eps=<eps>/acc`` and ``adv/worst/eps=<eps>/acc`` (cascade semantics: see
 ``lit_defense.evaluation``), plus, on a TensorBoard logger, an image grid (clean / worst-case
 adversarial / perturbation amplified to the full range) and a robust-accuracy-vs-eps figure.
-Under DDP each rank attacks its own shard and integer counts are summed, so the numbers equal a
-single-process run on the same subset.
+Under DDP each rank attacks its own shard and the metric's integer counts are summed over ranks, so
+the numbers equal a single-process run on the same subset.
 """
 
 from __future__ import annotations
@@ -25,12 +25,8 @@ from typing_extensions import override
 from lit_defense.attacks import APGD, FGSM, Attack
 from lit_defense.data import class_label
 from lit_defense.data import fixed_subset as validation_subset
-from lit_defense.evaluation import (
-    RobustnessCounts,
-    RobustnessResult,
-    check_attacks,
-    robustness_counts,
-)
+from lit_defense.evaluation import RobustnessResult, check_attacks
+from lit_defense.metrics import RobustAccuracy
 from lit_defense.threat import per_sample
 
 from ._common import due, validation_dataset
@@ -92,6 +88,7 @@ class AdversarialEvaluation(L.Callback):
         self.seed = seed
         self.num_images = num_images
         self._subset: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._robust: RobustAccuracy | None = None
         self.last_result = None
 
     # ------------------------------------------------------------------------------- subset
@@ -104,6 +101,12 @@ class AdversarialEvaluation(L.Callback):
         rank, world = trainer.global_rank, trainer.world_size
         return x[rank::world], y[rank::world]
 
+    def _metric(self, device: torch.device) -> RobustAccuracy:
+        """The ``RobustAccuracy`` that holds this callback's counts, on the model's device."""
+        if self._robust is None:
+            self._robust = RobustAccuracy(self.attacks, self.eps, cascade=self.cascade, batch_size=self.batch_size)
+        return self._robust.to(device)
+
     # ------------------------------------------------------------------------------- logging
     @override
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -113,12 +116,11 @@ class AdversarialEvaluation(L.Callback):
         x, y = self._shard(trainer)
         x, y = x.to(pl_module.device), y.to(pl_module.device)
         keep = self.num_images if (self.log_images and trainer.is_global_zero) else 0
-        counts, examples = robustness_counts(
-            pl_module, x, y, self.attacks, self.eps, self.batch_size, self.cascade, keep_examples=keep
-        )
-        vector = trainer.strategy.reduce(counts.as_vector().float(), reduce_op="sum").round().long()
-        total = RobustnessCounts.from_vector(vector, len(self.attacks), len(self.eps))
-        result = total.to_result(self.attacks, self.eps, self.norm, self.cascade, time.perf_counter() - start)
+        metric = self._metric(pl_module.device)
+        metric.reset()
+        metric.update(pl_module, x, y, keep_examples=keep)
+        result = metric.result(time.perf_counter() - start)  # counts summed over every rank
+        examples = metric.examples
         self.last_result = result
         with warnings.catch_warnings():
             # the counts are already summed over ranks: Lightning's "use sync_dist" hint does not apply
