@@ -111,6 +111,33 @@ def test_two_ddp_processes_write_the_single_process_report(config, one_process, 
         assert model["stages"]["white_box"]["per_process"] == [N // 2, N // 2]
 
 
+def test_one_failing_process_ends_every_process_with_one_line_and_the_rerun_resumes(config, tmp_path):
+    """Under DDP a model that raises in one process only: both processes end at once (not after the
+    process group's 30-minute timeout) with its one-line error and exit 2; fixed, the same command resumes."""
+    cfg = tmp_path / "failing.yaml"
+    cfg.write_text(f"models:\n  - {{name: tiny, class_path: toy_models.FailsOnOneRank, weights: {config.parent / 'tiny.pt'}}}\n")
+    out = tmp_path / "failing"
+    command = _command(cfg, out, "--num_samples=96", "--check_samples=48", "--batch_size=16",
+                       "--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.strategy=ddp")
+    start = time.time()
+    res = subprocess.run(command, env={**_env(), "TOY_FAIL_RANK": "1"}, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2, res.stderr[-3000:]
+    assert time.time() - start < 120
+    assert "Traceback" not in res.stderr, res.stderr[-3000:]
+    failed = {line for line in res.stderr.splitlines() if "failed" in line}
+    assert len(failed) == 1, res.stderr[-3000:]  # both processes print the same line
+    (line,) = failed
+    assert "process 1" in line and "stage white_box" in line and "cannot be evaluated" in line and "resume" in line
+    before = _records(out)
+    assert before and all(stage in ("probe", "white_box") for _, stage, _, _ in before)  # rank 0's batches
+
+    res = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "resuming" in res.stdout and (out / "report.json").is_file()
+    after = _records(out)
+    assert set(before) < set(after) and len(after) == len(set(after)), "a finished batch was attacked again"
+
+
 def test_collectives_per_stage_do_not_grow_with_batches(config, one_process, tmp_path):
     report = json.loads((one_process / "report.json").read_text())
     out = tmp_path / "small_batches"

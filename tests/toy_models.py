@@ -65,3 +65,18 @@ class ScaledTinyNet(TinyNet):
 
     def forward(self, x):
         return super().forward(x) * self.scale
+
+
+class FailsOnOneRank(TinyNet):
+    """``TinyNet`` that raises while it is attacked (gradients on) in the process whose rank is
+    ``$TOY_FAIL_RANK``; unset, it never raises (the model "fixed")."""
+
+    def forward(self, x):
+        import os
+
+        import torch.distributed as dist
+
+        rank = os.environ.get("TOY_FAIL_RANK")
+        if rank is not None and torch.is_grad_enabled() and dist.is_initialized() and dist.get_rank() == int(rank):
+            raise RuntimeError("toy model: this input cannot be evaluated")
+        return super().forward(x)

@@ -41,7 +41,7 @@ from lit_defense.attacks import PGD, Attack, RandomSampling, masked_modules
 from lit_defense.audit.checklist import ChecklistAttacks
 from lit_defense.audit.display import AuditProgress
 from lit_defense.audit.progress import ProgressLog
-from lit_defense.audit.sharding import Collective
+from lit_defense.audit.sharding import Collective, attempt, raise_failures
 from lit_defense.audit.stage import Stage, fold
 from lit_defense.audit.suite import AttackSuite, default_attacks, role_names
 from lit_defense.diagnostics import (
@@ -64,9 +64,15 @@ def _probe(model: nn.Module, x: torch.Tensor, y: torch.Tensor, thresholds: Maski
     before = collective.calls["probe"]
     stored = log.blob(name, "probe") if log is not None else None
     if stored is None:
-        checks = model_checks(model, x, y, thresholds, fd_samples=check_samples, seed=seed) \
-            if collective.is_main else None
-        checks = collective.broadcast(checks, "probe")
+        def run_checks() -> list[Check]:
+            return model_checks(model, x, y, thresholds, fd_samples=check_samples, seed=seed)
+
+        # rank 0 checks the model and sends the checks, or its failure, so no process waits for it
+        sent: tuple[list[Check] | None, str | None] = (None, None)
+        if collective.is_main:
+            sent = attempt(run_checks) if collective.distributed else (run_checks(), None)
+        checks, failure = collective.broadcast(sent, "probe")
+        raise_failures([(0, failure)], f"audit of {name}, stage probe")
         if log is not None and collective.is_main:
             log.put_blob(name, "probe", [c.to_dict() for c in checks])
     else:
@@ -127,10 +133,14 @@ def audit_model(
     # ------------------------------------------------------------------ white box, side by side
     stage = Stage("white_box", name, collective, log, progress)
     pool = stage.pool(all_ids)
-    on = pool.to(x.device)
-    _, ex = robustness_counts(model, x[on], y[on], white, eps, batch_size, cascade=False, ids=on,
-                              record=stage.record(), on_progress=progress.attack)
-    found = stage.gather(pool, {"clean": ex["clean_correct"], "fooled": ex["fooled"]}, n)
+
+    def white_box() -> dict[str, Any]:
+        on = pool.to(x.device)
+        _, ex = robustness_counts(model, x[on], y[on], white, eps, batch_size, cascade=False, ids=on,
+                                  record=stage.record(), on_progress=progress.attack)
+        return {"clean": ex["clean_correct"], "fooled": ex["fooled"]}
+
+    found = stage.run(pool, white_box, n)
     stages = {"probe": probe_info, "white_box": stage.info}
     clean_mask = found["clean"]
     fooled: dict[str, dict[str, torch.Tensor]] = dict(found["fooled"])
@@ -173,15 +183,19 @@ def audit_model(
     stage = Stage("checks", name, collective, log, progress)
     cs = min(check_samples, n)
     pool = stage.pool(all_ids[:cs])
-    on, rec = pool.to(x.device), stage.record()
-    _, ex_big = robustness_counts(model, x[on], y[on], [plan.unbounded], [plan.unbounded.eps], batch_size,
-                                  cascade=False, ids=on, record=rec, on_progress=progress.attack)
-    _, ex_probe = robustness_counts(model, x[on], y[on], plan.at_probe_eps(), [main_eps], batch_size,
-                                    cascade=False, ids=on, record=rec, on_progress=progress.attack)
-    big_key, probe_key = eps_key(plan.unbounded.eps), eps_key(main_eps)
-    fooled_checks = {plan.unbounded.name: ex_big["fooled"][plan.unbounded.name][big_key],
-                     **{a.name: ex_probe["fooled"][a.name][probe_key] for a in plan.at_probe_eps()}}
-    found = stage.gather(pool, {"clean": ex_probe["clean_correct"], "fooled": fooled_checks}, cs)
+
+    def check_attacks_run() -> dict[str, Any]:
+        on, rec = pool.to(x.device), stage.record()
+        _, ex_big = robustness_counts(model, x[on], y[on], [plan.unbounded], [plan.unbounded.eps], batch_size,
+                                      cascade=False, ids=on, record=rec, on_progress=progress.attack)
+        _, ex_probe = robustness_counts(model, x[on], y[on], plan.at_probe_eps(), [main_eps], batch_size,
+                                        cascade=False, ids=on, record=rec, on_progress=progress.attack)
+        big_key, probe_key = eps_key(plan.unbounded.eps), eps_key(main_eps)
+        return {"clean": ex_probe["clean_correct"],
+                "fooled": {plan.unbounded.name: ex_big["fooled"][plan.unbounded.name][big_key],
+                           **{a.name: ex_probe["fooled"][a.name][probe_key] for a in plan.at_probe_eps()}}}
+
+    found = stage.run(pool, check_attacks_run, cs)
     stages["checks"] = stage.info
 
     # ------------------------------------------------------------------ the checklist: pure functions

@@ -9,10 +9,41 @@ the same results and the plan goes on identically everywhere. Only rank 0 writes
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
+
+from lit_defense.errors import LitDefenseError
+
+T = TypeVar("T")
+
+
+class ProcessFailed(LitDefenseError, RuntimeError):
+    """One process of a distributed audit failed; every process ends with its one-line message."""
+
+
+def attempt(work: Callable[[], T]) -> tuple[T | None, str | None]:
+    """``(work(), None)``, or ``(None, "<Error>: <message>")`` when it raises (Ctrl-C is not caught).
+
+    What a process sends instead of its results when it fails, so that the others do not wait in
+    the next collective until the process group times out (30 minutes by default).
+    """
+    try:
+        return work(), None
+    except Exception as err:  # noqa: BLE001 (any failure of one process must reach every process)
+        return None, f"{type(err).__name__}: {err}".splitlines()[0]
+
+
+def raise_failures(failures: list[tuple[int, str | None]], where: str) -> None:
+    """Raise ``ProcessFailed`` on every process when any process's work failed (first one named)."""
+    failed = [(rank, message) for rank, message in failures if message is not None]
+    if failed:
+        rank, message = failed[0]
+        others = f" (and {len(failed) - 1} more process(es))" if len(failed) > 1 else ""
+        raise ProcessFailed(f"{where}: process {rank} failed{others}: {message}. The finished batches stay recorded: "
+                            "fix the cause and re-run the same command to resume.")
 
 
 def shard(ids: torch.Tensor, rank: int, world_size: int) -> torch.Tensor:
@@ -62,4 +93,4 @@ class Collective:
             dist.barrier()
 
 
-__all__ = ["Collective", "shard"]
+__all__ = ["Collective", "ProcessFailed", "attempt", "raise_failures", "shard"]

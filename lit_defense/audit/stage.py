@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -11,7 +11,7 @@ from torch import nn
 from lit_defense.attacks import Attack
 from lit_defense.audit.display import AuditProgress
 from lit_defense.audit.progress import ProgressLog
-from lit_defense.audit.sharding import Collective, shard
+from lit_defense.audit.sharding import Collective, attempt, raise_failures, shard
 from lit_defense.evaluation import robustness_counts
 from lit_defense.results import eps_key
 
@@ -67,10 +67,25 @@ class Stage:
         """Where the stage's finished batches are recorded (``None``: not resumable)."""
         return self.log.view(self.model_name, self.name) if self.log is not None else None
 
-    def gather(self, ids: torch.Tensor, values: dict[str, Any], n: int, detail: str = "") -> dict:
+    def run(self, ids: torch.Tensor, work: Callable[[], dict[str, Any]], n: int, detail: str = "") -> dict:
+        """This process's ``work()`` (its per-sample values on ``ids``), then every process's, gathered.
+
+        One collective either way: a process whose work raised sends its error instead of values,
+        and then every process raises ``ProcessFailed`` with that one line (the batches recorded so
+        far stay, so the same command resumes). A single process re-raises its error as it is.
+        """
+        if not self.collective.distributed:
+            return self.gather(ids, work(), n, detail)
+        values, failure = attempt(work)
+        return self.gather(ids, values or {}, n, detail, failure)
+
+    def gather(self, ids: torch.Tensor, values: dict[str, Any], n: int, detail: str = "",
+               failure: str | None = None) -> dict:
         """Every process's per-sample ``values`` over all ``n`` inputs (one collective)."""
         before = self.collective.calls[self.name]
-        parts = self.collective.gather({"ids": ids.cpu(), "values": _cpu(values)}, self.name)
+        parts = self.collective.gather({"ids": ids.cpu(), "values": _cpu(values), "failure": failure}, self.name)
+        raise_failures([(rank, p.get("failure")) for rank, p in enumerate(parts)],
+                       f"audit of {self.model_name}, stage {self.name}")
         sizes = [int(p["ids"].numel()) for p in parts]
         self.info = {"inputs": sum(sizes), "per_process": sizes,
                      "collectives": self.collective.calls[self.name] - before}
@@ -84,16 +99,18 @@ class Stage:
 
         Returns the gathered ``fooled`` (attack -> eps key -> mask) and ``min_norm`` over all inputs.
         """
-        n = x.shape[0]
         pool = self.pool(torch.stack(list(alive.values())).any(0).nonzero().squeeze(1))
-        values: dict[str, Any] = {"fooled": {a.name: {} for a in attacks}, "min_norm": {}}
-        if pool.numel():
+
+        def work() -> dict[str, Any]:
+            if not pool.numel():
+                return {"fooled": {a.name: {} for a in attacks}, "min_norm": {}}
             on = pool.to(x.device)
             _, ex = robustness_counts(model, x[on], y[on], attacks, eps, batch_size, cascade=True,
                                       alive={k: m[pool].to(x.device) for k, m in alive.items()}, ids=on,
                                       record=self.record(), on_progress=self.progress.attack)
-            values = {"fooled": ex["fooled"], "min_norm": ex["min_norm"]}
-        return self.gather(pool, values, n, f" ({', '.join(a.name for a in attacks)})")
+            return {"fooled": ex["fooled"], "min_norm": ex["min_norm"]}
+
+        return self.run(pool, work, x.shape[0], f" ({', '.join(a.name for a in attacks)})")
 
 
 def fold(found: dict[str, Any], attacks: Sequence[Attack], eps: Sequence[float], n: int,
