@@ -28,10 +28,11 @@ import torch.nn.functional as F
 from _data import benchmark_datamodule
 
 from lit_defense.attacks import FGSM, PGD
+from lit_defense.data import fixed_subset
 from lit_defense.evaluation import evaluate_robustness, robustness_counts
 from lit_defense.modules import Classifier
 from lit_defense.modules.loading import module_from_checkpoint
-from lit_defense_callbacks.adversarial_evaluation import AdversarialEvaluation, validation_subset
+from lit_defense_callbacks.adversarial_evaluation import AdversarialEvaluation
 
 
 def _median_time(fn, repeats):
@@ -131,7 +132,7 @@ def main() -> None:
 
     # 3. callback overhead vs a training epoch, on the undefended model and on T=100 models
     cb = AdversarialEvaluation()
-    xv, yv = validation_subset(dm.val_set, cb.num_samples, cb.seed)  # the callback's own subset
+    xv, yv = fixed_subset(dm.val_set, cb.num_samples, cb.seed)  # the callback's own subset
     models = {"undefended": model}
     for pattern in ("runs/fashion_mnist/distillation_teacher_T100/version_*/checkpoints/last.ckpt",
                     "runs/fashion_mnist/distilled_T100/version_*/checkpoints/last.ckpt"):

@@ -3,7 +3,7 @@
     python benchmarks/callback_suite.py --run runs/<make-run-folder> --samples 500
 
 For every model, on the callback's default subset size (500 images) at L-inf eps 0.1: the former
-default (FGSM, PGD-5 CE, PGD-10 margin), the new default (``default_attacks()``: FGSM, APGD-5 CE,
+default (FGSM, PGD-5 CE, PGD-10 margin), the new default (``epoch_attacks()``: FGSM, APGD-5 CE,
 APGD-10 margin) as the callback runs them (a cascade), and the
 audit's worst case with its default suite. Prints each robust accuracy, the gap of each per-epoch
 number to the audit, and the time ratio new / former, measured alternately in one process
@@ -22,10 +22,10 @@ from _data import benchmark_datamodule
 
 from lit_defense.attacks import APGD, FGSM, PGD
 from lit_defense.audit import audit_model
+from lit_defense.audit.suite import epoch_attacks
 from lit_defense.data import fixed_subset
 from lit_defense.evaluation import evaluate_robustness
 from lit_defense.modules.loading import module_from_checkpoint
-from lit_defense_callbacks.adversarial_evaluation import default_attacks
 
 
 def former() -> list:
@@ -60,7 +60,7 @@ def main() -> None:
         times = {"former": [], "new": []}
         acc = {}
         for _ in range(args.repeats):
-            for label, make in (("former", former), ("new", default_attacks)):
+            for label, make in (("former", former), ("new", epoch_attacks)):
                 start = time.perf_counter()
                 acc[label] = evaluate_robustness(model, x, y, make(), [0.1]).worst(0.1)
                 times[label].append(time.perf_counter() - start)

@@ -1,9 +1,13 @@
-"""What the callbacks share: when to run, and which validation dataset to draw from."""
+"""What the callbacks share: when to run, and which validation inputs each process attacks."""
 
 from __future__ import annotations
 
 import lightning as L
+import torch
 from torch.utils.data import Dataset
+
+from lit_defense.audit.sharding import shard
+from lit_defense.data import fixed_subset
 
 
 def due(trainer: L.Trainer, every_n_epochs: int) -> bool:
@@ -32,3 +36,22 @@ def validation_dataset(trainer: L.Trainer, who: str) -> Dataset:
     if dataset is None:
         raise ValueError(f"{who} needs a validation dataset (a val_dataloader with .dataset).")
     return dataset
+
+
+class ValidationShard:
+    """This process's share of a fixed, seeded validation subset, drawn once.
+
+    The subset is ``lit_defense.data.fixed_subset`` of the validation dataset; the share is the
+    audit's shard rule (``lit_defense.audit.sharding.shard``).
+    """
+
+    def __init__(self, who: str, num_samples: int, seed: int) -> None:
+        self.who, self.num_samples, self.seed = who, num_samples, seed
+        self._subset: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def __call__(self, trainer: L.Trainer) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(x, y)`` of this process (normal, non-inference tensors on the CPU)."""
+        if self._subset is None:
+            self._subset = fixed_subset(validation_dataset(trainer, self.who), self.num_samples, self.seed)
+        x, y = self._subset
+        return shard(x, trainer.global_rank, trainer.world_size), shard(y, trainer.global_rank, trainer.world_size)

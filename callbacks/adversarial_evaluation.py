@@ -22,34 +22,22 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from typing_extensions import override
 
-from lit_defense.attacks import APGD, FGSM, Attack
+from lit_defense.attacks import Attack
+from lit_defense.audit.suite import epoch_attacks
 from lit_defense.data import class_label
-from lit_defense.data import fixed_subset as validation_subset
 from lit_defense.evaluation import RobustnessResult, check_attacks
 from lit_defense.metrics import RobustAccuracy
 from lit_defense.threat import per_sample
 
-from ._common import due, validation_dataset
-
-
-def default_attacks() -> list[Attack]:
-    """The per-epoch cascade: FGSM, APGD-5 on the cross-entropy, APGD-10 on the logit margin.
-
-    FGSM and APGD-CE are the naive view (more steps do not help a CE attack whose gradient is
-    zero); APGD on the margin loss sees through saturated softmax. As a cascade, each attack only
-    runs on the points the earlier ones missed. ``benchmarks/callback_suite.py`` chose it: on the
-    quick-profile teacher, T=100 teacher and student (500 images, eps 0.1) it lands 2.2, 1.2 and
-    2.4 points above the audit's worst case at 0.84-0.96 of the former PGD default's time, where
-    targeted APGD-10 on the DLR loss (one target) stayed 3.2, 6.4 and 8.6 points above.
-    """
-    return [FGSM(), APGD(steps=5, loss="ce"), APGD(steps=10, loss="margin")]
+from ._common import ValidationShard, due
 
 
 class AdversarialEvaluation(L.Callback):
     """Adversarial evaluation at the end of every ``every_n_epochs``-th validation epoch.
 
     Args:
-        attacks: attacks run in order (default: FGSM, APGD-5 CE, APGD-10 margin). Their ``eps`` is
+        attacks: attacks run in order (default ``lit_defense.audit.suite.epoch_attacks()``: FGSM,
+            APGD-5 CE, APGD-10 margin). Their ``eps`` is
             replaced by each value of ``eps``; all must share one norm.
         eps: the budgets evaluated (default: 0.1, the usual Fashion-MNIST/MNIST budget; each
             extra value costs as much again; the audit evaluates full grids).
@@ -75,7 +63,7 @@ class AdversarialEvaluation(L.Callback):
         num_images: int = 8,
     ) -> None:
         super().__init__()
-        self.attacks = list(attacks) if attacks is not None else default_attacks()
+        self.attacks = list(attacks) if attacks is not None else epoch_attacks()
         self.eps = [float(e) for e in eps]
         self.norm = check_attacks(self.attacks, self.eps)
         if num_samples < 1 or every_n_epochs < 1 or batch_size < 1:
@@ -87,19 +75,9 @@ class AdversarialEvaluation(L.Callback):
         self.cascade = cascade
         self.seed = seed
         self.num_images = num_images
-        self._subset: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._shard = ValidationShard("AdversarialEvaluation", num_samples, seed)
         self._robust: RobustAccuracy | None = None
         self.last_result = None
-
-    # ------------------------------------------------------------------------------- subset
-    def _shard(self, trainer: L.Trainer) -> tuple[torch.Tensor, torch.Tensor]:
-        """This rank's part of the fixed subset, built once as normal (non-inference) tensors."""
-        if self._subset is None:
-            dataset = validation_dataset(trainer, "AdversarialEvaluation")
-            self._subset = validation_subset(dataset, self.num_samples, self.seed)
-        x, y = self._subset
-        rank, world = trainer.global_rank, trainer.world_size
-        return x[rank::world], y[rank::world]
 
     def _metric(self, device: torch.device) -> RobustAccuracy:
         """The ``RobustAccuracy`` that holds this callback's counts, on the model's device."""
@@ -177,4 +155,4 @@ def _grid_labels(y: torch.Tensor, pred: torch.Tensor, names: list[str]) -> str:
     ])
 
 
-__all__ = ["AdversarialEvaluation", "default_attacks", "validation_subset"]
+__all__ = ["AdversarialEvaluation"]

@@ -17,12 +17,11 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from typing_extensions import override
 
-from lit_defense.data import fixed_subset
 from lit_defense.diagnostics import MaskingThresholds, model_checks, verdict
 from lit_defense.evaluation import cheap_attack_check
 from lit_defense.threat import check_eps
 
-from ._common import due, validation_dataset
+from ._common import ValidationShard, due
 
 
 class GradientMaskingMonitor(L.Callback):
@@ -50,16 +49,9 @@ class GradientMaskingMonitor(L.Callback):
         self.thresholds = thresholds or MaskingThresholds()
         self.attack_check = attack_check
         self.seed = seed
-        self._subset: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._shard = ValidationShard("GradientMaskingMonitor", num_samples, seed)
         self._warned = False
         self.last_verdict = None
-
-    def _shard(self, trainer: L.Trainer) -> tuple[torch.Tensor, torch.Tensor]:
-        if self._subset is None:
-            dataset = validation_dataset(trainer, "GradientMaskingMonitor")
-            self._subset = fixed_subset(dataset, self.num_samples, self.seed)
-        x, y = self._subset
-        return x[trainer.global_rank::trainer.world_size], y[trainer.global_rank::trainer.world_size]
 
     @override
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

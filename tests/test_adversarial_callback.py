@@ -122,7 +122,7 @@ def test_shipped_configs_run_the_callback(in_tmp):
     acc = EventAccumulator(str(logdir))
     acc.Reload()
     tags = acc.Tags()["scalars"]
-    from lit_defense_callbacks.adversarial_evaluation import default_attacks
+    from lit_defense.audit.suite import epoch_attacks
 
-    for attack in default_attacks():  # the recipe's callback part runs the default cascade
+    for attack in epoch_attacks():  # the recipe's callback part runs the default cascade
         assert f"adv/{attack.name}/eps=0.1/acc" in tags, (attack.name, tags)

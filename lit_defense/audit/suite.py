@@ -23,6 +23,19 @@ from lit_defense.attacks import (
 DEFAULT_EPS = (0.05, 0.1, 0.2)
 
 
+def epoch_attacks() -> list[Attack]:
+    """The per-epoch cascade of ``AdversarialEvaluation``: FGSM, APGD-5 on the CE, APGD-10 on the margin.
+
+    FGSM and APGD-CE are the naive view (more steps do not help a CE attack whose gradient is
+    zero); APGD on the margin loss sees through saturated softmax. As a cascade, each attack only
+    runs on the points the earlier ones missed. ``benchmarks/callback_suite.py`` chose it: on the
+    quick-profile teacher, T=100 teacher and student (500 images, eps 0.1) it lands 2.2, 1.2 and
+    2.4 points above the audit's worst case at 0.84-0.96 of the former PGD default's time, where
+    targeted APGD-10 on the DLR loss (one target) stayed 3.2, 6.4 and 8.6 points above.
+    """
+    return [FGSM(), APGD(steps=5, loss="ce"), APGD(steps=10, loss="margin")]
+
+
 @dataclass
 class AttackSuite:
     """Settings of the default attacks.
