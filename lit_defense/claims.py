@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from lit_defense.results import eps_key
 from lit_defense.stats import ALPHA, Decision, Paired, State, paired, worst_state
 
 CLAIMS_TITLE = "## The papers' claims, checked on this run"
@@ -34,7 +35,7 @@ CLAIM_STATE = {"pass": "holds", "fail": "fails", "inconclusive": "inconclusive"}
 
 def _robust(per: dict[str, Any], attack: str | None, eps: float) -> torch.Tensor:
     """Per input: correct and not fooled by ``attack`` at ``eps`` (``None``: by any attack)."""
-    key = f"{eps:.6g}"
+    key = eps_key(eps)
     if attack is None:
         return torch.tensor(per["robust"][key], dtype=torch.bool)
     clean = torch.tensor(per["clean_correct"], dtype=torch.bool)
@@ -107,7 +108,10 @@ def evaluate_claims(report: dict[str, Any], per_sample: dict[str, Any] | None = 
         def acc2(model: str, attack: str) -> float:
             return float(rob(model, attack).double().mean())
 
-        naive = {a: paired(rob("distilled", a), rob("teacher", a)) for a in ("fgsm", "pgd_ce")}
+        # the attacks by their roles in the audit (the teacher's and the student's are the same kinds)
+        roles = teacher["roles"]
+        margin = roles["adaptive"][0]
+        naive = {a: paired(rob("distilled", a), rob("teacher", a)) for a in (roles["one_step"], roles["naive"])}
         d = [p.decide(0.30, above=False, alpha=alpha, strict=True) for p in naive.values()]
         claim("distilled_looks_robust_to_naive_attacks", _both(d),
               f"Under the naive cross-entropy attacks (FGSM, PGD-CE) at eps={eps:g} the student looks far more "
@@ -117,24 +121,25 @@ def evaluate_claims(report: dict[str, Any], per_sample: dict[str, Any] | None = 
                           for (a, p), dec in zip(naive.items(), d, strict=True)),
               eps=eps, **{a: _stats(p, [dec]) for (a, p), dec in zip(naive.items(), d, strict=True)})
 
-        pair = paired(rob("distilled", "pgd_margin"), rob("teacher", "pgd_margin"))
+        pair = paired(rob("distilled", margin), rob("teacher", margin))
         d = [pair.decide(0.05, alpha=alpha, strict=True)]
         claim("distilled_falls_to_margin_attacks", _both(d),
               f"Under the margin (Carlini-Wagner) loss the student is about as vulnerable as the teacher "
-              f"(PGD-margin at eps={eps:g} on {where}: {acc2('distilled', 'pgd_margin'):.1%} vs "
-              f"{acc2('teacher', 'pgd_margin'):.1%}, difference {pair.difference:+.1%}, 95% interval "
+              f"({margin} at eps={eps:g} on {where}: {acc2('distilled', margin):.1%} vs "
+              f"{acc2('teacher', margin):.1%}, difference {pair.difference:+.1%}, 95% interval "
               f"[{d[0].ci[0]:+.1%}, {d[0].ci[1]:+.1%}], bar +5 points; audit worst case {acc('distilled', None):.1%} "
               f"vs {acc('teacher', None):.1%}).",
-              eps=eps, teacher=acc2("teacher", "pgd_margin"), student=acc2("distilled", "pgd_margin"), **_stats(pair, d))
+              eps=eps, teacher=acc2("teacher", margin), student=acc2("distilled", margin), **_stats(pair, d))
 
     for name, m in models.items():
         if name.startswith("masked") and teacher:
-            out.append(_masked_claim(name, m, per, eps, alpha))
+            out.append(_masked_claim(name, m, teacher["roles"]["naive"], per, eps, alpha))
     adv = models.get("adv_train")
     if adv:
-        fell = paired(_robust(per["adv_train"], "pgd_ce", eps), _robust(per["adv_train"], None, eps))
+        adv_naive = adv["roles"]["naive"]
+        fell = paired(_robust(per["adv_train"], adv_naive, eps), _robust(per["adv_train"], None, eps))
         d = [fell.decide(0.05, alpha=alpha, strict=True)]
-        evidence: dict[str, Any] = {"eps": eps, "naive": acc("adv_train", "pgd_ce"), "worst": acc("adv_train", None),
+        evidence: dict[str, Any] = {"eps": eps, "naive": acc("adv_train", adv_naive), "worst": acc("adv_train", None),
                                     "naive_minus_worst": _stats(fell, d)}
         if teacher:
             gain = paired(_robust(per["adv_train"], None, eps), _robust(per["teacher"], None, eps))
@@ -142,7 +147,7 @@ def evaluate_claims(report: dict[str, Any], per_sample: dict[str, Any] | None = 
             evidence["worst_minus_teacher_worst"] = _stats(gain, d[1:])
         claim("adv_train_does_not_fall", _both(d),
               f"The adversarially trained model keeps its robustness under every attack: PGD-CE "
-              f"{acc('adv_train', 'pgd_ce'):.1%}, worst case {acc('adv_train', None):.1%} at eps={eps:g} (no adaptive "
+              f"{acc('adv_train', adv_naive):.1%}, worst case {acc('adv_train', None):.1%} at eps={eps:g} (no adaptive "
               f"attack more than 5 points lower: {fell.difference:.1%}, 95% interval up to {d[0].ci[1]:.1%}"
               + (f"; at least 20 points above the teacher's worst case: {d[1].value:+.1%}" if teacher else "") + ").",
               **evidence)
@@ -160,7 +165,8 @@ def evaluate_claims(report: dict[str, Any], per_sample: dict[str, Any] | None = 
     return out
 
 
-def _masked_claim(name: str, m: dict[str, Any], per: dict[str, Any], eps: float, alpha: float) -> dict[str, Any]:
+def _masked_claim(name: str, m: dict[str, Any], teacher_naive: str, per: dict[str, Any], eps: float, alpha: float
+                  ) -> dict[str, Any]:
     """A masked model falls to the adaptive attacks: they remove at least half of its apparent gain.
 
     The apparent gain is its naive robust accuracy minus the teacher's (paired, same inputs), the
@@ -169,8 +175,8 @@ def _masked_claim(name: str, m: dict[str, Any], per: dict[str, Any], eps: float,
     upper bound of the removed part is below half the lower bound of the gain (one-sided ``alpha``
     each), and is inconclusive in between.
     """
-    naive_m, worst_m = _robust(per[name], "pgd_ce", eps), _robust(per[name], None, eps)
-    gain = paired(naive_m, _robust(per["teacher"], "pgd_ce", eps))
+    naive_m, worst_m = _robust(per[name], m["roles"]["naive"], eps), _robust(per[name], None, eps)
+    gain = paired(naive_m, _robust(per["teacher"], teacher_naive, eps))
     removed = paired(naive_m, worst_m)
     g_lo, g_hi = gain.interval()
     r_lo, r_hi = removed.interval()
