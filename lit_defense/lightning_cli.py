@@ -60,6 +60,7 @@ class LitDefenseCLI(LightningCLI):
         kwargs["exit_on_error"] = False
         return super().init_parser(**kwargs)
 
+    # the private LightningCLI methods overridden here are listed in lit_defense.lightning_private
     def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs: Any) -> LightningArgumentParser:
         parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
         if "weights_only" in self._subcommand_method_arguments[subcommand]:

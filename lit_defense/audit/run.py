@@ -30,6 +30,7 @@ from lit_defense.audit.suite import AttackSuite
 from lit_defense.diagnostics import MaskingThresholds
 from lit_defense.errors import ConfigError
 from lit_defense.evaluation import check_attacks
+from lit_defense.lightning_private import relaunches_command_line
 from lit_defense.results import ModelAudit, eps_key, num
 
 T = TypeVar("T")
@@ -84,8 +85,7 @@ def launch(trainer: AuditTrainer, main: Callable[[torch.device], T], from_comman
     except (ValueError, RuntimeError, TypeError) as err:
         raise ConfigError(f"trainer options {dataclasses.asdict(trainer)} cannot run the audit: {err}") from None
     launcher = getattr(fabric.strategy, "launcher", None)
-    relaunches = launcher is not None and type(launcher).__name__ == "_SubprocessScriptLauncher" and \
-        not launcher.is_interactive_compatible and fabric.world_size > 1
+    relaunches = launcher is not None and relaunches_command_line(launcher) and fabric.world_size > 1
     if relaunches and not from_command_line and not _already_launched():
         raise ConfigError("a multi-process audit starts from the command line (`lit-defense audit "
                           "--trainer.devices N ...`) or under torchrun/srun; from Python, call run_audit in one process.")

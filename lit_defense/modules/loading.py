@@ -15,6 +15,7 @@ from typing import Any
 
 from lit_defense.checkpoints import is_lightning_checkpoint, load_checkpoint_file, load_weights
 from lit_defense.errors import DataFormatError
+from lit_defense.lightning_private import given_hyperparameters
 from lit_defense.modules.classifier import Classifier
 from lit_defense.naming import resolve_class, restricted_imports
 
@@ -42,16 +43,15 @@ def own_hyperparameters() -> Iterator[None]:
     instantiated would otherwise take the student's (class count, image size...) and be built with
     the wrong architecture.
     """
-    try:
-        from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
-    except ImportError:  # a Lightning without the mechanism has nothing to undo
+    given = given_hyperparameters()
+    if given is None:  # a Lightning without the mechanism has nothing to undo
         yield
         return
-    token = _given_hyperparameters.set(None)
+    token = given.set(None)
     try:
         yield
     finally:
-        _given_hyperparameters.reset(token)
+        given.reset(token)
 
 
 def module_from_checkpoint(path: str | Path, what: str = "checkpoint", strict: bool = True,
