@@ -30,7 +30,7 @@ from torch import nn
 from lit_defense.attacks.base import Attack, GridResult, fooled_by
 from lit_defense.diagnostics import MaskingThresholds, check_one_step_vs_iterative
 from lit_defense.errors import ConfigError
-from lit_defense.results import Check, eps_key, interval_metrics
+from lit_defense.results import Check, accuracy_metrics, eps_key
 from lit_defense.stats import Estimate
 from lit_defense.threat import check_eps, per_sample
 
@@ -56,14 +56,10 @@ class RobustnessResult:
         With ``intervals``, each accuracy also gets its exact 95% interval as ``.../ci_low`` and
         ``.../ci_high``, and the clean accuracy is included (``adv/clean/acc`` and its interval).
         """
-        if not intervals:
-            return {f"{prefix}/{name}/eps={key}/acc": value
-                    for name, per_eps in self.robust_accuracy.items() for key, value in per_eps.items()}
-        out = interval_metrics(f"{prefix}/clean", Estimate.of(self.clean_accuracy, self.num_samples))
-        for name, per_eps in self.robust_accuracy.items():
-            for key, value in per_eps.items():
-                out.update(interval_metrics(f"{prefix}/{name}/eps={key}", Estimate.of(value, self.num_samples)))
-        return out
+        curves = {name: {key: Estimate.of(value, self.num_samples) for key, value in per_eps.items()}
+                  for name, per_eps in self.robust_accuracy.items()}
+        clean = Estimate.of(self.clean_accuracy, self.num_samples) if intervals else None
+        return accuracy_metrics(curves, clean, prefix, intervals)
 
     def worst(self, eps: float) -> float:
         """Worst-case robust accuracy at ``eps``."""

@@ -42,7 +42,12 @@ CONFIGS = recipes()
 
 
 @dataclass
-class Stage:
+class Training:
+    """One model the pipeline trains: its name, its recipe, the one whose checkpoint is its teacher.
+
+    (The audit's ``lit_defense.audit.stage.Stage`` is a step of attacks; this is a step of training.)
+    """
+
     name: str
     config: str
     needs: str | None = None  # a stage whose checkpoint is this one's teacher
@@ -50,12 +55,12 @@ class Stage:
 
 
 STAGES = [
-    Stage("teacher", "fashion_mnist/teacher.yaml"),
-    Stage("distillation_teacher", "fashion_mnist/distillation_teacher.yaml"),
-    Stage("distilled", "fashion_mnist/distilled.yaml", needs="distillation_teacher"),
-    Stage("masked_bit_depth", "fashion_mnist/masked_bit_depth.yaml"),
-    Stage("masked_random_resize_pad", "fashion_mnist/masked_random_resize_pad.yaml"),
-    Stage("adv_train", "fashion_mnist/adv_train.yaml"),
+    Training("teacher", "fashion_mnist/teacher.yaml"),
+    Training("distillation_teacher", "fashion_mnist/distillation_teacher.yaml"),
+    Training("distilled", "fashion_mnist/distilled.yaml", needs="distillation_teacher"),
+    Training("masked_bit_depth", "fashion_mnist/masked_bit_depth.yaml"),
+    Training("masked_random_resize_pad", "fashion_mnist/masked_random_resize_pad.yaml"),
+    Training("adv_train", "fashion_mnist/adv_train.yaml"),
 ]
 
 
@@ -139,7 +144,7 @@ def _find_run_dir(root: Path, profile: str) -> Path | None:
     return None
 
 
-def stage_args(stage: Stage, profile: Profile, run_dir: Path) -> list[str]:
+def stage_args(stage: Training, profile: Profile, run_dir: Path) -> list[str]:
     """The ``lit-defense fit`` arguments of one stage of a profile, in ``run_dir``."""
     epochs = profile.epochs[stage.name]
     args = [
@@ -154,7 +159,7 @@ def stage_args(stage: Stage, profile: Profile, run_dir: Path) -> list[str]:
     return args
 
 
-def _stage_done(run_dir: Path, stage: Stage, epochs: int) -> bool:
+def _stage_done(run_dir: Path, stage: Training, epochs: int) -> bool:
     import torch
 
     path = _last_ckpt(run_dir, stage.name)

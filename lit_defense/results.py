@@ -11,7 +11,7 @@ other.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -210,12 +210,11 @@ class ModelAudit:
 
         Each accuracy ``.../acc`` comes with its interval as ``.../ci_low`` and ``.../ci_high``.
         """
-        out = interval_metrics("adv/clean", self.estimate(self.clean_accuracy))
+        curves: dict[str, dict[str, Estimate]] = {}
         for r in self.results:
-            out.update(interval_metrics(f"adv/{r['attack']}/eps={eps_key(r['eps'])}",
-                                        self.estimate(r["robust_accuracy"])))
-        for key, value in self.worst_case.items():
-            out.update(interval_metrics(f"adv/worst/eps={key}", self.estimate(value)))
+            curves.setdefault(r["attack"], {})[eps_key(r["eps"])] = self.estimate(r["robust_accuracy"])
+        curves["worst"] = {key: self.estimate(value) for key, value in self.worst_case.items()}
+        out = accuracy_metrics(curves, self.estimate(self.clean_accuracy))
         for check in self.gradient_masking.checks:
             if check.value is not None:
                 out[f"masking/{check.name}"] = check.value
@@ -230,10 +229,28 @@ def interval_metrics(prefix: str, estimate: Estimate) -> dict[str, float]:
     return {f"{prefix}/acc": estimate.value, f"{prefix}/ci_low": lo, f"{prefix}/ci_high": hi}
 
 
+def accuracy_metrics(curves: Mapping[str, Mapping[str, Estimate]], clean: Estimate | None = None,
+                     prefix: str = "adv", intervals: bool = True) -> dict[str, float]:
+    """The project's metric names for accuracies, the one place they are formatted.
+
+    ``<prefix>/<attack>/eps=<eps key>/acc`` for every attack (``worst`` included) and eps of
+    ``curves``, and ``<prefix>/clean/acc`` when ``clean`` is given; with ``intervals`` each comes
+    with ``.../ci_low`` and ``.../ci_high`` (the exact 95% interval).
+    """
+    def one(name: str, estimate: Estimate) -> dict[str, float]:
+        return interval_metrics(name, estimate) if intervals else {f"{name}/acc": estimate.value}
+
+    out = one(f"{prefix}/clean", clean) if clean is not None else {}
+    for attack, per_eps in curves.items():
+        for key, estimate in per_eps.items():
+            out.update(one(f"{prefix}/{attack}/eps={key}", estimate))
+    return out
+
+
 def value_of(number: Any) -> float:
     """The value of a report number: an estimate (``{"value", "ci", ...}``) or a plain float."""
     return float(number["value"]) if isinstance(number, dict) else float(number)
 
 
-__all__ = ["Check", "CheckKind", "MaskingVerdict", "ModelAudit", "attack_curve", "eps_key", "interval_metrics", "num",
+__all__ = ["Check", "CheckKind", "MaskingVerdict", "ModelAudit", "accuracy_metrics", "attack_curve", "eps_key", "interval_metrics", "num",
            "rerun_hint", "value_of", "verdict"]
