@@ -61,7 +61,7 @@ def ours(model, x, y, norm: str, eps: list[float], suite: AttackSuite) -> tuple[
     start = time.perf_counter()
     audit = audit_model(model, x, y, eps, norm, suite=suite)
     seconds = time.perf_counter() - start
-    robust = {key: torch.tensor(mask, device=x.device) for key, mask in audit.per_sample["robust"].items()}
+    robust = {key: mask.to(x.device) for key, mask in audit.per_sample.robust.items()}
     return robust, seconds, audit.to_dict()
 
 

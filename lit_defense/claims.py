@@ -26,20 +26,13 @@ from typing import Any
 
 import torch
 
-from lit_defense.results import eps_key
+from lit_defense.results import PerSample
 from lit_defense.stats import ALPHA, Decision, Paired, State, paired, worst_state
 
 CLAIMS_TITLE = "## The papers' claims, checked on this run"
 CLAIM_STATE = {"pass": "holds", "fail": "fails", "inconclusive": "inconclusive"}
 
 
-def _robust(per: dict[str, Any], attack: str | None, eps: float) -> torch.Tensor:
-    """Per input: correct and not fooled by ``attack`` at ``eps`` (``None``: by any attack)."""
-    key = eps_key(eps)
-    if attack is None:
-        return torch.tensor(per["robust"][key], dtype=torch.bool)
-    clean = torch.tensor(per["clean_correct"], dtype=torch.bool)
-    return clean & ~torch.tensor(per["fooled_by"][attack][key], dtype=torch.bool)
 
 
 def _both(decisions: Sequence[Decision]) -> State:
@@ -62,7 +55,7 @@ def evaluate_claims(report: dict[str, Any], per_sample: dict[str, Any] | None = 
         raise ValueError("the claims compare models on the same inputs: pass per_sample.json's data "
                          "(written next to report.json by every audit).")
     models = {m["name"]: m for m in report["models"]}
-    per = per_sample["models"]
+    per = {name: PerSample.from_dict(data) for name, data in per_sample["models"].items()}
     grid = sorted({r["eps"] for m in report["models"] for r in m["results"]})
     eps = eps if eps is not None else min(grid, key=lambda e: abs(e - 0.1))
     out: list[dict[str, Any]] = []
@@ -72,7 +65,7 @@ def evaluate_claims(report: dict[str, Any], per_sample: dict[str, Any] | None = 
                     "evidence": evidence})
 
     def acc(name: str, attack: str | None) -> float:
-        return float(_robust(per[name], attack, eps).double().mean())
+        return float(per[name].robust_to(attack, eps).double().mean())
 
     teacher, student = models.get("teacher"), models.get("distilled")
     if teacher and student:
@@ -81,7 +74,7 @@ def evaluate_claims(report: dict[str, Any], per_sample: dict[str, Any] | None = 
             s_ok, t_ok = (torch.tensor(split[m]["correct"], dtype=torch.bool) for m in ("distilled", "teacher"))
             where = f"the whole {test_split.get('split', 'test')} split"
         else:
-            s_ok, t_ok = (torch.tensor(per[m]["clean_correct"], dtype=torch.bool) for m in ("distilled", "teacher"))
+            s_ok, t_ok = (per[m].clean for m in ("distilled", "teacher"))
             where = "the audited inputs"
         pair = paired(s_ok, t_ok)
         d = [pair.decide(0.03, alpha=alpha, strict=True), pair.decide(-0.03, above=False, alpha=alpha, strict=True)]
@@ -103,7 +96,7 @@ def evaluate_claims(report: dict[str, Any], per_sample: dict[str, Any] | None = 
             where = "the audited inputs"
 
             def rob(model: str, attack: str) -> torch.Tensor:
-                return _robust(per[model], attack, eps)
+                return per[model].robust_to(attack, eps)
 
         def acc2(model: str, attack: str) -> float:
             return float(rob(model, attack).double().mean())
@@ -137,12 +130,12 @@ def evaluate_claims(report: dict[str, Any], per_sample: dict[str, Any] | None = 
     adv = models.get("adv_train")
     if adv:
         adv_naive = adv["roles"]["naive"]
-        fell = paired(_robust(per["adv_train"], adv_naive, eps), _robust(per["adv_train"], None, eps))
+        fell = paired(per["adv_train"].robust_to(adv_naive, eps), per["adv_train"].robust_to(None, eps))
         d = [fell.decide(0.05, alpha=alpha, strict=True)]
         evidence: dict[str, Any] = {"eps": eps, "naive": acc("adv_train", adv_naive), "worst": acc("adv_train", None),
                                     "naive_minus_worst": _stats(fell, d)}
         if teacher:
-            gain = paired(_robust(per["adv_train"], None, eps), _robust(per["teacher"], None, eps))
+            gain = paired(per["adv_train"].robust_to(None, eps), per["teacher"].robust_to(None, eps))
             d.append(gain.decide(0.20, above=False, alpha=alpha, strict=True))
             evidence["worst_minus_teacher_worst"] = _stats(gain, d[1:])
         claim("adv_train_does_not_fall", _both(d),
@@ -165,7 +158,7 @@ def evaluate_claims(report: dict[str, Any], per_sample: dict[str, Any] | None = 
     return out
 
 
-def _masked_claim(name: str, m: dict[str, Any], teacher_naive: str, per: dict[str, Any], eps: float, alpha: float
+def _masked_claim(name: str, m: dict[str, Any], teacher_naive: str, per: dict[str, PerSample], eps: float, alpha: float
                   ) -> dict[str, Any]:
     """A masked model falls to the adaptive attacks: they remove at least half of its apparent gain.
 
@@ -175,8 +168,8 @@ def _masked_claim(name: str, m: dict[str, Any], teacher_naive: str, per: dict[st
     upper bound of the removed part is below half the lower bound of the gain (one-sided ``alpha``
     each), and is inconclusive in between.
     """
-    naive_m, worst_m = _robust(per[name], m["roles"]["naive"], eps), _robust(per[name], None, eps)
-    gain = paired(naive_m, _robust(per["teacher"], teacher_naive, eps))
+    naive_m, worst_m = per[name].robust_to(m["roles"]["naive"], eps), per[name].robust_to(None, eps)
+    gain = paired(naive_m, per["teacher"].robust_to(teacher_naive, eps))
     removed = paired(naive_m, worst_m)
     g_lo, g_hi = gain.interval()
     r_lo, r_hi = removed.interval()
@@ -185,7 +178,7 @@ def _masked_claim(name: str, m: dict[str, Any], teacher_naive: str, per: dict[st
     state: State = "fail" if gain.difference <= 0 or ra_hi < 0.5 * ga_lo else \
         "pass" if r_lo >= 0.5 * g_hi else "inconclusive"
     adaptive = [a for a in m["roles"]["adaptive"] if a.startswith(("bpda", "eot"))]
-    best = min((float(_robust(per[name], a, eps).double().mean()) for a in adaptive), default=None)
+    best = min((float(per[name].robust_to(a, eps).double().mean()) for a in adaptive), default=None)
     naive, worst = float(naive_m.double().mean()), float(worst_m.double().mean())
     return {
         "claim": f"{name}_falls_to_adaptive_attacks", "state": CLAIM_STATE[state], "holds": state == "pass",

@@ -264,7 +264,7 @@ def write_report(audits: Sequence[ModelAudit], output_dir: str | Path, meta: dic
     paths["per_sample"] = out / "per_sample.json"
     paths["per_sample"].write_text(json.dumps({
         **(samples or {}), "class_names": meta.get("class_names", []), "norm": meta.get("norm"),
-        "eps": meta.get("eps"), "models": {a.name: a.per_sample for a in audits},
+        "eps": meta.get("eps"), "models": {a.name: a.per_sample.to_dict() if a.per_sample else {} for a in audits},
     }, allow_nan=False) + "\n")
     per_model = {a.name: model_figure(a) for a in audits}
     figures = {"robust_accuracy_all.png": comparison_figure(audits),

@@ -155,13 +155,97 @@ def attack_curve(results: Sequence[dict[str, Any]], attack: str) -> dict[float, 
 
 
 @dataclass
+class PerSample:
+    """Every input's outcome over the same ``n`` inputs: the type an audit's results travel in.
+
+    Paired statistics need nothing else: two attacks, two eps or two models compared input by input
+    (``lit_defense.stats.paired(a.robust_to(...), b.robust_to(...))``).
+
+    Attributes:
+        clean: per input, classified correctly (bool ``(n,)``).
+        fooled_by: attack -> eps key (``eps_key``) -> per input, fooled by that attack at that
+            eps (among the inputs it attacked).
+        robust: eps key -> per input, correct and fooled by no attack folded in so far.
+        min_norm: attack -> per input, the smallest adversarial perturbation it found (``inf``: none).
+    """
+
+    clean: torch.Tensor
+    fooled_by: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
+    robust: dict[str, torch.Tensor] = field(default_factory=dict)
+    min_norm: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    @classmethod
+    def start(cls, clean: torch.Tensor, eps: Sequence[float]) -> PerSample:
+        """Before any attack: every correct input is robust at every eps."""
+        clean = clean.bool()
+        return cls(clean=clean, robust={eps_key(e): clean.clone() for e in eps})
+
+    @property
+    def n(self) -> int:
+        """The number of inputs."""
+        return int(self.clean.numel())
+
+    def robust_to(self, attack: str | None, eps: float) -> torch.Tensor:
+        """Per input: correct and not fooled by ``attack`` at ``eps`` (``None``: by any attack)."""
+        key = eps_key(eps)
+        if attack is None:
+            return self.robust[key]
+        return self.clean & ~self.fooled_by[attack][key]
+
+    def fold(self, fooled: dict[str, dict[str, torch.Tensor]], attacks: Sequence[str], eps: Sequence[float]
+             ) -> dict[str, dict[float, torch.Tensor]]:
+        """Fold attacks' results in, in order (in place).
+
+        Each joins ``fooled_by`` and removes the inputs it fooled from ``robust``; an attack missing
+        from ``fooled`` (it ran nowhere) fooled nothing. Returns, per attack and eps, the inputs still robust after it and everything before (the
+        cumulative robust accuracy is its mean).
+        """
+        after: dict[str, dict[float, torch.Tensor]] = {}
+        for name in attacks:
+            by_eps = fooled.get(name) or {}
+            self.fooled_by[name] = {eps_key(e): by_eps.get(eps_key(e), torch.zeros(self.n, dtype=torch.bool))
+                                    for e in eps}
+            for e in eps:
+                self.robust[eps_key(e)] = self.robust[eps_key(e)] & ~self.fooled_by[name][eps_key(e)]
+            after[name] = {e: self.robust[eps_key(e)].clone() for e in eps}
+        return after
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain lists (``per_sample.json``).
+
+        Keys ``clean_correct``, ``robust``, ``fooled_by`` and ``min_norm`` (``None``: no norm found).
+        """
+        return {
+            "clean_correct": self.clean.tolist(),
+            "robust": {key: mask.tolist() for key, mask in self.robust.items()},
+            "fooled_by": {name: {key: m.tolist() for key, m in by_eps.items()} for name, by_eps in self.fooled_by.items()},
+            "min_norm": {name: [None if not math.isfinite(v) else round(v, 6) for v in norms.tolist()]
+                         for name, norms in self.min_norm.items()},
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PerSample:
+        """The results back from ``to_dict``'s output (one model of ``per_sample.json``)."""
+        def mask(values: list[bool]) -> torch.Tensor:
+            return torch.tensor(values, dtype=torch.bool)
+
+        return cls(
+            clean=mask(data["clean_correct"]),
+            fooled_by={name: {key: mask(m) for key, m in by_eps.items()} for name, by_eps in data.get("fooled_by", {}).items()},
+            robust={key: mask(m) for key, m in data.get("robust", {}).items()},
+            min_norm={name: torch.tensor([math.inf if v is None else v for v in norms], dtype=torch.float32)
+                      for name, norms in data.get("min_norm", {}).items()},
+        )
+
+
+@dataclass
 class ModelAudit:
     """The audit of one model.
 
     Every attack's robust accuracy per eps, the per-input worst case, the gradient-masking verdict,
-    the attack roles, examples for the report's figures, and ``per_sample``: for every input,
-    whether it is classified correctly, robust at each eps, fooled by each attack at each eps, and
-    the smallest adversarial norm each minimum-norm attack found (``None``: none found);
+    the attack roles, examples for the report's figures, and ``per_sample`` (``PerSample``): for
+    every input, whether it is classified correctly, robust at each eps, fooled by each attack at
+    each eps, and the smallest adversarial norm each minimum-norm attack found;
     ``stages``: per stage of the plan, the inputs it attacked, how many each process took and the
     collective calls it made.
     """
@@ -178,7 +262,7 @@ class ModelAudit:
     roles: dict[str, Any]
     seconds: float
     examples: dict[str, Any] = field(default_factory=dict, repr=False)
-    per_sample: dict[str, Any] = field(default_factory=dict, repr=False)
+    per_sample: PerSample | None = field(default=None, repr=False)
     stages: dict[str, Any] = field(default_factory=dict)
 
     def curve(self, attack: str) -> dict[float, float]:
@@ -252,5 +336,5 @@ def value_of(number: Any) -> float:
     return float(number["value"]) if isinstance(number, dict) else float(number)
 
 
-__all__ = ["Check", "CheckKind", "MaskingVerdict", "ModelAudit", "accuracy_metrics", "attack_curve", "eps_key", "interval_metrics", "num",
+__all__ = ["Check", "CheckKind", "MaskingVerdict", "ModelAudit", "PerSample", "accuracy_metrics", "attack_curve", "eps_key", "interval_metrics", "num",
            "rerun_hint", "value_of", "verdict"]

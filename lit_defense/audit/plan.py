@@ -29,7 +29,6 @@ of its time.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -42,7 +41,7 @@ from lit_defense.audit.checklist import ChecklistAttacks
 from lit_defense.audit.display import AuditProgress
 from lit_defense.audit.progress import ProgressLog
 from lit_defense.audit.sharding import Collective, attempt, raise_failures
-from lit_defense.audit.stage import Stage, fold
+from lit_defense.audit.stage import Stage
 from lit_defense.audit.suite import AttackSuite, default_attacks, role_names
 from lit_defense.diagnostics import (
     MaskingThresholds,
@@ -53,7 +52,7 @@ from lit_defense.diagnostics import (
     model_checks,
 )
 from lit_defense.evaluation import check_attacks, robustness_counts
-from lit_defense.results import Check, ModelAudit, eps_key, verdict
+from lit_defense.results import Check, ModelAudit, PerSample, eps_key, verdict
 
 
 def _probe(model: nn.Module, x: torch.Tensor, y: torch.Tensor, thresholds: MaskingThresholds, check_samples: int,
@@ -142,39 +141,37 @@ def audit_model(
 
     found = stage.run(pool, white_box, n)
     stages = {"probe": probe_info, "white_box": stage.info}
-    clean_mask = found["clean"]
-    fooled: dict[str, dict[str, torch.Tensor]] = dict(found["fooled"])
-    own = {a.name: {e: clean_mask & ~fooled[a.name][eps_key(e)] for e in eps} for a in white}  # robust, each alone
+    res = PerSample.start(found["clean"], eps)
+    res.fold(found["fooled"], [a.name for a in white], eps)  # side by side: robust = fooled by none of them
+    own = {a.name: {e: res.robust_to(a.name, e) for e in eps} for a in white}  # robust, each alone
     results = [{"attack": a.name, "eps": e, "robust_accuracy": _rate(own[a.name][e]), "stage": "white_box"}
                for e in eps for a in white]
-    robust = {eps_key(e): clean_mask & ~torch.stack([fooled[a.name][eps_key(e)] for a in white]).any(0) for e in eps}
-    white_robust = {e: robust[eps_key(e)].clone() for e in eps}
+    white_robust = {e: res.robust_to(None, e).clone() for e in eps}
 
     # ------------------------------------------------------------------ cascade on the survivors
-    min_norm: dict[str, torch.Tensor] = {}
     after: dict[str, dict[float, torch.Tensor]] = {}  # still robust after each later attack (``fold``)
     if later:
         stage = Stage("cascade", name, collective, log, progress)
-        found = stage.cascade(model, x, y, later, eps, batch_size, robust)
+        found = stage.cascade(model, x, y, later, eps, batch_size, res.robust)
         stages["cascade"] = stage.info
-        after = fold(found["fooled"], later, eps, n, fooled, robust)
-        min_norm = dict(found["min_norm"])  # the norms of every attack that minimised them (BPDA(FMN) too)
+        after = res.fold(found["fooled"], [a.name for a in later], eps)
+        res.min_norm.update(found["min_norm"])  # every attack that minimised norms (BPDA(FMN) too)
     for a in later:
         results += [{"attack": a.name, "eps": e, "robust_accuracy": _rate(after[a.name][e]), "stage": "after_white_box"}
                     for e in eps]
 
     # ------------------------------------------------------------------ refine near the boundary
-    fmn = next((min_norm[a.name] for a in roles["cascade"] if a.name in min_norm), None)
+    fmn = next((res.min_norm[a.name] for a in roles["cascade"] if a.name in res.min_norm), None)
     if roles["refine"] and fmn is not None:
-        near = {eps_key(e): robust[eps_key(e)] & (fmn <= suite.refine_radius * e) for e in eps}
+        near = {eps_key(e): res.robust_to(None, e) & (fmn <= suite.refine_radius * e) for e in eps}
         stage = Stage("refine", name, collective, log, progress)
         found = stage.cascade(model, x, y, roles["refine"], eps, batch_size, near)
         stages["refine"] = stage.info
-        refined = fold(found["fooled"], roles["refine"], eps, n, fooled, robust)
+        refined = res.fold(found["fooled"], [a.name for a in roles["refine"]], eps)
         results += [{"attack": a.name, "eps": e, "robust_accuracy": _rate(refined[a.name][e]), "stage": "refine"}
                     for a in roles["refine"] for e in eps]
         later = [*later, *roles["refine"]]
-    worst = {e: _rate(robust[eps_key(e)]) for e in eps}
+    worst = {e: _rate(res.robust_to(None, e)) for e in eps}
 
     # ------------------------------------------------------------------ the checklist's attacks
     main_eps = eps[len(eps) // 2]
@@ -199,12 +196,12 @@ def audit_model(
     stages["checks"] = stage.info
 
     # ------------------------------------------------------------------ the checklist: pure functions
-    clean = _rate(clean_mask)
+    clean = _rate(res.clean)
     naive, one_step = roles["naive"].name, roles["one_step"].name
     checks.append(check_one_step_vs_iterative(own[one_step], own[naive], thresholds, (one_step, naive)))
     checks.append(check_adaptive_vs_naive(own[naive], {a.name: own[a.name] for a in roles["adaptive"]},
                                           thresholds, naive))
-    checks.append(check_monotone({**own, "worst": {e: robust[eps_key(e)] for e in eps}}, clean_mask, thresholds))
+    checks.append(check_monotone({**own, "worst": {e: res.robust_to(None, e) for e in eps}}, res.clean, thresholds))
     gradient_robust = after[roles["cascade"][-1].name] if roles["cascade"] else white_robust
     random_names = [a.name for a in roles["black_box"] if isinstance(a, RandomSampling)]
     other_names = [a.name for a in roles["black_box"] if not isinstance(a, RandomSampling)]
@@ -219,14 +216,13 @@ def audit_model(
                                         thresholds.alpha))
     checks += plan.checks(found["clean"], found["fooled"], thresholds)
 
-    per_sample_results = {"clean_correct": clean_mask, "robust": robust, "fooled": fooled, "min_norm": min_norm}
-    examples = _examples(model, x, y, eps, [*white, *later], per_sample_results, keep_examples, batch_size) \
+    examples = _examples(model, x, y, eps, [*white, *later], res, keep_examples, batch_size) \
         if collective.is_main else {}
     return ModelAudit(
         name=name, source=source, norm=norm, eps=eps, num_samples=n, clean_accuracy=clean, results=results,
         worst_case={eps_key(e): worst[e] for e in eps}, gradient_masking=verdict(checks),
         roles=role_names(roles), seconds=round(time.perf_counter() - start, 2), examples=examples,
-        per_sample=_per_sample(per_sample_results), stages=stages,
+        per_sample=res, stages=stages,
     )
 
 
@@ -236,7 +232,7 @@ def _rate(mask: torch.Tensor) -> float:
 
 
 def _examples(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: Sequence[float], attacks: Sequence[Attack],
-              found: dict[str, Any], k: int, batch_size: int) -> dict[str, Any]:
+              found: PerSample, k: int, batch_size: int) -> dict[str, Any]:
     """The report's examples: for the first ``k`` inputs and every eps, the first attack output that fooled it.
 
     Each attack runs again on just those inputs (same ids, so the same random numbers) at the eps
@@ -248,9 +244,9 @@ def _examples(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: Sequence[
         for e in eps:
             key = eps_key(e)
             adv = x[:k].clone()
-            taken = ~found["clean_correct"][:k].to(x.device)
+            taken = ~found.clean[:k].to(x.device)
             for attack in attacks:
-                mask = found["fooled"][attack.name][key][:k].to(x.device) & ~taken
+                mask = found.fooled_by[attack.name][key][:k].to(x.device) & ~taken
                 ids = mask.nonzero().squeeze(1)
                 if ids.numel() == 0:
                     continue
@@ -261,17 +257,6 @@ def _examples(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: Sequence[
                 out["pred"][key] = torch.cat([model(b).argmax(1) for b in adv.split(batch_size)]) if k else \
                     torch.zeros(0, dtype=torch.long, device=x.device)
     return out
-
-
-def _per_sample(found: dict[str, Any]) -> dict[str, Any]:
-    """Plain lists per input: correct, robust per eps, fooled by attack per eps, minimum norms."""
-    return {
-        "clean_correct": found["clean_correct"].tolist(),
-        "robust": {key: mask.tolist() for key, mask in found["robust"].items()},
-        "fooled_by": {name: {key: m.tolist() for key, m in by_eps.items()} for name, by_eps in found["fooled"].items()},
-        "min_norm": {name: [None if not math.isfinite(v) else round(v, 6) for v in norms.tolist()]
-                     for name, norms in found["min_norm"].items()},
-    }
 
 
 __all__ = ["audit_model"]

@@ -13,7 +13,6 @@ from lit_defense.audit.display import AuditProgress
 from lit_defense.audit.progress import ProgressLog
 from lit_defense.audit.sharding import Collective, attempt, raise_failures, shard
 from lit_defense.evaluation import robustness_counts
-from lit_defense.results import eps_key
 
 
 def _cpu(tree: Any) -> Any:
@@ -113,22 +112,4 @@ class Stage:
         return self.run(pool, work, x.shape[0], f" ({', '.join(a.name for a in attacks)})")
 
 
-def fold(found: dict[str, Any], attacks: Sequence[Attack], eps: Sequence[float], n: int,
-         fooled: dict[str, dict[str, torch.Tensor]], robust: dict[str, torch.Tensor]
-         ) -> dict[str, dict[float, torch.Tensor]]:
-    """Fold a cascade's gathered per-sample results into ``fooled`` and ``robust`` (in place).
-
-    Returns, per attack and eps, which inputs are still robust after it and everything before
-    (the cumulative robust accuracy is its mean over all ``n`` inputs).
-    """
-    after: dict[str, dict[float, torch.Tensor]] = {}
-    for a in attacks:
-        by_eps = found.get(a.name) or {}  # an attack that ran nowhere fooled nothing
-        fooled[a.name] = {eps_key(e): by_eps.get(eps_key(e), torch.zeros(n, dtype=torch.bool)) for e in eps}
-        for e in eps:
-            robust[eps_key(e)] = robust[eps_key(e)] & ~fooled[a.name][eps_key(e)]
-        after[a.name] = {e: robust[eps_key(e)].clone() for e in eps}
-    return after
-
-
-__all__ = ["Stage", "default_fill", "fold", "merge"]
+__all__ = ["Stage", "default_fill", "merge"]
