@@ -192,6 +192,15 @@ class PerSample:
             return self.robust[key]
         return self.clean & ~self.fooled_by[attack][key]
 
+    def robust_after(self, attack: str, eps: float) -> torch.Tensor:
+        """Per input: correct and fooled by neither ``attack`` nor any attack folded in before it."""
+        key, out = eps_key(eps), self.clean.clone()
+        for name, by_eps in self.fooled_by.items():
+            out &= ~by_eps[key]
+            if name == attack:
+                return out
+        raise KeyError(f"no attack {attack!r} was folded in; these were: {list(self.fooled_by)}")
+
     def fold(self, fooled: dict[str, dict[str, torch.Tensor]], attacks: Sequence[str], eps: Sequence[float]
              ) -> dict[str, dict[float, torch.Tensor]]:
         """Fold attacks' results in, in order (in place).

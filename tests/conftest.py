@@ -104,7 +104,7 @@ def assert_not_significantly_more_robust(audit, reference, eps_key, margin):
     """
     from lit_defense.stats import paired
 
-    pair = paired(audit.per_sample["robust"][eps_key], reference.per_sample["robust"][eps_key])
+    pair = paired(audit.per_sample.robust[eps_key], reference.per_sample.robust[eps_key])
     decision = pair.decide(margin)
     assert decision.state != "fail", (eps_key, audit.worst_case[eps_key], reference.worst_case[eps_key],
                                       decision.evidence(), pair.evidence())

@@ -12,7 +12,7 @@ from torch import nn
 from toy_models import DecisionOnly
 
 from lit_defense.attacks import PGD
-from lit_defense.audit import AttackSuite, ChecklistAttacks, audit_model
+from lit_defense.audit import AttackSuite, audit_model
 from lit_defense.diagnostics import (
     MaskingThresholds,
     check_adaptive_vs_naive,
@@ -29,6 +29,7 @@ from lit_defense.diagnostics import (
     model_checks,
     verdict,
 )
+from lit_defense.diagnostics.checklist import ChecklistAttacks
 from lit_defense.evaluation import robustness_counts
 from lit_defense.results import eps_key
 

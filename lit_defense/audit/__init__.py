@@ -8,17 +8,16 @@ given as ``class_path``/``init_args`` with optional state-dict ``weights`` (load
 - ``suite``: the attacks' settings (``AttackSuite``) and roles;
 - ``plan``: one model's audit as stages of units (attack x eps over a shard of samples);
 - ``stage``: one stage: shard, attack (recorded), gather;
-- ``checklist``: the attacks behind the checklist's evaluation checks;
 - ``sharding``: which process attacks which samples, and the collectives per stage;
 - ``progress``: the resumable record of finished batches in the output folder;
 - ``display``: progress bars, stage lines and the time left;
 - ``run``: ``run_audit`` (data, models, report) and ``launch`` under a Lightning strategy.
 
-``lit_defense.diagnostics`` turns the results into a verdict; ``lit_defense.report`` writes
+``lit_defense.diagnostics`` turns the results into a verdict (its ``checklist`` also names the
+attacks behind the evaluation checks, which the plan runs); ``lit_defense.report`` writes
 ``report.json``, ``report.md``, ``per_sample.json`` and the plots.
 """
 
-from lit_defense.audit.checklist import ChecklistAttacks
 from lit_defense.audit.models import ModelSpec, check_model_outputs, load_model
 from lit_defense.audit.plan import audit_model
 from lit_defense.audit.run import AuditTrainer, audit_metrics_summary, launch, run_audit
@@ -26,7 +25,7 @@ from lit_defense.audit.suite import DEFAULT_EPS, AttackSuite, default_attacks
 from lit_defense.results import ModelAudit
 
 __all__ = [
-    "DEFAULT_EPS", "AttackSuite", "AuditTrainer", "ChecklistAttacks", "ModelAudit", "ModelSpec",
+    "DEFAULT_EPS", "AttackSuite", "AuditTrainer", "ModelAudit", "ModelSpec",
     "audit_metrics_summary", "audit_model", "check_model_outputs", "default_attacks", "launch", "load_model",
     "run_audit",
 ]

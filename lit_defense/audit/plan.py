@@ -37,20 +37,13 @@ import torch
 from torch import nn
 
 from lit_defense.attacks import PGD, Attack, RandomSampling, masked_modules
-from lit_defense.audit.checklist import ChecklistAttacks
 from lit_defense.audit.display import AuditProgress
 from lit_defense.audit.progress import ProgressLog
 from lit_defense.audit.sharding import Collective, attempt, raise_failures
 from lit_defense.audit.stage import Stage
 from lit_defense.audit.suite import AttackSuite, default_attacks, role_names
-from lit_defense.diagnostics import (
-    MaskingThresholds,
-    check_adaptive_vs_naive,
-    check_extra_found,
-    check_monotone,
-    check_one_step_vs_iterative,
-    model_checks,
-)
+from lit_defense.diagnostics import MaskingThresholds, model_checks
+from lit_defense.diagnostics.checklist import ChecklistAttacks, outcome_checks
 from lit_defense.evaluation import check_attacks, robustness_counts
 from lit_defense.results import Check, ModelAudit, PerSample, eps_key, verdict
 
@@ -146,7 +139,6 @@ def audit_model(
     own = {a.name: {e: res.robust_to(a.name, e) for e in eps} for a in white}  # robust, each alone
     results = [{"attack": a.name, "eps": e, "robust_accuracy": _rate(own[a.name][e]), "stage": "white_box"}
                for e in eps for a in white]
-    white_robust = {e: res.robust_to(None, e).clone() for e in eps}
 
     # ------------------------------------------------------------------ cascade on the survivors
     after: dict[str, dict[float, torch.Tensor]] = {}  # still robust after each later attack (``fold``)
@@ -197,23 +189,9 @@ def audit_model(
 
     # ------------------------------------------------------------------ the checklist: pure functions
     clean = _rate(res.clean)
-    naive, one_step = roles["naive"].name, roles["one_step"].name
-    checks.append(check_one_step_vs_iterative(own[one_step], own[naive], thresholds, (one_step, naive)))
-    checks.append(check_adaptive_vs_naive(own[naive], {a.name: own[a.name] for a in roles["adaptive"]},
-                                          thresholds, naive))
-    checks.append(check_monotone({**own, "worst": {e: res.robust_to(None, e) for e in eps}}, res.clean, thresholds))
-    gradient_robust = after[roles["cascade"][-1].name] if roles["cascade"] else white_robust
-    random_names = [a.name for a in roles["black_box"] if isinstance(a, RandomSampling)]
-    other_names = [a.name for a in roles["black_box"] if not isinstance(a, RandomSampling)]
-    if random_names:
-        checks.append(check_extra_found("random_sampling_beats_attacks", "Random sampling in the ball",
-                                        gradient_robust, after[random_names[-1]], thresholds.random_gap,
-                                        random_names, thresholds.alpha))
-    if other_names:
-        base = after[random_names[-1]] if random_names else gradient_robust
-        checks.append(check_extra_found("black_box_beats_white_box", "Gradient-free attacks", base,
-                                        after[other_names[-1]], thresholds.black_box_gap, other_names,
-                                        thresholds.alpha))
+    names = role_names(roles)
+    checks += outcome_checks(res, eps, names, [a.name for a in roles["black_box"] if isinstance(a, RandomSampling)],
+                             thresholds)
     checks += plan.checks(found["clean"], found["fooled"], thresholds)
 
     examples = _examples(model, x, y, eps, [*white, *later], res, keep_examples, batch_size) \
@@ -221,7 +199,7 @@ def audit_model(
     return ModelAudit(
         name=name, source=source, norm=norm, eps=eps, num_samples=n, clean_accuracy=clean, results=results,
         worst_case={eps_key(e): worst[e] for e in eps}, gradient_masking=verdict(checks),
-        roles=role_names(roles), seconds=round(time.perf_counter() - start, 2), examples=examples,
+        roles=names, seconds=round(time.perf_counter() - start, 2), examples=examples,
         per_sample=res, stages=stages,
     )
 

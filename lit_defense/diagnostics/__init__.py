@@ -25,6 +25,7 @@ every number in the evidence is a finite float or ``None``, so reports never car
 
 from __future__ import annotations
 
+from lit_defense.diagnostics.checklist import ChecklistAttacks, outcome_checks
 from lit_defense.diagnostics.mechanism import (
     check_gradient_vs_finite_differences,
     check_inference_time_optimisation,
@@ -48,10 +49,10 @@ from lit_defense.diagnostics.thresholds import DEFAULT_THRESHOLDS, MaskingThresh
 from lit_defense.results import Check, MaskingVerdict, num, verdict
 
 __all__ = [
-    "DEFAULT_THRESHOLDS", "Check", "MaskingThresholds", "MaskingVerdict", "check_adaptive_vs_naive",
+    "DEFAULT_THRESHOLDS", "Check", "ChecklistAttacks", "MaskingThresholds", "MaskingVerdict", "check_adaptive_vs_naive",
     "check_extra_found", "check_gradient_vs_finite_differences", "check_incomplete_optimisation",
     "check_inference_time_optimisation", "check_logit_saturation", "check_monotone",
     "check_one_step_vs_iterative", "check_probability_outputs", "check_randomized_outputs",
     "check_silent_success", "check_unbounded", "check_zero_gradients", "looks_like_probabilities",
-    "model_checks", "num", "verdict",
+    "model_checks", "num", "outcome_checks", "verdict",
 ]

@@ -1,0 +1,111 @@
+"""The checklist's room for attack results: the attacks its checks need, and the outcome checks.
+
+``ChecklistAttacks`` are the attacks behind the evaluation checks; the audit runs them as units of
+its plan like every other attack (sharded, recorded, gathered). ``outcome_checks`` turns the
+per-sample results (``PerSample``) into the outcome checks. Nothing here runs an attack.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from lit_defense.attacks.base import Attack
+from lit_defense.diagnostics.outcome import (
+    check_adaptive_vs_naive,
+    check_extra_found,
+    check_incomplete_optimisation,
+    check_monotone,
+    check_one_step_vs_iterative,
+    check_silent_success,
+    check_unbounded,
+)
+from lit_defense.diagnostics.thresholds import MaskingThresholds
+from lit_defense.results import Check, PerSample
+from lit_defense.threat import check_eps
+
+
+@dataclass
+class ChecklistAttacks:
+    """The attacks behind the checklist's evaluation checks (run as units like every other attack).
+
+    ``unbounded``: the naive attack with the whole pixel range as budget (no random start: at that
+    eps a random start is noise that fools by itself); ``probe``/``longer``: a margin PGD and the
+    same at twice the steps (incomplete optimisation); ``first``/``last``: the probe keeping the
+    first adversarial point met vs returning its last iterate (silent success).
+    """
+
+    unbounded: Attack
+    probe: Attack
+    longer: Attack
+    first: Attack
+    last: Attack
+
+    @classmethod
+    def build(cls, naive: Attack, probe: Attack, input_numel: int) -> ChecklistAttacks:
+        """The checklist's attacks around the audit's naive attack and a margin-PGD probe."""
+        big = 1.0 if naive.norm == "linf" else math.sqrt(input_numel)
+        unbounded = naive.with_eps(check_eps(naive.norm, big))
+        if "random_start" in unbounded.init_args:
+            unbounded = unbounded.replace(random_start=False)
+        step = probe.init_args.get("step_size")
+        return cls(
+            unbounded=unbounded.replace(name=f"unbounded_{naive.name}"),
+            probe=probe.replace(name=probe.name),
+            longer=probe.replace(steps=probe.steps * 2, step_size=None if step is None else step / 2,
+                                 name=f"{probe.name}_2x_steps"),
+            first=probe.replace(keep_first_adversarial=True, early_stop_every=0, name=f"{probe.name}_first"),
+            last=probe.replace(keep_first_adversarial=False, early_stop_every=0, name=f"{probe.name}_last"),
+        )
+
+    def at_probe_eps(self) -> list[Attack]:
+        """The four attacks that run at the probe's eps."""
+        return [self.probe, self.longer, self.first, self.last]
+
+    def checks(self, clean: torch.Tensor, fooled: dict[str, torch.Tensor], thresholds: MaskingThresholds
+               ) -> list[Check]:
+        """The three checks from per-sample results (``fooled``: attack name -> mask)."""
+        robust = {name: clean & ~mask for name, mask in fooled.items()}
+        return [
+            check_unbounded(self.unbounded.name, self.unbounded.eps, fooled[self.unbounded.name][clean], thresholds),
+            check_incomplete_optimisation(self.probe.name, self.probe.steps, self.longer.steps, self.probe.eps,
+                                          robust[self.probe.name], robust[self.longer.name], thresholds),
+            check_silent_success(self.probe.name, fooled[self.first.name], fooled[self.last.name], thresholds),
+        ]
+
+
+def outcome_checks(res: PerSample, eps: Sequence[float], roles: Mapping[str, Any], random: Sequence[str],
+                   thresholds: MaskingThresholds) -> list[Check]:
+    """The outcome checks of an audit, from its per-sample results alone.
+
+    ``roles`` holds the attack names per role (``one_step``, ``naive``, ``adaptive``, ``cascade``,
+    ``black_box``), ``random`` the black-box attacks that sample the ball at random. ``res`` must
+    have folded the attacks in the plan's order: white box, cascade, black box (then refine).
+    """
+    one_step, naive, adaptive = roles["one_step"], roles["naive"], list(roles["adaptive"])
+    own = {a: {e: res.robust_to(a, e) for e in eps} for a in (one_step, naive, *adaptive)}  # each alone
+    checks = [
+        check_one_step_vs_iterative(own[one_step], own[naive], thresholds, (one_step, naive)),
+        check_adaptive_vs_naive(own[naive], {a: own[a] for a in adaptive}, thresholds, naive),
+        check_monotone({**own, "worst": {e: res.robust_to(None, e) for e in eps}}, res.clean, thresholds),
+    ]
+    last_gradient = (list(roles["cascade"]) or [one_step, naive, *adaptive])[-1]
+    gradient_robust = {e: res.robust_after(last_gradient, e) for e in eps}
+    others = [a for a in roles["black_box"] if a not in random]
+    if random:
+        checks.append(check_extra_found("random_sampling_beats_attacks", "Random sampling in the ball",
+                                        gradient_robust, {e: res.robust_after(random[-1], e) for e in eps},
+                                        thresholds.random_gap, list(random), thresholds.alpha))
+    if others:
+        base = {e: res.robust_after(random[-1], e) for e in eps} if random else gradient_robust
+        checks.append(check_extra_found("black_box_beats_white_box", "Gradient-free attacks", base,
+                                        {e: res.robust_after(others[-1], e) for e in eps},
+                                        thresholds.black_box_gap, others, thresholds.alpha))
+    return checks
+
+
+__all__ = ["ChecklistAttacks", "outcome_checks"]
