@@ -7,11 +7,12 @@ STAMP  := $(VENV)/.installed
 .PHONY: run test test-numeric-path install data lint bench clean
 
 # (Re)create the virtual environment and install the package with its dev tools whenever
-# pyproject.toml changes.
-$(STAMP): pyproject.toml
+# pyproject.toml or constraints.txt changes: pyproject.toml says which versions work (ranges),
+# constraints.txt which exact ones `make` installs (fast and repeatable from the local mirror).
+$(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
 	@touch $@
 
 install: $(STAMP)

@@ -128,7 +128,7 @@ class LitDefenseCLI(LightningCLI):
             config["ckpt_path"] = None
             return
         version, ckpt = max(found)
-        logger._version = version  # TensorBoard/CSV loggers: continue the same version folder
+        logger._version = version  # continue the same version folder (lit_defense.lightning_private)
         config["ckpt_path"] = str(ckpt)
         rank_zero_info(f"resuming from {ckpt}")
 

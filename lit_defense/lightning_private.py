@@ -22,6 +22,8 @@ PRIVATE: dict[str, str] = {
         "fast_dev_run writes nothing: its ModelCheckpoint is dropped before the Trainer is built",
     "lightning.pytorch.cli.LightningCLI._get":
         "reads a value of the parsed config whether or not it is nested under a subcommand",
+    "lightning.pytorch.loggers.TensorBoardLogger._version":
+        "--ckpt_path last logs on into the resumed run's version folder instead of a new one",
     # lit_defense.modules.loading.own_hyperparameters
     "lightning.pytorch.core.mixins.hparams_mixin._given_hyperparameters":
         "a teacher built inside the student's __init__ keeps its own hyper-parameters under LightningCLI",
@@ -57,7 +59,14 @@ def _assigned_in_source(cls: type, name: str) -> bool:
     import inspect
     import re
 
-    return re.search(rf"self\.{re.escape(name)}\s*(:[^=\n]*)?=", inspect.getsource(cls)) is not None
+    pattern = re.compile(rf"self\.{re.escape(name)}\s*(:[^=\n]*)?=")
+    for klass in cls.__mro__:  # set by the class or one of its bases
+        try:
+            if pattern.search(inspect.getsource(klass)):
+                return True
+        except (OSError, TypeError):  # builtins (object) have no source
+            continue
+    return False
 
 
 def given_hyperparameters() -> contextvars.ContextVar | None:

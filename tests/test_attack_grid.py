@@ -60,7 +60,8 @@ def test_attack_grid_answers_every_budget_and_wrappers_keep_the_kind(trained, ma
         assert found.norms.shape == (x.shape[0],)
         for small, big in zip(found.fooled, found.fooled[1:], strict=False):
             assert not (small & ~big).any()
-        assert found.fooled[-1].any(), "the minimum-norm attack found nothing at eps 0.2 behind BPDA"
+        if attack.name.startswith("bpda"):  # plain FMN faces round()'s zero gradient: it may find nothing
+            assert found.fooled[-1].any(), "the minimum-norm attack found nothing at eps 0.2 behind BPDA"
     assert all(p.grad is None for p in model.parameters())
 
 
