@@ -60,9 +60,13 @@ class ThreatModel:
             return delta.norm(p=2, dim=1)
         return (delta != 0).float().mean(1)
 
+    def within(self, distance: torch.Tensor, rtol: float = 1e-5) -> torch.Tensor:
+        """Per-sample: is a perturbation of this size inside the budget (up to float rounding)?"""
+        return distance <= self.eps * (1 + rtol) + 1e-7
+
     def contains(self, x_adv: torch.Tensor, x: torch.Tensor, rtol: float = 1e-5) -> torch.Tensor:
         """Per-sample: is ``x_adv`` inside the budget and inside [0, 1]?"""
-        inside = self.distance(x_adv, x) <= self.eps * (1 + rtol) + 1e-7
+        inside = self.within(self.distance(x_adv, x), rtol)
         in_box = (x_adv.flatten(1).amin(1) >= 0) & (x_adv.flatten(1).amax(1) <= 1)
         return inside & in_box
 

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from typing_extensions import override
 
-from lit_defense.attacks.base import Attack, FixedBudgetAttack, GridResult, fooled_by
+from lit_defense.attacks.base import Attack, FixedBudgetAttack, GridResult
 from lit_defense.attacks.gradient import PGD
 from lit_defense.modules.loading import module_from_checkpoint
 from lit_defense.rng import SampleRNG
@@ -68,8 +68,7 @@ class Transfer(FixedBudgetAttack):
         The norms the surrogate's attack found are the surrogate's, not the target's: none are kept.
         """
         points = self.attack.attack_grid(self._on_device(x), x, y, eps, ids).points
-        return GridResult(points, [fooled_by(model, ThreatModel(self.norm, e), p, x, y)
-                                   for e, p in zip(eps, points, strict=True)])
+        return GridResult.judged(model, self.norm, eps, points, x, y)
 
     def with_eps(self, eps: float) -> Transfer:
         """A copy at budget ``eps`` that shares the loaded surrogate (no second checkpoint read)."""

@@ -132,6 +132,13 @@ class GridResult:
     fooled: list[torch.Tensor]
     norms: torch.Tensor | None = None
 
+    @classmethod
+    def judged(cls, model: nn.Module, norm: Norm, eps: Sequence[float], points: list[torch.Tensor],
+               x: torch.Tensor, y: torch.Tensor, norms: torch.Tensor | None = None) -> GridResult:
+        """The result for ``points`` (one per budget of ``eps``), each judged on ``model`` by ``fooled_by``."""
+        return cls(points, [fooled_by(model, ThreatModel(norm, e), p, x, y) for e, p in zip(eps, points, strict=True)],
+                   norms)
+
 
 def fooled_by(model: nn.Module, threat: ThreatModel, x_adv: torch.Tensor, x: torch.Tensor, y: torch.Tensor
               ) -> torch.Tensor:
@@ -256,8 +263,7 @@ class Attack(abc.ABC):
 
         Attacks that answer a whole grid in one run (``answers_grid``) override it.
         """
-        points = [self.with_eps(e)(model, x, y, ids) for e in eps]
-        return GridResult(points, [fooled_by(model, ThreatModel(self.norm, e), p, x, y) for e, p in zip(eps, points, strict=True)])
+        return GridResult.judged(model, self.norm, eps, [self.with_eps(e)(model, x, y, ids) for e in eps], x, y)
 
     @abc.abstractmethod
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
@@ -329,7 +335,7 @@ class MinNormAttack(Attack, abc.ABC):
                 generator: SampleRNG) -> torch.Tensor:
         """The minimal adversarial point where it lies within ``eps``, else ``x``."""
         x_adv, norms = self.minimize(model, x, y, generator)
-        inside = norms <= _within(self.eps)
+        inside = self.threat.within(norms)
         return torch.where(per_sample(inside, x), x_adv, x)
 
     @abc.abstractmethod
@@ -357,11 +363,6 @@ class MinNormAttack(Attack, abc.ABC):
                     ids: torch.Tensor | None = None) -> GridResult:
         """One minimisation answers every budget: at ``e``, the point found where its norm is within ``e``."""
         found, norms = self.min_norms(model, x, y, ids)
-        points = [torch.where(per_sample(norms <= _within(e), x), found, x) for e in eps]
-        return GridResult(points, [fooled_by(model, ThreatModel(self.norm, e), p, x, y)
-                                   for e, p in zip(eps, points, strict=True)], norms)
+        points = [torch.where(per_sample(ThreatModel(self.norm, e).within(norms), x), found, x) for e in eps]
+        return GridResult.judged(model, self.norm, eps, points, x, y, norms)
 
-
-def _within(eps: float) -> float:
-    """The largest norm that counts as inside budget ``eps`` (float rounding of a norm on the sphere)."""
-    return eps * (1 + 1e-5) + 1e-7
