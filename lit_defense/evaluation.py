@@ -81,7 +81,7 @@ class RobustnessResult:
 
 @dataclass
 class RobustnessCounts:
-    """Integer counts (tensors) that add across shards.
+    """Integer counts (tensors) that add across shards (``lit_defense.metrics.RobustAccuracy`` sums them).
 
     ``n``, ``clean``, ``robust[attack, eps]``, ``worst[eps]``.
     """
@@ -90,16 +90,6 @@ class RobustnessCounts:
     clean: torch.Tensor
     robust: torch.Tensor
     worst: torch.Tensor
-
-    def as_vector(self) -> torch.Tensor:
-        """The counts in one tensor, for a single all-reduce under DDP."""
-        return torch.cat([self.n.view(1), self.clean.view(1), self.robust.flatten(), self.worst.flatten()])
-
-    @classmethod
-    def from_vector(cls, v: torch.Tensor, n_attacks: int, n_eps: int) -> RobustnessCounts:
-        """The counts back from ``as_vector``'s layout."""
-        r = v[2:2 + n_attacks * n_eps].view(n_attacks, n_eps)
-        return cls(v[0], v[1], r, v[2 + n_attacks * n_eps:])
 
     def to_result(self, attacks: Sequence[Attack], eps: Sequence[float], norm: str, cascade: bool,
                   seconds: float = 0.0) -> RobustnessResult:

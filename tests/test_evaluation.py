@@ -10,7 +10,6 @@ from lit_defense.attacks import FGSM, PGD
 from lit_defense.errors import ConfigError
 from lit_defense.evaluation import (
     WORST,
-    RobustnessCounts,
     RobustnessResult,
     eps_key,
     evaluate_robustness,
@@ -52,8 +51,13 @@ def test_shard_counts_add_up_to_the_whole(trained):
     whole, _ = robustness_counts(model, x, y, attacks, [0.05, 0.1])
     a, _ = robustness_counts(model, x[0::2], y[0::2], attacks, [0.05, 0.1])
     b, _ = robustness_counts(model, x[1::2], y[1::2], attacks, [0.05, 0.1])
-    summed = RobustnessCounts.from_vector(a.as_vector() + b.as_vector(), 2, 2)
-    assert torch.equal(summed.as_vector(), whole.as_vector())
+    from lit_defense.metrics import RobustAccuracy
+
+    summed = RobustAccuracy(attacks, [0.05, 0.1])  # what the callback's metric sums over ranks
+    summed.add_counts(a)
+    summed.add_counts(b)
+    for field in ("n", "clean", "robust", "worst"):
+        assert torch.equal(getattr(summed, field), getattr(whole, field)), field
 
 
 def test_examples_are_the_worst_case_inputs(trained):
