@@ -92,7 +92,7 @@ def audit(ckpt: Path, out: Path, device: str, tiny: bool) -> dict:
     suite = AttackSuite(steps=5, apgd_steps=5, apgd_targets=1, min_norm_steps=5, square_queries=20,
                         random_samples=2, rays_queries=0) if tiny else AttackSuite(square_queries=300)
     run_audit([ModelSpec(name="teacher", checkpoint=str(ckpt))],
-              VisionDataModule("synthetic", synthetic_test_size=256), [0.05, 0.1], num_samples=64 if tiny else 256,
+              VisionDataModule("synthetic", synthetic_test_size=256), eps=[0.05, 0.1], num_samples=64 if tiny else 256,
               suite=suite, output_dir=out, overwrite=True, device=device, tensorboard=False, log=lambda line: None,
               check_samples=32 if tiny else 128)
     return json.loads((out / "report.json").read_text())["models"][0]

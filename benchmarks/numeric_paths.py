@@ -27,8 +27,8 @@ CHILD = """
 import sys
 from pathlib import Path
 from lit_defense.claims import add_claims_to_report
-from lit_defense.pipeline import PROFILES, audit_stages, measure_for_claims
-profile, out = PROFILES[sys.argv[1]], Path(sys.argv[2])
+from lit_defense.pipeline import audit_stages, load_profile, measure_for_claims
+profile, out = load_profile(sys.argv[1]), Path(sys.argv[2])
 audit_stages(profile, out, log=lambda line: None)
 measure_for_claims(profile, out)
 add_claims_to_report(out)

@@ -22,14 +22,10 @@ import traceback
 import warnings
 from argparse import ArgumentError
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from lit_defense.data import VisionDataModule
 from lit_defense.errors import LitDefenseError
 from lit_defense.lightning_cli import LitDefenseCLI
-
-if TYPE_CHECKING:
-    from jsonargparse import ArgumentParser
 
 _BOILERPLATE = (
     "Does not validate against any of the Union subtypes",
@@ -89,75 +85,20 @@ def _one_line(err: BaseException) -> str:
     return f"{type(err).__name__}: {err}{where}"
 
 
-def audit_parser() -> ArgumentParser:
-    """The parser of ``lit-defense audit`` (jsonargparse, same YAML style as the other subcommands)."""
-    from jsonargparse import ActionConfigFile, ArgumentParser, lazy_instance
-    from lightning.pytorch import LightningDataModule
-
-    from lit_defense.attacks import Attack
-    from lit_defense.audit import DEFAULT_EPS, AttackSuite, AuditTrainer
-    from lit_defense.diagnostics import MaskingThresholds
-
-    parser = ArgumentParser(
-        prog="lit-defense audit", exit_on_error=False,
-        description="Attack models with attacks that see through gradient masking, run the masking "
-        "checklist and write report.json, report.md and plots. Example: lit-defense audit "
-        "--checkpoints runs/fashion_mnist/teacher/version_0/checkpoints/last.ckpt",
-    )
-    parser.add_argument("--config", action=ActionConfigFile, help="A YAML file with any of these options.")
-    parser.add_argument("--models", type=list[dict[str, Any]], default=[],
-                        help="Models: {name, checkpoint} or {name, class_path, init_args, weights}.")
-    parser.add_argument("--checkpoints", type=str, nargs="+", default=[],
-                        help="Shorthand for models given as lit-defense .ckpt files.")
-    parser.add_subclass_arguments(LightningDataModule, "data", default=lazy_instance(VisionDataModule),
-                                  help="The DataModule whose test (or val) split is attacked.")
-    parser.add_argument("--split", type=str, default="test", help="test or val.")
-    parser.add_argument("--eps", type=list[float], default=list(DEFAULT_EPS), help="The eps grid.")
-    parser.add_argument("--norm", type=str, default="linf", help="linf or l2.")
-    parser.add_argument("--num_samples", type=int, default=1000, help="Fixed, seeded subset size.")
-    parser.add_argument("--output_dir", type=str | None, default=None, help="Default: runs/audit/<timestamp>.")
-    parser.add_argument("--overwrite", type=bool, default=False, help="Replace a report in output_dir.")
-    parser.add_class_arguments(AttackSuite, "suite")
-    parser.add_argument("--transfer", type=list[Attack], default=[],
-                        help="Extra gradient-free attacks, e.g. lit_defense.transfer.Transfer.")
-    parser.add_class_arguments(MaskingThresholds, "thresholds")
-    parser.add_argument("--batch_size", type=int, default=500)
-    parser.add_argument("--check_samples", type=int, default=200,
-                        help="Inputs of the checklist's own attacks and finite-difference probe.")
-    parser.add_argument("--device", type=str, default="auto",
-                        help="One process on this device (cpu, cuda, cuda:1); auto: the --trainer options decide.")
-    parser.add_class_arguments(AuditTrainer, "trainer", help="Processes and devices, as in the training recipes "
-                               "(--config configs/trainer/ddp.yaml, --trainer.devices 2 --trainer.strategy ddp).")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--tensorboard", type=bool, default=True, help="Also write TensorBoard runs.")
-    parser.add_argument("--allow_probabilities", type=bool, default=False,
-                        help="Audit a model that returns probabilities instead of refusing it.")
-    return parser
-
-
 def audit_main(args: list[str], from_command_line: bool = False) -> int:
     """``lit-defense audit``: parse, then run in one process or in every process of the trainer's strategy."""
-    from lit_defense.audit import AuditTrainer, ModelSpec, launch, run_audit
+    from lit_defense.audit import launch, run_audit
+    from lit_defense.audit.command import read_audit_config
 
-    parser = audit_parser()
-    cfg = parser.parse_args(args)
-    init = getattr(parser, "instantiate", parser.instantiate_classes)(cfg)
-    models = [*(ModelSpec.from_dict(m) for m in init.models), *(ModelSpec(checkpoint=c) for c in init.checkpoints)]
+    call = read_audit_config(args)
 
     def audit(device: Any) -> int:
-        run_audit(
-            models, init.data, init.eps, norm=init.norm, split=init.split, num_samples=init.num_samples,
-            output_dir=init.output_dir, suite=init.suite, thresholds=init.thresholds, transfer=init.transfer,
-            batch_size=init.batch_size, device=device, seed=init.seed, tensorboard=init.tensorboard,
-            allow_probabilities=init.allow_probabilities, overwrite=init.overwrite,
-            check_samples=init.check_samples, log=lambda line: print(line, flush=True),
-        )
+        run_audit(call.models, call.data, call.options, device=device, log=lambda line: print(line, flush=True))
         return 0
 
-    if init.device != "auto":
-        return audit(init.device)
-    trainer = init.trainer if isinstance(init.trainer, AuditTrainer) else AuditTrainer(**vars(init.trainer))
-    return launch(trainer, audit, from_command_line)
+    if call.options.device != "auto":
+        return audit(call.options.device)
+    return launch(call.trainer, audit, from_command_line)
 
 
 def _config_files(argv: list[str]) -> list[str]:

@@ -66,70 +66,72 @@ STAGES = [
 
 @dataclass
 class Profile:
-    """Epochs per stage, extra overrides per stage and for every stage, and the audit's settings.
+    """A profile of ``lit-defense run``: a YAML file (``configs/run/<name>.yaml``; copy one to make yours).
 
-    ``audit`` holds keyword arguments of ``lit_defense.audit.run_audit`` (``suite`` as
-    ``AttackSuite`` fields), ``audit_data`` those of the audited ``VisionDataModule``;
-    ``claim_samples`` test images are attacked on the teacher and the student for the distillation
-    claims (``measure_for_claims``), on the test split of ``audit_data`` updated by ``claim_data``.
+    Args:
+        epochs: Epochs per stage; every stage of the story must be there.
+        extra: ``lit-defense fit`` overrides of one stage.
+        common: ``lit-defense fit`` overrides of every stage.
+        audit: A ``lit-defense audit --config`` file (relative to the profile's folder): the data,
+            the eps grid and every other audit option; the run sets the models and the output.
+        claim_samples: Test images of the audit's data attacked on the teacher and the student for
+            the distillation claims (``measure_for_claims``).
+        claim_data: Changes to the audit's DataModule arguments for those claims (e.g. a larger
+            synthetic test split).
     """
 
     epochs: dict[str, int]
     extra: dict[str, list[str]] = field(default_factory=dict)
     common: list[str] = field(default_factory=list)
-    audit: dict[str, Any] = field(default_factory=dict)
-    audit_data: dict[str, Any] = field(default_factory=dict)
+    audit: str = "../audit/full.yaml"
     claim_samples: int = 2000
     claim_data: dict[str, Any] = field(default_factory=dict)
+    name: str = field(default="", metadata={"internal": True})  # the file's stem: names the run folders
+    folder: str = field(default="", metadata={"internal": True})  # where ``audit`` is relative to
+
+    def audit_config(self, folder: Path, **changes: Any) -> Any:
+        """The profile's audit (``lit_defense.audit.command.AuditCall``) of the stages' last checkpoints in ``folder``."""
+        from lit_defense.audit import ModelSpec
+        from lit_defense.audit.command import read_audit_config
+
+        path = (Path(self.folder) / self.audit).resolve()
+        if not path.is_file():
+            raise ConfigError(f"profile {self.name!r}: its audit config {self.audit} ({path}) does not exist.")
+        call = read_audit_config(["--config", str(path), "--output_dir", str(folder), "--overwrite", "true"])
+        call.models = [ModelSpec(name=s.name, checkpoint=str(_last_ckpt(folder, s.name))) for s in STAGES]
+        call.options = call.options.replace(**changes)
+        return call
 
 
-PROFILES = {
-    # <= 20 minutes on 2 CPU cores (install included), every effect still visible: fewer epochs,
-    # 3/4 of each training epoch, PGD-3 adversarial training, a 400-image audit. Training at T=100
-    # is slower (the logits must grow ~100 times), so the distillation teacher gets one epoch more
-    # than the T=1 teacher to reach its clean accuracy (2 epochs: 83.4% vs 85.2% validation; 3:
-    # 86.0%); the student, which cannot beat its teacher, would otherwise trail by > 3 points. With
-    # 3 epochs it trailed the teacher by 1.4 points (AVX-512) and 2.2 (AVX2) on the 10,000 test
-    # images, the latter's interval touching the 3-point bar: it gets a fourth.
-    "quick": Profile(
-        epochs={"teacher": 2, "distillation_teacher": 3, "distilled": 4, "masked_bit_depth": 2,
-                "masked_random_resize_pad": 2, "adv_train": 2},
-        extra={"adv_train": ["--model.init_args.attack_steps=3", "--model.init_args.attack_step_size=0.05"]},
-        common=["--trainer.limit_train_batches=0.75"],
-        audit={"num_samples": 400,
-               "suite": {"square_queries": 300, "eot_samples": 5, "steps": 20, "apgd_steps": 25,
-                         "apgd_targets": 3, "apgd_targeted_steps": 25, "min_norm_steps": 25}},
-    ),
-    # paper-scale epochs: a GPU or a patient CPU
-    "full": Profile(
-        epochs={"teacher": 10, "distillation_teacher": 10, "distilled": 10, "masked_bit_depth": 10,
-                "masked_random_resize_pad": 10, "adv_train": 20},
-        audit={"num_samples": 1000},
-    ),
-    # a few minutes, on easy synthetic data: what the tests run
-    "smoke": Profile(
-        epochs={"teacher": 3, "distillation_teacher": 3, "distilled": 3, "masked_bit_depth": 2,
-                "masked_random_resize_pad": 2, "adv_train": 6},
-        # on the synthetic data a briefly adversarially trained model is brittle: after 2 epochs of
-        # PGD-3 the adaptive attacks take 5 to 11 points more than PGD-CE, after 6 epochs of PGD-5
-        # still 5; TRADES (beta 6), 6 epochs of PGD-5, ~50 s, leaves 0, 1 and 2 of 128 inputs between
-        # them on AVX-512, the plain kernels (ATEN default) and AVX2: its claim holds on the first
-        # two and is undecided on AVX2 (128 inputs cannot separate 2 from the 5-point bar)
-        extra={"adv_train": ["--model.init_args.attack_steps=5", "--model.init_args.trades_beta=6"]},
-        common=["--data.init_args.dataset=synthetic", "--data.init_args.val_size=256",
-                "--data.init_args.synthetic_train_size=1280", "--data.init_args.synthetic_test_size=128",
-                "--data.init_args.synthetic_noise=0.15", "--data.init_args.batch_size=32",
-                "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"],
-        audit={"num_samples": 128, "eps": [0.05, 0.1, 0.2], "tensorboard": False,
-               "suite": {"steps": 10, "square_queries": 40, "random_samples": 5, "eot_samples": 3, "escalation": 2,
-                         "apgd_steps": 10, "apgd_targets": 2, "min_norm_steps": 10, "rays_queries": 50}},
-        # the audit takes the 128 test images; the claims compare clean accuracy on a 1024-image
-        # test split (128 cannot tell a +-3-point gap: exact interval +-3.4 points) and attack 512
-        audit_data={"dataset": "synthetic", "synthetic_test_size": 128, "synthetic_noise": 0.15},
-        claim_data={"synthetic_test_size": 1024},
-        claim_samples=512,
-    ),
-}
+def profiles() -> list[str]:
+    """The shipped profiles' names (``configs/run/*.yaml``)."""
+    return sorted(p.stem for p in (CONFIGS / "run").glob("*.yaml"))
+
+
+def load_profile(name_or_path: str | Path) -> Profile:
+    """A shipped profile by name (``quick``, ``smoke``, ``full``) or any profile file by path."""
+    from jsonargparse import ArgumentParser
+
+    path = Path(name_or_path)
+    if path.suffix not in (".yaml", ".yml"):
+        path = CONFIGS / "run" / f"{name_or_path}.yaml"
+        if not path.is_file():
+            raise ConfigError(f"unknown profile {str(name_or_path)!r}; choose one of: {', '.join(profiles())}, "
+                              "or give a profile file (a copy of configs/run/quick.yaml).")
+    elif not path.is_file():
+        raise ConfigError(f"profile file {path} does not exist; copy one of lit-defense's "
+                          f"({CONFIGS / 'run'}) to make yours.")
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_class_arguments(Profile, None, skip={"name", "folder"})
+    cfg = parser.parse_path(str(path))
+    profile = Profile(**{k: v for k, v in vars(cfg).items() if not k.startswith("__")},
+                      name=path.stem, folder=str(path.resolve().parent))
+    missing = [s.name for s in STAGES if s.name not in profile.epochs]
+    unknown = sorted((set(profile.epochs) | set(profile.extra)) - {s.name for s in STAGES})
+    if missing or unknown:
+        raise ConfigError(f"profile {path}: `epochs` needs every stage ({', '.join(s.name for s in STAGES)})"
+                          + (f"; missing: {missing}" if missing else "") + (f"; unknown: {unknown}" if unknown else ""))
+    return profile
 
 
 def _last_ckpt(run_dir: Path, stage: str) -> Path:
@@ -172,14 +174,13 @@ def _stage_done(run_dir: Path, stage: Training, epochs: int) -> bool:
         return False
 
 
-def run(profile_name: str = "quick", root: str | Path = "runs", run_dir: str | Path | None = None,
+def run(profile_name: str | Path = "quick", root: str | Path = "runs", run_dir: str | Path | None = None,
         log: Callable[[str], None] = print) -> Path:
     """Run (or resume) the pipeline; returns the run folder."""
     from lit_defense.lightning_cli import LitDefenseCLI
 
-    if profile_name not in PROFILES:
-        raise ConfigError(f"unknown profile {profile_name!r}; choose one of: {', '.join(PROFILES)}.")
-    profile = PROFILES[profile_name]
+    profile = load_profile(profile_name)
+    profile_name = profile.name
     root = Path(root)
     if run_dir is not None:
         folder = Path(run_dir)
@@ -243,14 +244,10 @@ def audit_stages(profile: Profile, folder: Path, log: Callable[[str], None] = pr
 
     The report lands in ``folder``.
     """
-    from lit_defense.audit import DEFAULT_EPS, AttackSuite, ModelSpec, run_audit
-    from lit_defense.data import VisionDataModule
+    from lit_defense.audit import run_audit
 
-    settings = dict(profile.audit)
-    suite = AttackSuite(**settings.pop("suite", {}))
-    models = [ModelSpec(name=s.name, checkpoint=str(_last_ckpt(folder, s.name))) for s in STAGES]
-    run_audit(models, VisionDataModule(**profile.audit_data), settings.pop("eps", DEFAULT_EPS),
-              suite=suite, output_dir=folder, overwrite=True, log=log, **settings)
+    call = profile.audit_config(folder)
+    run_audit(call.models, call.data, call.options, log=log)
 
 
 def measure_for_claims(profile: Profile, folder: Path, batch_size: int = 1000) -> dict[str, Any]:
@@ -267,7 +264,7 @@ def measure_for_claims(profile: Profile, folder: Path, batch_size: int = 1000) -
     """
     import torch
 
-    from lit_defense.audit import AttackSuite, ModelSpec
+    from lit_defense.audit import ModelSpec
     from lit_defense.audit.models import load_model
     from lit_defense.audit.suite import default_attacks
     from lit_defense.data import VisionDataModule, fixed_subset, fixed_subset_indices
@@ -275,11 +272,12 @@ def measure_for_claims(profile: Profile, folder: Path, batch_size: int = 1000) -
     from lit_defense.results import eps_key
     from lit_defense.stats import Estimate
 
-    data = VisionDataModule(**{**profile.audit_data, **profile.claim_data})
+    audit = profile.audit_config(folder)
+    data = VisionDataModule(**{**dict(audit.data.hparams), **profile.claim_data})
     data.prepare_data()
     data.setup("test")
     eps = 0.1
-    roles = default_attacks("linf", AttackSuite(**profile.audit.get("suite", {})), masked=False, randomized=False)
+    roles = default_attacks("linf", audit.options.suite, masked=False, randomized=False)
     attacks = [roles["one_step"], roles["naive"], roles["adaptive"][0]]
     x, y = fixed_subset(data.test_set, profile.claim_samples, seed=0)
     out: dict[str, Any] = {"split": "test", "data": data.dataset, "n": 0, "models": {},
@@ -314,7 +312,8 @@ def main(argv: list[str] | None = None) -> int:
     """``lit-defense run``: train every stage (resuming), then audit; returns the exit code."""
     parser = argparse.ArgumentParser(prog="lit-defense run", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--profile", default="quick", choices=sorted(PROFILES))
+    parser.add_argument("--profile", default="quick",
+                        help=f"A shipped profile ({', '.join(profiles())}: configs/run/<name>.yaml) or a profile file.")
     parser.add_argument("--root", default="runs", help="Where run folders are created.")
     parser.add_argument("--run_dir", default=None, help="Use (or resume) this folder instead.")
     args = parser.parse_args(argv)
@@ -322,4 +321,4 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-__all__ = ["PROFILES", "STAGES", "Profile", "audit_stages", "main", "run", "measure_for_claims", "stage_args"]
+__all__ = ["STAGES", "Profile", "audit_stages", "load_profile", "profiles", "main", "run", "measure_for_claims", "stage_args"]

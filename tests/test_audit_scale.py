@@ -219,7 +219,7 @@ def test_results_of_shards_merge_even_when_a_shard_was_empty():
 
 
 def test_the_training_presets_configure_the_audit():
-    from lit_defense.cli import audit_parser
+    from lit_defense.audit.command import audit_parser
 
     presets = Path(__file__).parents[1] / "configs" / "trainer"
     for preset in sorted(presets.glob("*.yaml")):

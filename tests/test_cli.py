@@ -14,7 +14,8 @@ from lit_defense.cli import main
 # configs/<dataset>/*.yaml are recipes; trainer/, data/, optim/ and callbacks/ hold the parts they
 # are composed of (a recipe names a part by its relative path, a trainer preset is a second --config)
 PARTS = ("trainer", "data", "optim", "callbacks")
-RECIPES = sorted(p for p in CONFIGS.rglob("*.yaml") if p.parent.name not in (*PARTS, "audit"))
+# audit/ holds `lit-defense audit` configs, run/ the profiles of `lit-defense run`
+RECIPES = sorted(p for p in CONFIGS.rglob("*.yaml") if p.parent.name not in (*PARTS, "audit", "run"))
 AUDIT_CONFIGS = sorted((CONFIGS / "audit").glob("*.yaml"))
 TEACHER = CONFIGS / "fashion_mnist" / "teacher.yaml"
 
@@ -42,10 +43,13 @@ def test_every_shipped_config_parses(config, capsys):
 
 @pytest.mark.parametrize("config", AUDIT_CONFIGS, ids=lambda p: p.stem)
 def test_every_audit_example_parses(config):
-    from lit_defense.cli import audit_parser
+    from lit_defense.audit.command import audit_parser
+    from lit_defense.pipeline import profiles
 
     cfg = audit_parser().parse_args(["--config", str(config), *_needs_root(config)])
-    assert cfg.num_samples > 0 and cfg.eps and (cfg.checkpoints or cfg.models or "image_folder" in config.stem)
+    # a profile's audit names no model (the run gives its own), the image-folder one leaves them to the user
+    names_models = config.stem not in profiles() and "image_folder" not in config.stem
+    assert cfg.num_samples > 0 and cfg.eps and bool(cfg.checkpoints or cfg.models) == names_models
     assert cfg.data.class_path.startswith("lit_defense.")
 
 

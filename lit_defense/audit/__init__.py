@@ -6,6 +6,8 @@ given as ``class_path``/``init_args`` with optional state-dict ``weights`` (load
 
 - ``models``: ``ModelSpec``, loading and the output check;
 - ``suite``: the attacks' settings (``AttackSuite``) and roles;
+- ``options``: every option of an audit, declared once (``AuditOptions``: CLI, profiles, resume record);
+- ``command``: the ``lit-defense audit`` parser built from them, and what a parsed config builds;
 - ``plan``: one model's audit as stages of units (attack x eps over a shard of samples);
 - ``stage``: one stage: shard, attack (recorded), gather;
 - ``sharding``: which process attacks which samples, and the collectives per stage;
@@ -19,13 +21,14 @@ attacks behind the evaluation checks, which the plan runs); ``lit_defense.report
 """
 
 from lit_defense.audit.models import ModelSpec, check_model_outputs, load_model
+from lit_defense.audit.options import AuditOptions
 from lit_defense.audit.plan import audit_model
 from lit_defense.audit.run import AuditTrainer, audit_metrics_summary, launch, run_audit
 from lit_defense.audit.suite import DEFAULT_EPS, AttackSuite, default_attacks
 from lit_defense.results import ModelAudit
 
 __all__ = [
-    "DEFAULT_EPS", "AttackSuite", "AuditTrainer", "ModelAudit", "ModelSpec",
+    "DEFAULT_EPS", "AttackSuite", "AuditOptions", "AuditTrainer", "ModelAudit", "ModelSpec",
     "audit_metrics_summary", "audit_model", "check_model_outputs", "default_attacks", "launch", "load_model",
     "run_audit",
 ]

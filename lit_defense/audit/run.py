@@ -20,14 +20,13 @@ from typing import Any, TypeVar
 
 import torch
 
-from lit_defense.attacks import PGD, Attack
+from lit_defense.attacks import PGD
 from lit_defense.audit.display import AuditProgress
 from lit_defense.audit.models import ModelSpec, check_model_outputs, load_model
+from lit_defense.audit.options import AuditOptions
 from lit_defense.audit.plan import audit_model
 from lit_defense.audit.progress import ProgressLog, file_digest
 from lit_defense.audit.sharding import Collective
-from lit_defense.audit.suite import AttackSuite
-from lit_defense.diagnostics import MaskingThresholds
 from lit_defense.errors import ConfigError
 from lit_defense.evaluation import check_attacks
 from lit_defense.lightning_private import relaunches_command_line
@@ -96,10 +95,9 @@ def _already_launched() -> bool:
     return "LOCAL_RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
-def _settings(models: Sequence[ModelSpec], names: Sequence[str], data: Any, split: str, num_samples: int,
-              eps: Sequence[float], norm: str, seed: int, suite: AttackSuite, transfer: Sequence[Attack],
-              check_samples: int) -> dict[str, Any]:
-    """What the audit is: a re-run with other settings must not resume it."""
+def _settings(models: Sequence[ModelSpec], names: Sequence[str], data: Any, options: AuditOptions,
+              num_samples: int) -> dict[str, Any]:
+    """What the audit is (the models, the data, the options marked identity): a re-run with other settings must not resume it."""
     def model_entry(spec: ModelSpec, name: str) -> dict[str, Any]:
         entry = {"name": name, "checkpoint": spec.checkpoint, "class_path": spec.class_path,
                  "init_args": spec.init_args, "weights": spec.weights}
@@ -113,36 +111,24 @@ def _settings(models: Sequence[ModelSpec], names: Sequence[str], data: Any, spli
         "models": [model_entry(s, n) for s, n in zip(models, names, strict=True)],
         "data": {"class": type(data).__name__, "dataset": str(getattr(data, "dataset", "")),
                  "init": {k: repr(v) for k, v in sorted(dict(hparams).items())}},
-        "split": split, "num_samples": num_samples, "eps": sorted(float(e) for e in eps), "norm": norm,
-        "seed": seed, "suite": dataclasses.asdict(suite), "check_samples": check_samples,
-        "transfer": [{"class": type(a).__name__, "name": a.name, "init": {k: repr(v) for k, v in a.init_args.items()}}
-                     for a in transfer],
+        **options.identity(), "num_samples": num_samples,
     }
 
 
 def run_audit(
     models: Sequence[ModelSpec],
     data: Any,
-    eps: Sequence[float],
-    norm: str = "linf",
-    split: str = "test",
-    num_samples: int = 1000,
-    output_dir: str | Path | None = None,
-    suite: AttackSuite | None = None,
-    thresholds: MaskingThresholds | None = None,
-    transfer: Sequence[Attack] = (),
-    batch_size: int = 500,
-    device: str | torch.device = "auto",
-    seed: int = 0,
-    tensorboard: bool = True,
-    allow_probabilities: bool = False,
-    overwrite: bool = False,
-    check_samples: int = 200,
+    options: AuditOptions | None = None,
+    *,
     log: Callable[[str], None] = print,
     bars: bool | None = None,
+    **changes: Any,
 ) -> tuple[list[ModelAudit], dict[str, Path]]:
     """Audit every model on a fixed, seeded subset of ``data``'s ``split`` and write the report.
 
+    ``options`` (``AuditOptions``) says how; options given by name change it, so
+    ``run_audit(models, data, eps=[0.1], num_samples=200, suite=AttackSuite(steps=50))`` works
+    without building one (an unknown name is refused, with the list of the known ones).
     In every process of a distributed run (``launch``): each attacks its shards, all hold the
     results, rank 0 logs and writes. Progress is recorded in ``output_dir/progress``; the same call
     after a crash resumes, a call with other settings is refused (``overwrite=True`` starts over).
@@ -151,7 +137,12 @@ def run_audit(
     from lit_defense.data import fixed_subset, fixed_subset_indices
     from lit_defense.report import write_report
 
-    suite = suite or AttackSuite()
+    if options is not None and not isinstance(options, AuditOptions):
+        raise ConfigError(f"run_audit's third argument is an AuditOptions, got {type(options).__name__}; "
+                          "pass options by name, e.g. run_audit(models, data, eps=[0.1], num_samples=200).")
+    opts = (options or AuditOptions()).replace(**changes)
+    eps, norm, split, num_samples, seed = opts.eps, opts.norm, opts.split, opts.num_samples, opts.seed
+    device, overwrite = opts.device, opts.overwrite
     collective = Collective()
     main = collective.is_main
     say = log if main else (lambda line: None)
@@ -165,7 +156,7 @@ def run_audit(
     check_attacks([PGD(norm=norm)], eps)
     if num_samples < 1:
         raise ConfigError(f"num_samples must be >= 1, got {num_samples}.")
-    out = Path(output_dir) if output_dir else Path("runs") / "audit" / time.strftime("%Y%m%d-%H%M%S")
+    out = Path(opts.output_dir) if opts.output_dir else Path("runs") / "audit" / time.strftime("%Y%m%d-%H%M%S")
     out = Path(collective.broadcast(str(out), "setup"))  # one folder, whatever each process's clock says
     if (out / "report.json").exists() and not overwrite:
         raise ConfigError(f"{out} already holds a report; choose another --output_dir or pass --overwrite true.")
@@ -190,10 +181,10 @@ def run_audit(
     for spec, name in zip(models, names, strict=True):  # load and check all before the long part
         model = load_model(spec).to(dev)
         model.requires_grad_(False)  # our own copy: attacks need input gradients only
-        check_model_outputs(model, x, num_classes, name, allow_probabilities)
+        check_model_outputs(model, x, num_classes, name, opts.allow_probabilities)
         loaded.append((spec, name, model))
 
-    settings = _settings(models, names, data, split, int(x.shape[0]), eps, norm, seed, suite, transfer, check_samples)
+    settings = _settings(models, names, data, opts, int(x.shape[0]))
     resume = not overwrite and ProgressLog.check_settings(out, settings)  # every process refuses alike
     collective.barrier("setup")
     if main:
@@ -211,8 +202,8 @@ def run_audit(
         for spec, name, model in loaded:
             say(f"audit: {name} ...")
             audit = audit_model(model, x, y, eps, norm, name=name, source=spec.checkpoint or spec.class_path or "",
-                                suite=suite, thresholds=thresholds, transfer=transfer, batch_size=batch_size,
-                                check_samples=check_samples, seed=seed, collective=collective, log=progress_log,
+                                suite=opts.suite, thresholds=opts.thresholds, transfer=opts.transfer,
+                                batch_size=opts.batch_size, check_samples=opts.check_samples, seed=seed, collective=collective, log=progress_log,
                                 progress=progress)
             progress.model_done()
             audits.append(audit)
@@ -231,7 +222,7 @@ def run_audit(
                 "num_samples": int(x.shape[0]), "norm": norm, "eps": sorted(float(e) for e in eps), "seed": seed,
                 "device": str(dev), "processes": collective.world_size,
                 "class_names": [str(c) for c in getattr(data, "class_names", ())]}
-        paths = write_report(audits, out, meta, tensorboard=tensorboard, samples=samples)
+        paths = write_report(audits, out, meta, tensorboard=opts.tensorboard, samples=samples)
         say(f"audit: report written to {paths['markdown']} and {paths['json']}")
     collective.barrier("report")
     return audits, paths
