@@ -213,7 +213,7 @@ def binarization_test(
     model: nn.Module,
     x: torch.Tensor,
     y: torch.Tensor,
-    attacks: Sequence[Attack] | None,
+    attacks: Sequence[Attack],
     eps: float,
     norm: str = "linf",
     ids: torch.Tensor | None = None,
@@ -229,8 +229,9 @@ def binarization_test(
     """The binarization test (module doc) for each input of ``x`` (with labels ``y``, [0, 1] pixels).
 
     ``attacks``: the attacks to control, run as a cascade (each on what the earlier ones left);
-    ``None``: the audit's default suite for this model, with BPDA around the modules that declare
-    ``differentiable = False`` and EOT when its outputs are random. ``ids`` key each input's random
+    the audit's own suite for a model is ``suite_attacks(default_attacks(norm, suite, masked,
+    randomized, num_classes=2))`` (``lit_defense.audit.suite``: BPDA when ``masked``, EOT when
+    ``randomized``), which is what ``--suite.adequacy_samples`` runs. ``ids`` key each input's random
     numbers (default ``0..n-1``), so an input is tested the same in any batch or process.
     A randomized model (two passes on the same input differ) is judged in expectation: features,
     separation, triviality and the attacks' points by the mean score of ``draws`` passes.
@@ -250,8 +251,9 @@ def binarization_test(
     if x.shape[0] == 0:
         return AdequacyResult(eps, [], [], [], [], note="no input to test")
     readout = readout or find_readout(model, x[:1])
-    if attacks is None:
-        attacks = _default_attacks(model, x[:1], norm, seed)
+    if not attacks:
+        raise ConfigError("give the attacks to control, e.g. suite_attacks(default_attacks('linf', AttackSuite(), "
+                          "masked, randomized, num_classes=2)) for the audit's own suite.")
     res = AdequacyResult(eps, ids.tolist(), [], [], [], features=readout.kind, note=readout.note)
     with torch.no_grad():
         randomized = not torch.equal(model(x[:1]), model(x[:1]))
@@ -300,17 +302,6 @@ def binarization_test(
             if on_input is not None:
                 on_input(sid, valid, passed, reason)
     return res
-
-
-def _default_attacks(model: nn.Module, x: torch.Tensor, norm: str, seed: int) -> list[Attack]:
-    """The audit's suite for a two-class model like ``model`` (BPDA and EOT where it needs them)."""
-    from lit_defense.attacks import masked_modules
-    from lit_defense.audit.suite import AttackSuite, default_attacks
-
-    with torch.no_grad():
-        randomized = not torch.equal(model(x), model(x))
-    roles = default_attacks(norm, AttackSuite(), bool(masked_modules(model)), randomized, seed, num_classes=2)
-    return suite_attacks(roles)
 
 
 def suite_attacks(roles: dict[str, Any]) -> list[Attack]:

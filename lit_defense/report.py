@@ -43,6 +43,18 @@ def _with_ci(audit: ModelAudit, value: float | None) -> str:
     return "n/a" if value is None or not math.isfinite(value) else audit.estimate(value).text()
 
 
+def _adequacy_line(ad: dict[str, Any]) -> str:
+    """The binarization test in words, beside the verdict."""
+    if not ad.get("valid"):
+        return (f"binarization test at eps={ad['eps']:g}: not applicable ({ad.get('samples', 0)} robust inputs tested, "
+                f"none made a valid task: {ad.get('dropped') or 'no robust input'}).")
+    lo, hi = ad["ci"]
+    return (f"binarization test at eps={ad['eps']:g}: the attacks solved {ad['passed']} of {ad['valid']} tasks where an "
+            f"adversarial example surely exists, rate {ad['rate']:.0%} [{lo:.0%}, {hi:.0%}]"
+            + (f"; {sum(ad['dropped'].values())} of {ad['samples']} dropped ({ad['dropped']})" if ad.get("dropped") else "")
+            + f". {ad.get('note', '')}.")
+
+
 def _flag(audit: ModelAudit) -> str:
     v = audit.gradient_masking
     if v.suspected:
@@ -114,6 +126,7 @@ def markdown(audits: Sequence[ModelAudit], meta: dict[str, Any]) -> str:
             "",
             f"**Verdict.** {a.gradient_masking.explain()}",
             "",
+            *([f"**Positive control.** {_adequacy_line(a.adequacy)}", ""] if a.adequacy else []),
             "| attack | stage | " + " | ".join(f"eps={e:g}" for e in a.eps) + " |",
             "|---|---|" + "---:|" * len(a.eps),
         ]

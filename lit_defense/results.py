@@ -256,7 +256,7 @@ class ModelAudit:
     every input, whether it is classified correctly, robust at each eps, fooled by each attack at
     each eps, and the smallest adversarial norm each minimum-norm attack found;
     ``stages``: per stage of the plan, the inputs it attacked, how many each process took and the
-    collective calls it made.
+    collective calls it made; ``adequacy``: the binarization test's counts (``--suite.adequacy_samples``).
     """
 
     name: str
@@ -273,6 +273,7 @@ class ModelAudit:
     examples: dict[str, Any] = field(default_factory=dict, repr=False)
     per_sample: PerSample | None = field(default=None, repr=False)
     stages: dict[str, Any] = field(default_factory=dict)
+    adequacy: dict[str, Any] | None = None  # the binarization test (``lit_defense.adequacy``), when run
 
     def curve(self, attack: str) -> dict[float, float]:
         """Eps -> robust accuracy of one attack."""
@@ -311,6 +312,9 @@ class ModelAudit:
         for check in self.gradient_masking.checks:
             if check.value is not None:
                 out[f"masking/{check.name}"] = check.value
+        if self.adequacy and self.adequacy.get("valid"):
+            out["adequacy/rate"] = float(self.adequacy["rate"])
+            out["adequacy/ci_low"], out["adequacy/ci_high"] = (float(v) for v in self.adequacy["ci"])
         out["masking/suspected"] = float(self.gradient_masking.suspected)
         out["masking/inconclusive"] = float(self.gradient_masking.state == "inconclusive")
         return out

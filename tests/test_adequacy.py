@@ -87,9 +87,52 @@ def test_the_control_has_teeth_bit_depth_without_bpda_fails_with_bpda_passes(dat
 
 def test_bad_input_is_one_clear_error_and_no_input_is_not_applicable(data):
     net, x, y = data
+    pgd = [PGD(norm="linf", steps=5, loss="margin")]
     with pytest.raises(ConfigError, match="12 inputs, 3 labels"):
-        binarization_test(net, x, y[:3], None, EPS)
+        binarization_test(net, x, y[:3], pgd, EPS)
     with pytest.raises(ConfigError, match="eps must be a positive number"):
-        binarization_test(net, x, y, None, 0.0)
-    empty = binarization_test(net, x[:0], y[:0], None, EPS)
+        binarization_test(net, x, y, pgd, 0.0)
+    with pytest.raises(ConfigError, match="give the attacks to control"):
+        binarization_test(net, x, y, [], EPS)
+    empty = binarization_test(net, x[:0], y[:0], pgd, EPS)
     assert empty.to_dict()["rate"] is None and empty.to_dict()["samples"] == 0
+
+
+def _audit(model, x, y, eps, **suite):
+    from lit_defense.audit import AttackSuite, audit_model
+
+    budgets = {"steps": 10, "apgd_steps": 10, "apgd_targets": 1, "min_norm_steps": 10, "square_queries": 0,
+               "random_samples": 0, "rays_queries": 0, "refine_restarts": 0, "adequacy_samples": 6, **suite}
+    return audit_model(model, x, y, [eps], suite=AttackSuite(**budgets), check_samples=8, keep_examples=0)
+
+
+def test_the_audit_runs_the_control_and_attack_inadequate_decides_the_verdict(data):
+    """Bit depth audited by gradient attacks alone: without BPDA they fail the control (and the check
+    says so in the verdict); with BPDA, the audit's default for such a model, they pass it."""
+    net, x, y = data
+    masked = nn.Sequential(BitDepthReduction(bits=3), net).eval()
+    with_bpda = _audit(masked, x, y, 0.03)
+    stripped_model = nn.Sequential(BitDepthReduction(bits=3), net).eval()
+    stripped_model[0].differentiable = True  # no module declared for BPDA: the suite is stripped of it
+    stripped = _audit(stripped_model, x, y, 0.03)
+    for audit, passes in ((with_bpda, True), (stripped, False)):
+        ad = audit.adequacy
+        check = next(c for c in audit.gradient_masking.checks if c.name == "attack_inadequate")
+        assert ad["test"] == "binarization" and ad["eps"] == 0.03 and ad["samples"] <= 6 and ad["valid"] >= 3, ad
+        assert ad["ids"] and all(audit.per_sample.robust_to(None, 0.03)[i] for i in ad["ids"])  # robust inputs only
+        assert audit.stages["adequacy"]["inputs"] == ad["samples"]
+        if passes:
+            assert ad["passed"] == ad["valid"] and check.state == "pass", (ad, check.summary)
+        else:
+            assert ad["passed"] == 0 and check.state == "fail", (ad, check.summary)
+            assert "attack_inadequate" in audit.gradient_masking.triggered
+        assert audit.to_dict()["adequacy"]["rate"] == ad["rate"]
+        assert ("adequacy/rate" in audit.metrics()) is True
+
+
+def test_no_robust_input_makes_the_check_not_applicable_not_a_crash(data):
+    net, x, y = data
+    audit = _audit(net, x, y, 0.5)  # every input falls at this eps
+    check = next(c for c in audit.gradient_masking.checks if c.name == "attack_inadequate")
+    assert audit.adequacy["samples"] == 0 and audit.adequacy["rate"] is None
+    assert check.state == "pass" and check.summary.startswith("Not applicable") and not check.evidence["applicable"]

@@ -43,9 +43,14 @@ from lit_defense.audit.sharding import Collective, attempt, raise_failures
 from lit_defense.audit.stage import Stage
 from lit_defense.audit.suite import AttackSuite, default_attacks, role_names
 from lit_defense.diagnostics import MaskingThresholds, model_checks
-from lit_defense.diagnostics.checklist import ChecklistAttacks, outcome_checks
+from lit_defense.diagnostics.checklist import (
+    ChecklistAttacks,
+    check_attack_adequacy,
+    outcome_checks,
+)
 from lit_defense.evaluation import check_attacks, robustness_counts
 from lit_defense.results import Check, ModelAudit, PerSample, eps_key, verdict
+from lit_defense.stats import Estimate
 
 
 def _probe(model: nn.Module, x: torch.Tensor, y: torch.Tensor, thresholds: MaskingThresholds, check_samples: int,
@@ -164,9 +169,16 @@ def audit_model(
                     for a in roles["refine"] for e in eps]
         later = [*later, *roles["refine"]]
     worst = {e: _rate(res.robust_to(None, e)) for e in eps}
+    main_eps = eps[len(eps) // 2]
+
+    # ------------------------------------------------------------------ positive control (opt-in)
+    adequacy = None
+    if suite.adequacy_samples > 0:
+        adequacy = _adequacy(model, x, y, main_eps, norm, res.robust_to(None, main_eps), suite, seed, transfer,
+                             masked, randomized, broken, Stage("adequacy", name, collective, log, progress))
+        stages["adequacy"] = adequacy.pop("stage")
 
     # ------------------------------------------------------------------ the checklist's attacks
-    main_eps = eps[len(eps) // 2]
     probe = PGD(eps=main_eps, norm=norm, steps=suite.steps, loss="margin", seed=seed)
     plan = ChecklistAttacks.build(roles["naive"], probe, x[0].numel())
     stage = Stage("checks", name, collective, log, progress)
@@ -193,6 +205,8 @@ def audit_model(
     checks += outcome_checks(res, eps, names, [a.name for a in roles["black_box"] if isinstance(a, RandomSampling)],
                              thresholds)
     checks += plan.checks(found["clean"], found["fooled"], thresholds)
+    if adequacy is not None:
+        checks.append(check_attack_adequacy(adequacy, thresholds))
 
     examples = _examples(model, x, y, eps, [*white, *later], res, keep_examples, batch_size) \
         if collective.is_main else {}
@@ -200,8 +214,47 @@ def audit_model(
         name=name, source=source, norm=norm, eps=eps, num_samples=n, clean_accuracy=clean, results=results,
         worst_case={eps_key(e): worst[e] for e in eps}, gradient_masking=verdict(checks),
         roles=names, seconds=round(time.perf_counter() - start, 2), examples=examples,
-        per_sample=res, stages=stages,
+        per_sample=res, stages=stages, adequacy=adequacy,
     )
+
+
+def _adequacy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, norm: str, robust: torch.Tensor,
+              suite: AttackSuite, seed: int, transfer: Sequence[Attack], masked: bool, randomized: bool, broken: bool,
+              stage: Stage) -> dict[str, Any]:
+    """The binarization test on a seeded subset of the inputs robust at ``eps``, sharded like every stage.
+
+    The attacks are the audit's own for this model (BPDA, EOT, escalation alike), built for the
+    binarized model's two classes.
+    """
+    from lit_defense.adequacy import binarization_test, find_readout, suite_attacks
+
+    candidates = robust.nonzero().squeeze(1)
+    order = torch.randperm(candidates.numel(), generator=torch.Generator().manual_seed(seed))
+    chosen = candidates[order[:suite.adequacy_samples]].sort().values
+    pool = stage.pool(chosen)
+    roles = default_attacks(norm, suite, masked, randomized, seed, transfer, broken_gradients=broken, num_classes=2)
+    readout = find_readout(model, x[:1])
+
+    def work() -> dict[str, Any]:
+        on = pool.to(x.device)
+        out = binarization_test(model, x[on], y[on], suite_attacks(roles), eps, norm, ids=pool, seed=seed,
+                                readout=readout)
+        return {"tested": torch.ones(len(out.ids), dtype=torch.bool), "valid": torch.tensor(out.valid, dtype=torch.bool),
+                "passed": torch.tensor(out.passed, dtype=torch.bool),
+                "trivial": torch.tensor([r == "trivial" for r in out.reason], dtype=torch.bool)}
+
+    found = stage.run(pool, work, x.shape[0])
+    tested, valid, passed = found.get("tested"), found.get("valid"), found.get("passed")
+    n_tested = int(tested.sum()) if tested is not None else 0
+    n_valid = int(valid.sum()) if valid is not None else 0
+    n_passed = int((passed & valid).sum()) if passed is not None else 0
+    n_trivial = int(found["trivial"].sum()) if "trivial" in found else 0
+    est = Estimate(n_passed, n_valid)
+    dropped = {k: v for k, v in (("trivial", n_trivial), ("not_separable", n_tested - n_valid - n_trivial)) if v}
+    return {"test": "binarization", "eps": eps, "samples": n_tested, "valid": n_valid, "passed": n_passed,
+            "rate": est.value if n_valid else None, "ci": list(est.ci) if n_valid else None, "dropped": dropped,
+            "features": readout.kind, "note": readout.note,
+            "ids": chosen.tolist(), "stage": stage.info}
 
 
 def _rate(mask: torch.Tensor) -> float:

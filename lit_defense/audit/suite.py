@@ -64,6 +64,9 @@ class AttackSuite:
             point and another misses it: they get fresh starts (a margin PGD with ``5 * steps``
             steps and ``refine_restarts`` random restarts, another seed). 0 disables it.
         refine_restarts: random restarts of the refining PGD (0 disables it).
+        adequacy_samples: inputs robust at the middle eps that get the binarization test, the
+            positive control of ``lit_defense.adequacy``: the same attacks must find an adversarial
+            example that surely exists (0 disables it; its result is the check ``attack_inadequate``).
     """
 
     steps: int = 20
@@ -79,6 +82,7 @@ class AttackSuite:
     escalation: int = 5
     refine_radius: float = 1.1
     refine_restarts: int = 5
+    adequacy_samples: int = 0
 
 
 def default_attacks(norm: str, suite: AttackSuite, masked: bool, randomized: bool, seed: int = 0,

@@ -26,6 +26,7 @@ from lit_defense.diagnostics.outcome import (
 )
 from lit_defense.diagnostics.thresholds import MaskingThresholds
 from lit_defense.results import Check, PerSample
+from lit_defense.stats import decide_proportion
 from lit_defense.threat import check_eps
 
 
@@ -108,4 +109,31 @@ def outcome_checks(res: PerSample, eps: Sequence[float], roles: Mapping[str, Any
     return checks
 
 
-__all__ = ["ChecklistAttacks", "outcome_checks"]
+def check_attack_adequacy(adequacy: Mapping[str, Any], thresholds: MaskingThresholds) -> Check:
+    """``attack_inadequate``: the attacks fail the binarization test (``lit_defense.adequacy``).
+
+    ``adequacy``: the report's entry (``valid`` tasks, ``passed`` of them). Fails when the pass rate
+    is significantly below ``thresholds.adequacy_rate`` (exact one-sided test), is inconclusive
+    when below it but not significantly, passes otherwise; not applicable (a pass that says so)
+    when no task was valid: no robust input, or none that made a valid task.
+    """
+    valid, passed, eps = int(adequacy.get("valid", 0)), int(adequacy.get("passed", 0)), adequacy.get("eps")
+    if valid == 0:
+        why = "no input was robust" if not adequacy.get("samples") else \
+            f"none of the {adequacy['samples']} tested inputs made a valid task ({adequacy.get('dropped', {})})"
+        return Check("attack_inadequate", True, None, f"Not applicable: {why}, so the positive control "
+                     "(binarization test) could not run.", {**adequacy, "applicable": False}, kind="signature")
+    decision = decide_proportion(passed, valid, thresholds.adequacy_rate, above=False, alpha=thresholds.alpha)
+    rate = passed / valid
+    summary = (f"The attacks found the adversarial example that surely exists in only {passed} of {valid} "
+               f"binarization tests at eps={eps:g} ({rate:.0%}, below {thresholds.adequacy_rate:.0%}): they are too "
+               "weak for this model and its worst case overstates robustness." if decision.state == "fail" else
+               f"The attacks passed {passed} of {valid} binarization tests at eps={eps:g} ({rate:.0%}), which "
+               f"{valid} tests cannot tell from {thresholds.adequacy_rate:.0%}." if decision.state == "inconclusive" else
+               f"The attacks passed {passed} of {valid} binarization tests at eps={eps:g} (positive control).")
+    return Check("attack_inadequate", decision.state == "pass", rate, summary,
+                 {**adequacy, "applicable": True, **decision.evidence(), "samples_option": "--suite.adequacy_samples"},
+                 state=decision.state, kind="signature")
+
+
+__all__ = ["check_attack_adequacy", "ChecklistAttacks", "outcome_checks"]

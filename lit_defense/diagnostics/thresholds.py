@@ -34,6 +34,9 @@ class MaskingThresholds:
         incomplete_gap: doubling the attack's steps lowers accuracy by more than this.
         silent_success_fraction: a last-iterate attack loses more than this fraction of the
             adversarial points met along its path.
+        adequacy_rate: the attacks solve fewer than this fraction of the binarization test's valid
+            tasks (``lit_defense.adequacy``; run when ``--suite.adequacy_samples`` > 0): they miss
+            adversarial examples that exist (Zimmermann et al. 2022 treat well below 95% as failing).
         alpha: one-sided significance a check needs to fail: its number must be past the
             threshold at this level (exact interval or McNemar's paired test); where the 95%
             interval straddles the threshold the check is inconclusive.
@@ -51,6 +54,7 @@ class MaskingThresholds:
     randomized_tolerance: float = 1e-4
     incomplete_gap: float = 0.02
     silent_success_fraction: float = 0.01
+    adequacy_rate: float = 0.95
     alpha: float = ALPHA
 
 
