@@ -77,6 +77,24 @@ def test_report_carries_exact_intervals_on_every_accuracy(smoke_run):
     assert "95% interval" in md and "%" in md and " [" in md
 
 
+def test_every_model_gets_the_positive_control(smoke_run):
+    """The smoke profile runs the binarization test on 8 robust inputs of each model: its counts are
+    in report.json and beside the verdict in report.md, and the check attack_inadequate has decided."""
+    report = json.loads((smoke_run / "report.json").read_text())
+    md = (smoke_run / "report.md").read_text()
+    for m in report["models"]:
+        ad = m["adequacy"]
+        assert ad["test"] == "binarization" and ad["eps"] == 0.1 and 0 <= ad["valid"] <= ad["samples"] <= 8, ad
+        check = next(c for c in m["gradient_masking"]["checks"] if c["name"] == "attack_inadequate")
+        if ad["valid"]:
+            lo, hi = ad["ci"]
+            assert lo <= ad["rate"] <= hi and ad["rate"] == ad["passed"] / ad["valid"]
+            assert check["evidence"]["applicable"] and check["state"] in ("pass", "inconclusive", "fail")
+        else:
+            assert not check["evidence"]["applicable"] and check["state"] == "pass"
+    assert md.count("**Positive control.**") == len(report["models"])
+
+
 def test_rerun_skips_finished_stages(smoke_run, capsys):
     before = {s.name: (smoke_run / s.name / "version_0/checkpoints/last.ckpt").stat().st_mtime_ns for s in STAGES}
     state = json.loads((smoke_run / "pipeline.json").read_text())

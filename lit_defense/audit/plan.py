@@ -236,12 +236,23 @@ def _adequacy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, no
     readout = find_readout(model, x[:1])
 
     def work() -> dict[str, Any]:
-        on = pool.to(x.device)
-        out = binarization_test(model, x[on], y[on], suite_attacks(roles), eps, norm, ids=pool, seed=seed,
-                                readout=readout)
-        return {"tested": torch.ones(len(out.ids), dtype=torch.bool), "valid": torch.tensor(out.valid, dtype=torch.bool),
-                "passed": torch.tensor(out.passed, dtype=torch.bool),
-                "trivial": torch.tensor([r == "trivial" for r in out.reason], dtype=torch.bool)}
+        record = stage.record()  # each finished input is recorded: a resumed audit does not test it again
+        done = {i: record.get("binarization", [i]) if record is not None else None for i in pool.tolist()}
+        todo = torch.tensor([i for i, v in done.items() if v is None], dtype=torch.long)
+
+        def keep(sid: int, valid: bool, passed: bool, reason: str) -> None:
+            done[sid] = {"valid": [valid], "passed": [passed], "reason": [reason]}
+            if record is not None:
+                record.put("binarization", [sid], done[sid])
+
+        on = todo.to(x.device)
+        binarization_test(model, x[on], y[on], suite_attacks(roles), eps, norm, ids=todo, seed=seed,
+                          readout=readout, on_input=keep)
+        rows = [done[i] for i in pool.tolist()]
+        return {"tested": torch.ones(len(rows), dtype=torch.bool),
+                "valid": torch.tensor([r["valid"][0] for r in rows], dtype=torch.bool),
+                "passed": torch.tensor([r["passed"][0] for r in rows], dtype=torch.bool),
+                "trivial": torch.tensor([r["reason"][0] == "trivial" for r in rows], dtype=torch.bool)}
 
     found = stage.run(pool, work, x.shape[0])
     tested, valid, passed = found.get("tested"), found.get("valid"), found.get("passed")
