@@ -17,7 +17,8 @@ A robust accuracy found by attacks is an upper bound; it is only worth something
 3. the sample is *valid* when the readout separates its training points and the task is not
    trivial: fresh random points of the whole ball stay in ``x``'s class. Otherwise it is dropped
    and counted;
-4. the attacks run against the *binarized model* (features -> readout) with label 0 at ``eps``:
+4. the attacks run against the *binarized model* (features -> readout) with label 0 at ``eps``
+   (a randomized model is judged in expectation over draws, see ``binarization_test``):
    the test passes for ``x`` when one of them finds a point the readout puts in class 1, which the
    boundary points prove exists.
 
@@ -44,6 +45,7 @@ from lit_defense.rng import SampleRNG
 from lit_defense.stats import Estimate
 
 _MAX_POINTS = 1 << 16  # points per input: they key the random numbers as id * _MAX_POINTS + point
+_BOUNDARY_DRAWS = 32  # a randomized model's boundary point: this many times the draws of an inner point
 
 
 @dataclass
@@ -176,6 +178,32 @@ def fit_readout(inner: torch.Tensor, boundary: torch.Tensor, steps: int = 100) -
     return (w_raw / spread).to(inner.dtype), (b_raw / spread).to(inner.dtype)
 
 
+def fit_discriminant(inner: torch.Tensor, boundary: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The readout for a randomized model: ``(w, b)`` from expected features (means over draws).
+
+    Logistic regression on noisy means fits the noise (on the quick random resize-pad model a fresh
+    set of draws put 19 of 20 boundary points back in the clean class). The direction here is
+    Fisher's discriminant with a ridge, ``w = (cov(inner) + lam I)^-1 (mean(boundary) - mean(inner))``;
+    the threshold lies halfway between the lowest boundary score and the highest inner one, and
+    the score is scaled as ``fit_readout`` scales it.
+    """
+    f_in, f_b = inner.double(), boundary.double()
+    cov = torch.cov(f_in.T) if len(f_in) > 1 else torch.zeros(f_in.shape[1], f_in.shape[1], dtype=f_in.dtype)
+    ridge = 1e-2 * cov.diagonal().mean().clamp_min(1e-12)
+    eye = torch.eye(cov.shape[0], dtype=cov.dtype, device=cov.device)
+    w = torch.linalg.solve(cov + ridge * eye, f_b.mean(0) - f_in.mean(0))
+    s_in, s_b = f_in @ w, f_b @ w
+    b = -(s_b.min() + s_in.max()) / 2
+    spread = torch.cat([s_in + b, s_b + b]).abs().max().clamp_min(1e-12)
+    return (w / spread).to(inner.dtype), (b / spread).to(inner.dtype)
+
+
+def _expected(readout: Readout, model: nn.Module, pts: torch.Tensor, draws: int) -> torch.Tensor:
+    """Features averaged over ``draws`` passes (a randomized model's expected features)."""
+    with torch.no_grad():
+        return torch.stack([readout(model, pts) for _ in range(draws)]).mean(0)
+
+
 @dataclass
 class AdequacyResult:
     """The binarization test on a set of inputs at one eps.
@@ -221,7 +249,7 @@ def binarization_test(
     boundary_points: int = 1,
     inner_ratio: float = 0.95,
     validation_points: int = 100,
-    draws: int = 10,
+    draws: int = 16,
     seed: int = 0,
     readout: Readout | None = None,
     on_input: Callable[[int, bool, bool, str], None] | None = None,
@@ -233,8 +261,11 @@ def binarization_test(
     randomized, num_classes=2))`` (``lit_defense.audit.suite``: BPDA when ``masked``, EOT when
     ``randomized``), which is what ``--suite.adequacy_samples`` runs. ``ids`` key each input's random
     numbers (default ``0..n-1``), so an input is tested the same in any batch or process.
-    A randomized model (two passes on the same input differ) is judged in expectation: features,
-    separation, triviality and the attacks' points by the mean score of ``draws`` passes.
+    A randomized model (two passes on the same input differ) is judged in expectation: its readout
+    is fitted on features averaged over ``draws`` passes (32 x as many for the boundary point) by
+    ``fit_discriminant``; separation, triviality and the attacks' points are judged by the mean
+    score of ``draws`` fresh passes (4 x as many for the boundary point). A randomized model's
+    ``inner_points`` cost ``draws`` passes each: the audit gives it fewer.
     ``on_input(id, valid, passed, reason)`` is called after each input. The model is used as it is.
     """
     if x.shape[0] != y.shape[0]:
@@ -274,17 +305,21 @@ def binarization_test(
             # the task is trivial when random points of the ball, inside or on its surface, solve it
             fresh = torch.cat([points(validation_points, eps, False, 2), points(validation_points, eps, True, 3)]) \
                 if validation_points else inner[:0]
-            with torch.no_grad():  # a randomized model's features: the mean of k draws
-                feats = torch.stack([readout(model, torch.cat([inner, bound])) for _ in range(k)]).mean(0)
-            w, b = fit_readout(*feats.split([len(inner), len(bound)]))
+            if randomized:  # expected features: k draws per inner point, _BOUNDARY_DRAWS x k for the boundary
+                w, b = fit_discriminant(_expected(readout, model, inner, k),
+                                        _expected(readout, model, bound, k * _BOUNDARY_DRAWS))
+            else:
+                with torch.no_grad():
+                    w, b = fit_readout(*readout(model, torch.cat([inner, bound])).split([len(inner), len(bound)]))
             binarized = Binarized(model, readout, w, b)
 
-            def score(pts: torch.Tensor, binarized: Binarized = binarized) -> torch.Tensor:
+            def score(pts: torch.Tensor, draws: int = k, binarized: Binarized = binarized) -> torch.Tensor:
                 with torch.no_grad():  # fresh draws: a randomized model must be fooled in expectation
-                    return torch.stack([binarized.score(pts) for _ in range(k)]).mean(0)
+                    return torch.stack([binarized.score(pts) for _ in range(draws)]).mean(0)
 
             valid, passed, reason, by = True, False, "", ""
-            if not (bool((score(inner) < 0).all()) and bool((score(bound) > 0).all())):
+            # the boundary point first (one point, more draws: it carries the proof that the example exists)
+            if not (bool((score(bound, k * 4 if randomized else 1) > 0).all()) and bool((score(inner) < 0).all())):
                 valid, reason = False, "not_separable"
             elif len(fresh) and bool((score(fresh) >= 0).any()):
                 valid, reason = False, "trivial"
@@ -310,4 +345,4 @@ def suite_attacks(roles: dict[str, Any]) -> list[Attack]:
 
 
 __all__ = ["AdequacyResult", "Binarized", "Readout", "ball_points", "binarization_test", "find_readout",
-           "fit_readout", "suite_attacks"]
+           "fit_discriminant", "fit_readout", "suite_attacks"]

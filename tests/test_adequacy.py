@@ -160,3 +160,22 @@ def test_the_control_is_recorded_per_input_and_a_resumed_audit_does_not_redo_it(
                         log=ProgressLog(tmp_path, 0).load())
     assert {k: again.adequacy[k] for k in ("valid", "passed", "ids")} == \
         {k: first.adequacy[k] for k in ("valid", "passed", "ids")}
+
+
+def test_a_randomized_model_is_judged_in_expectation_and_passes_behind_eot(data):
+    """Noise in front of the CNN: the readout is fitted on features averaged over draws, each task is
+    valid only if the boundary point is in the boundary class in expectation, and PGD behind EOT,
+    judged by the mean score of fresh draws, solves the valid ones."""
+    from lit_defense.attacks import EOT
+    from lit_defense.defenses import GaussianNoise
+
+    net, x, y = data
+    torch.manual_seed(0)  # the defence draws from torch's generator
+    noisy = nn.Sequential(GaussianNoise(sigma=0.05), net).eval()
+    with torch.no_grad():
+        assert not torch.equal(noisy(x[:2]), noisy(x[:2]))
+    attacks = [EOT(PGD(norm="linf", steps=20, loss="margin"), samples=8)]
+    res = binarization_test(noisy, x[:6], y[:6], attacks, EPS, inner_points=200, draws=8)
+    est = res.estimate
+    assert est.n >= 3, res.to_dict()
+    assert est.k == est.n, res.to_dict()

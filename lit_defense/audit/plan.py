@@ -15,7 +15,10 @@
 4. ``refine``: the survivors whose minimum-norm perturbation is within ``refine_radius`` x eps
    sit near the boundary, where one random start finds an adversarial point and another misses
    it: fresh starts there (APGD-T with another seed, a margin PGD with restarts).
-5. ``checks``: the attacks the checklist's evaluation checks need (an unbounded naive attack, a
+5. ``adequacy`` (``--suite.adequacy_samples`` > 0): the positive control, the binarization test
+   (``lit_defense.adequacy``) on a seeded subset of the inputs robust at the middle eps, with the
+   same attacks and wrappers built for two classes; its rate is the check ``attack_inadequate``.
+6. ``checks``: the attacks the checklist's evaluation checks need (an unbounded naive attack, a
    PGD at twice the steps, first- vs last-iterate), on the first ``check_samples`` inputs.
 
 Every stage shards its inputs over the processes (``sharding.shard``), records each finished batch
@@ -246,8 +249,9 @@ def _adequacy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, no
                 record.put("binarization", [sid], done[sid])
 
         on = todo.to(x.device)
+        # a randomized model's inner points cost `draws` passes each: 300 (the test then ~2 s an input)
         binarization_test(model, x[on], y[on], suite_attacks(roles), eps, norm, ids=todo, seed=seed,
-                          readout=readout, on_input=keep)
+                          readout=readout, on_input=keep, inner_points=300 if randomized else 1000)
         rows = [done[i] for i in pool.tolist()]
         return {"tested": torch.ones(len(rows), dtype=torch.bool),
                 "valid": torch.tensor([r["valid"][0] for r in rows], dtype=torch.bool),
