@@ -18,7 +18,7 @@ from lit_defense.defenses import BitDepthReduction
 from lit_defense.errors import ConfigError
 
 sys.path.insert(0, str(Path(__file__).parent))
-from toy_models import TinyNet  # noqa: E402
+from toy_models import TinyNet, train_tiny_net  # noqa: E402
 
 EPS = 0.1
 
@@ -30,14 +30,7 @@ def data():
     dm.setup("fit")
     x = dm.train_set.images.float() / 255
     y = dm.train_set.labels
-    torch.manual_seed(0)
-    net = TinyNet()
-    opt = torch.optim.Adam(net.parameters(), 3e-3)
-    for _ in range(2):
-        for xb, yb in zip(x.split(64), y.split(64), strict=True):
-            opt.zero_grad()
-            nn.functional.cross_entropy(net(xb), yb).backward()
-            opt.step()
+    net = train_tiny_net(x, y, epochs=2)
     net.eval().requires_grad_(False)
     return net, x[:12], y[:12]
 

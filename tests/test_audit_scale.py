@@ -35,7 +35,7 @@ SUITE = [f"--num_samples={N}", "--eps=[0.05,0.1,0.2]", "--suite.steps=5", "--sui
 def config(tmp_path_factory):
     """Two models of the same trained weights: plain logits, and logits x100 (saturated softmax)."""
     sys.path.insert(0, str(TESTS))
-    from toy_models import TinyNet
+    from toy_models import train_tiny_net
 
     from lit_defense.data import VisionDataModule
 
@@ -44,14 +44,7 @@ def config(tmp_path_factory):
     dm.setup("fit")
     x = dm.train_set.images.float() / 255
     y = dm.train_set.labels
-    torch.manual_seed(0)
-    net = TinyNet()
-    opt = torch.optim.Adam(net.parameters(), 3e-3)
-    for _ in range(3):
-        for xb, yb in zip(x.split(64), y.split(64), strict=True):
-            opt.zero_grad()
-            torch.nn.functional.cross_entropy(net(xb), yb).backward()
-            opt.step()
+    net = train_tiny_net(x, y, epochs=3)
     torch.save(net.state_dict(), folder / "tiny.pt")
     path = folder / "audit.yaml"
     path.write_text(
