@@ -309,8 +309,8 @@ def binarization_test(
                 w, b = fit_discriminant(_expected(readout, model, inner, k),
                                         _expected(readout, model, bound, k * _BOUNDARY_DRAWS))
             else:
-                with torch.no_grad():
-                    w, b = fit_readout(*readout(model, torch.cat([inner, bound])).split([len(inner), len(bound)]))
+                f_in, f_bd = _expected(readout, model, torch.cat([inner, bound]), 1).split([len(inner), len(bound)])
+                w, b = fit_readout(f_in, f_bd)
             binarized = Binarized(model, readout, w, b)
 
             def score(pts: torch.Tensor, draws: int = k, binarized: Binarized = binarized) -> torch.Tensor:
@@ -318,8 +318,13 @@ def binarization_test(
                     return torch.stack([binarized.score(pts) for _ in range(draws)]).mean(0)
 
             valid, passed, reason, by = True, False, "", ""
-            # the boundary point first (one point, more draws: it carries the proof that the example exists)
-            if not (bool((score(bound, k * 4 if randomized else 1) > 0).all()) and bool((score(inner) < 0).all())):
+            # the boundary point first (one point, more draws: it carries the proof that the example exists);
+            # a deterministic model's training points are scored on the features it was fitted on
+            if randomized:
+                separated = bool((score(bound, k * 4) > 0).all()) and bool((score(inner) < 0).all())
+            else:
+                separated = bool((f_bd @ w + b > 0).all()) and bool((f_in @ w + b < 0).all())
+            if not separated:
                 valid, reason = False, "not_separable"
             elif len(fresh) and bool((score(fresh) >= 0).any()):
                 valid, reason = False, "trivial"

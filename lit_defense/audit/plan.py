@@ -53,7 +53,6 @@ from lit_defense.diagnostics.checklist import (
 )
 from lit_defense.evaluation import check_attacks, robustness_counts
 from lit_defense.results import Check, ModelAudit, PerSample, eps_key, verdict
-from lit_defense.stats import Estimate
 
 
 def _probe(model: nn.Module, x: torch.Tensor, y: torch.Tensor, thresholds: MaskingThresholds, check_samples: int,
@@ -229,7 +228,7 @@ def _adequacy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, no
     The attacks are the audit's own for this model (BPDA, EOT, escalation alike), built for the
     binarized model's two classes.
     """
-    from lit_defense.adequacy import binarization_test, find_readout, suite_attacks
+    from lit_defense.adequacy import AdequacyResult, binarization_test, find_readout, suite_attacks
 
     candidates = robust.nonzero().squeeze(1)
     order = torch.randperm(candidates.numel(), generator=torch.Generator().manual_seed(seed))
@@ -253,23 +252,19 @@ def _adequacy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, no
         binarization_test(model, x[on], y[on], suite_attacks(roles), eps, norm, ids=todo, seed=seed,
                           readout=readout, on_input=keep, inner_points=300 if randomized else 1000)
         rows = [done[i] for i in pool.tolist()]
-        return {"tested": torch.ones(len(rows), dtype=torch.bool),
-                "valid": torch.tensor([r["valid"][0] for r in rows], dtype=torch.bool),
+        return {"valid": torch.tensor([r["valid"][0] for r in rows], dtype=torch.bool),
                 "passed": torch.tensor([r["passed"][0] for r in rows], dtype=torch.bool),
                 "trivial": torch.tensor([r["reason"][0] == "trivial" for r in rows], dtype=torch.bool)}
 
     found = stage.run(pool, work, x.shape[0])
-    tested, valid, passed = found.get("tested"), found.get("valid"), found.get("passed")
-    n_tested = int(tested.sum()) if tested is not None else 0
-    n_valid = int(valid.sum()) if valid is not None else 0
-    n_passed = int((passed & valid).sum()) if passed is not None else 0
-    n_trivial = int(found["trivial"].sum()) if "trivial" in found else 0
-    est = Estimate(n_passed, n_valid)
-    dropped = {k: v for k, v in (("trivial", n_trivial), ("not_separable", n_tested - n_valid - n_trivial)) if v}
-    return {"test": "binarization", "eps": eps, "samples": n_tested, "valid": n_valid, "passed": n_passed,
-            "rate": est.value if n_valid else None, "ci": list(est.ci) if n_valid else None, "dropped": dropped,
-            "features": readout.kind, "note": readout.note,
-            "ids": chosen.tolist(), "stage": stage.info}
+
+    def at_chosen(key: str) -> list[bool]:  # every process's inputs, gathered over all inputs
+        return found[key][chosen].tolist() if key in found else [False] * len(chosen)
+
+    valid, passed, trivial = at_chosen("valid"), at_chosen("passed"), at_chosen("trivial")
+    reasons = ["" if v else "trivial" if t else "not_separable" for v, t in zip(valid, trivial, strict=True)]
+    result = AdequacyResult(eps, chosen.tolist(), valid, passed, reasons, features=readout.kind, note=readout.note)
+    return {**result.to_dict(), "ids": chosen.tolist(), "stage": stage.info}
 
 
 def _rate(mask: torch.Tensor) -> float:
