@@ -19,6 +19,7 @@ rows as JSON.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import time
@@ -40,21 +41,45 @@ def is_randomized(model, x) -> bool:
         return not torch.equal(model(x[:32]), model(x[:32]))
 
 
-def autoattack(model, x, y, norm: str, eps: float, version: str, batch_size: int) -> tuple[torch.Tensor, float]:
-    """AutoAttack's per-sample robustness (True: still classified correctly) and its time."""
+AA_ATTACKS = {"standard": ["apgd-ce", "apgd-t", "fab-t", "square"], "rand": ["apgd-ce", "apgd-dlr"]}
+
+
+def autoattack(model, x, y, norm: str, eps: float, version: str, batch_size: int) -> tuple[torch.Tensor, float, dict]:
+    """AutoAttack's per-sample robustness (True: still classified correctly), its time, and per sample
+    the AutoAttack attack that fooled it first (``first``: "" robust, "clean" misclassified clean).
+
+    The version's attacks run one call each on the inputs still robust, which is exactly what
+    ``run_standard_evaluation`` does in one call (same seeds, same order, same batches).
+    """
     from pyautoattack import AutoAttack
 
     logging.getLogger("auto-attack").setLevel(logging.WARNING)
     adversary = AutoAttack(model, norm={"linf": "Linf", "l2": "L2"}[norm], eps=eps, version=version,
                            seed=0, device=x.device)
     adversary.verbose = False
-    start = time.perf_counter()
-    x_adv, _ = adversary.run_standard_evaluation(x, y, batch_size=batch_size)
-    seconds = time.perf_counter() - start
-    with torch.no_grad():
-        robust = torch.cat([model(xb).argmax(1) == yb for xb, yb in zip(x_adv.split(batch_size),
-                                                                        y.split(batch_size), strict=True)])
-    return robust, seconds
+    first = [""] * x.shape[0]
+    seconds: dict[str, float] = {}
+
+    def predict(inputs):
+        with torch.no_grad():
+            return torch.cat([model(b).argmax(1) for b in inputs.split(batch_size)])
+
+    robust = predict(x) == y
+    for i in (~robust).nonzero().squeeze(1).tolist():
+        first[i] = "clean"
+    for attack in AA_ATTACKS[version]:
+        todo = robust.nonzero().squeeze(1)
+        if todo.numel() == 0:
+            break
+        adversary.attacks_to_run = [attack]
+        start = time.perf_counter()
+        x_adv, _ = adversary.run_standard_evaluation(x[todo], y[todo], batch_size=batch_size)
+        seconds[attack] = round(time.perf_counter() - start, 1)
+        fooled = todo[predict(x_adv) != y[todo]]
+        robust[fooled] = False
+        for i in fooled.tolist():
+            first[i] = attack
+    return robust, sum(seconds.values()), {"first": first, "seconds": seconds}
 
 
 def ours(model, x, y, norm: str, eps: list[float], suite: AttackSuite) -> tuple[dict[str, torch.Tensor], float, dict]:
@@ -62,7 +87,22 @@ def ours(model, x, y, norm: str, eps: list[float], suite: AttackSuite) -> tuple[
     audit = audit_model(model, x, y, eps, norm, suite=suite)
     seconds = time.perf_counter() - start
     robust = {key: mask.to(x.device) for key, mask in audit.per_sample.robust.items()}
-    return robust, seconds, audit.to_dict()
+    return robust, seconds, {**audit.to_dict(), "per_sample": audit.per_sample.to_dict()}
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _first_fooled(report: dict, key: str) -> list[str]:
+    """Per sample, the first of the audit's attacks (in its order) that fooled it; "" none, "clean" misclassified."""
+    per = report["per_sample"]
+    out = ["" if ok else "clean" for ok in per["clean_correct"]]
+    for attack, by_eps in per["fooled_by"].items():
+        for i, hit in enumerate(by_eps.get(key, [])):
+            if hit and out[i] == "":
+                out[i] = attack
+    return out
 
 
 def main() -> None:
@@ -96,8 +136,8 @@ def main() -> None:
         model = module_from_checkpoint(ckpt).requires_grad_(False)
         randomized = is_randomized(model, x)
         torch.manual_seed(0)
-        aa_robust, aa_s = autoattack(model, x, y, args.norm, args.eps, "rand" if randomized else "standard",
-                                     args.batch_size)
+        aa_robust, aa_s, aa_detail = autoattack(model, x, y, args.norm, args.eps,
+                                                "rand" if randomized else "standard", args.batch_size)
         torch.manual_seed(0)
         robust, our_s, report = ours(model, x, y, args.norm, [args.eps], suite)
         row = {
@@ -107,6 +147,12 @@ def main() -> None:
             "autoattack_only": int((robust[key] & ~aa_robust).sum()), "audit_only": int((aa_robust & ~robust[key]).sum()),
             "autoattack_seconds": round(aa_s, 1), "audit_seconds": round(our_s, 1),
             "audit_results": report["results"],
+            "autoattack_seconds_per_attack": aa_detail["seconds"],
+            "per_sample": {"autoattack_first": aa_detail["first"], "autoattack_robust": aa_robust.tolist(),
+                           "audit_robust": robust[key].tolist(),
+                           "audit_fooled_by": _first_fooled(report, key),
+                           "audit_min_norm": report["per_sample"]["min_norm"]},
+            "checkpoint_sha256": _sha256(ckpt),
         }
         line = (f"{name:<26}{row['autoattack']:>11.2%}{row['audit']:>8.2%}{row['autoattack_only']:>8}"
                 f"{row['audit_only']:>11}{aa_s:>8.0f}{our_s:>9.0f}{our_s / aa_s:>9.2f}")
