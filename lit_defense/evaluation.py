@@ -162,6 +162,7 @@ def robustness_counts(
     ids: torch.Tensor | None = None,
     record: UnitRecord | None = None,
     on_progress: Callable[[str, int, int], None] | None = None,
+    nested: bool = False,
 ) -> tuple[RobustnessCounts, dict]:
     """Counts of robust points for every attack and eps (see module doc), plus examples.
 
@@ -176,6 +177,10 @@ def robustness_counts(
     the attacks to the points an earlier evaluation left robust. A minimum-norm attack runs once for
     the whole grid, on every point still robust at some eps. The model is used as it is (its
     train/eval state is not changed).
+
+    ``nested=True`` (with ``cascade``): an input an attack fooled at a smaller eps is fooled at every
+    larger one (its point lies inside the larger ball too), so the attacks at the larger eps skip
+    it and it is counted fooled there, credited to the attack that reached that eps first.
 
     ``ids`` (default ``0..n-1``) name the samples: they key each sample's random numbers, so a
     sample is attacked the same whatever shard or batch it is in. ``record`` keeps each batch's
@@ -211,6 +216,11 @@ def robustness_counts(
             for j, e in enumerate(eps):
                 unit = unit_name(attack, e)
                 fooled = torch.zeros_like(clean_ok)
+                if nested and cascade:  # fooled here at a smaller eps: fooled at e, not attacked again
+                    for jj in range(n_e):
+                        if eps[jj] < e:
+                            fooled |= start[jj] & ~still[jj] & still[j]
+                    still[j] &= ~fooled
                 for chunk in pools[j].nonzero().squeeze(1).split(batch_size):
                     if chunk.numel() == 0:  # an empty pool splits into one empty chunk
                         continue
@@ -219,7 +229,7 @@ def robustness_counts(
                         x_adv = grid.points[j][chunk] if bool(computed[chunk].all()) else None
                     else:
                         hit, x_adv = _attack_chunk(model, attack, e, x[chunk], y[chunk], ids[chunk], unit, record)
-                    fooled[chunk] = hit
+                    fooled[chunk] |= hit
                     if k and x_adv is not None:
                         first = chunk < k
                         sel = chunk[first]

@@ -130,3 +130,35 @@ def test_attacks_never_see_an_empty_batch(trained):
     result = evaluate_robustness(guarded, x[:16], y[:16], [PGD(steps=10, loss="margin"), FGSM(name="after")],
                                  eps=[1.0])
     assert result.worst(1.0) == 0.0
+
+
+class _CountingPGD(PGD):
+    """PGD that counts the inputs it is asked to attack at each eps (class-level log)."""
+
+    seen: list[tuple[float, int]] = []
+
+    def perturb(self, model, x, y, generator):
+        _CountingPGD.seen.append((self.eps, x.shape[0]))
+        return super().perturb(model, x, y, generator)
+
+
+def test_nested_cascade_skips_inputs_fooled_at_a_smaller_eps_and_keeps_the_worst_case(trained):
+    model, x, y = trained
+    x, y = x[:96], y[:96]
+    attacks = [_CountingPGD(steps=5, loss="margin", name="pgd_margin_counted"), PGD(steps=5, loss="ce")]
+    eps = [0.02, 0.05, 0.1]
+    _CountingPGD.seen = []
+    _, plain = robustness_counts(model, x, y, attacks, eps, cascade=True)
+    plain_seen = list(_CountingPGD.seen)
+    _CountingPGD.seen = []
+    _, nested = robustness_counts(model, x, y, attacks, eps, cascade=True, nested=True)
+    for small, big in zip(eps, eps[1:]):
+        # every input fooled at the smaller eps is fooled at the larger one
+        assert not bool((~nested["robust"][eps_key(small)] & nested["clean_correct"]
+                         & nested["robust"][eps_key(big)]).any())
+    for e in eps:  # never weaker than the plain cascade
+        assert int(nested["robust"][eps_key(e)].sum()) <= int(plain["robust"][eps_key(e)].sum())
+    # at the larger eps the attack skipped the inputs it had fooled at a smaller one
+    attacked = lambda seen, e: sum(n for s, n in seen if s == e)  # noqa: E731
+    assert attacked(_CountingPGD.seen, 0.1) < attacked(plain_seen, 0.1)
+    assert attacked(_CountingPGD.seen, 0.02) == attacked(plain_seen, 0.02)

@@ -97,6 +97,7 @@ class Stage:
         """A cascade of ``attacks`` on the inputs ``alive`` at some eps (eps key -> mask over all inputs).
 
         Returns the gathered ``fooled`` (attack -> eps key -> mask) and ``min_norm`` over all inputs.
+        Nested: an input fooled at a smaller eps is not attacked at a larger one (it is fooled there).
         """
         pool = self.pool(torch.stack(list(alive.values())).any(0).nonzero().squeeze(1))
 
@@ -106,7 +107,7 @@ class Stage:
             on = pool.to(x.device)
             _, ex = robustness_counts(model, x[on], y[on], attacks, eps, batch_size, cascade=True,
                                       alive={k: m[pool].to(x.device) for k, m in alive.items()}, ids=on,
-                                      record=self.record(), on_progress=self.progress.attack)
+                                      record=self.record(), on_progress=self.progress.attack, nested=True)
             return {"fooled": ex["fooled"], "min_norm": ex["min_norm"]}
 
         return self.run(pool, work, x.shape[0], f" ({', '.join(a.name for a in attacks)})")
