@@ -376,3 +376,33 @@ def test_an_undertrained_honest_model_whose_naive_attack_lags_is_not_called_mask
                          check_samples=128)
     assert scaled.gradient_masking.suspected
     assert {"softmax_saturation", "zero_gradients"} <= set(scaled.gradient_masking.triggered)
+
+
+def test_black_box_check_on_a_sample_of_the_survivors():
+    """Sampled: the survivors' rate is scaled by their share; a clean sample of the planned size passes."""
+    from lit_defense.audit.plan import black_box_sample_size
+    from lit_defense.diagnostics import check_extra_found
+
+    n, thresholds = 1000, MaskingThresholds()
+    before = torch.zeros(n, dtype=torch.bool)
+    before[:600] = True  # 600 survivors of the gradient attacks
+    m = black_box_sample_size(600, n, thresholds)
+    # a rate at the threshold (1% of all inputs = 1/60 of the survivors) is missed with probability <= alpha
+    assert (1 - thresholds.random_gap * n / 600) ** m <= thresholds.alpha < (1 - thresholds.random_gap * n / 600) ** (m - 1)
+    attacked = torch.zeros(n, dtype=torch.bool)
+    attacked[:m] = True
+    clean = check_extra_found("random_sampling_beats_attacks", "Random sampling", {0.1: before}, {0.1: before.clone()},
+                              thresholds.random_gap, ["random"], attacked={0.1: attacked})
+    assert clean.passed and clean.evidence["sampled"] == m and clean.evidence["survivor_share"] == 0.6
+    after = before.clone()
+    after[:20] = False  # the sample finds 20 of its m: 20/m of the survivors, times 0.6 of all inputs
+    found = check_extra_found("random_sampling_beats_attacks", "Random sampling", {0.1: before}, {0.1: after},
+                              thresholds.random_gap, ["random"], attacked={0.1: attacked})
+    assert found.state == "fail" and found.value == pytest.approx(20 / m * 0.6, abs=1e-4)
+    # a sample that covers every survivor is the plain test over all inputs
+    full = check_extra_found("random_sampling_beats_attacks", "Random sampling", {0.1: before}, {0.1: after},
+                             thresholds.random_gap, ["random"], attacked={0.1: before.clone()})
+    plain = check_extra_found("random_sampling_beats_attacks", "Random sampling", {0.1: before}, {0.1: after},
+                              thresholds.random_gap, ["random"])
+    assert full.to_dict() == plain.to_dict() and plain.value == pytest.approx(0.02)
+    assert black_box_sample_size(0, n, thresholds) == 0 and black_box_sample_size(5, n, thresholds) == 1

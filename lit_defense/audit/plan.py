@@ -32,6 +32,7 @@ of its time.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -149,12 +150,23 @@ def audit_model(
 
     # ------------------------------------------------------------------ cascade on the survivors
     after: dict[str, dict[float, torch.Tensor]] = {}  # still robust after each later attack (``fold``)
-    if later:
+    if roles["cascade"]:
         stage = Stage("cascade", name, collective, log, progress)
-        found = stage.cascade(model, x, y, later, eps, batch_size, res.robust)
+        found = stage.cascade(model, x, y, roles["cascade"], eps, batch_size, res.robust)
         stages["cascade"] = stage.info
-        after = res.fold(found["fooled"], [a.name for a in later], eps)
+        after = res.fold(found["fooled"], [a.name for a in roles["cascade"]], eps)
         res.min_norm.update(found["min_norm"])  # every attack that minimised norms (BPDA(FMN) too)
+
+    # ------------------------------------------------------------------ gradient-free, a sample first
+    black_box_on = None
+    if roles["black_box"]:
+        # any mechanism check failed (or BPDA/EOT needed): the gradient-free attacks see every survivor
+        mechanism = masked or randomized or any(not c.passed for c in checks if c.kind == "mechanism")
+        found, black_box_on, stages["black_box"] = _black_box(
+            model, x, y, roles["black_box"], eps, batch_size, res.robust, suite.black_box_sample and not mechanism,
+            thresholds, seed, Stage("black_box", name, collective, log, progress),
+            Stage("black_box_rest", name, collective, log, progress))
+        after.update(res.fold(found, [a.name for a in roles["black_box"]], eps))
     for a in later:
         results += [{"attack": a.name, "eps": e, "robust_accuracy": _rate(after[a.name][e]), "stage": "after_white_box"}
                     for e in eps]
@@ -183,20 +195,28 @@ def audit_model(
     # ------------------------------------------------------------------ the checklist's attacks
     probe = PGD(eps=main_eps, norm=norm, steps=suite.steps, loss="margin", seed=seed)
     plan = ChecklistAttacks.build(roles["naive"], probe, x[0].numel())
+    # the probe is the white-box margin PGD when their settings agree: its outcome (and the first
+    # adversarial iterate's, which is what it keeps) comes from the white-box stage, not a rerun
+    adaptive = roles["adaptive"][0]
+    same = adaptive.with_eps(main_eps).init_args == probe.init_args
+    reused = [plan.probe, plan.first] if same else []
     stage = Stage("checks", name, collective, log, progress)
     cs = min(check_samples, n)
     pool = stage.pool(all_ids[:cs])
 
     def check_attacks_run() -> dict[str, Any]:
         on, rec = pool.to(x.device), stage.record()
+        run = [a for a in plan.at_probe_eps() if a not in reused]
         _, ex_big = robustness_counts(model, x[on], y[on], [plan.unbounded], [plan.unbounded.eps], batch_size,
                                       cascade=False, ids=on, record=rec, on_progress=progress.attack)
-        _, ex_probe = robustness_counts(model, x[on], y[on], plan.at_probe_eps(), [main_eps], batch_size,
+        _, ex_probe = robustness_counts(model, x[on], y[on], run, [main_eps], batch_size,
                                         cascade=False, ids=on, record=rec, on_progress=progress.attack)
         big_key, probe_key = eps_key(plan.unbounded.eps), eps_key(main_eps)
+        white_fooled = res.fooled_by[adaptive.name][probe_key][pool].to(x.device) if same else None
         return {"clean": ex_probe["clean_correct"],
                 "fooled": {plan.unbounded.name: ex_big["fooled"][plan.unbounded.name][big_key],
-                           **{a.name: ex_probe["fooled"][a.name][probe_key] for a in plan.at_probe_eps()}}}
+                           **{a.name: ex_probe["fooled"][a.name][probe_key] for a in run},
+                           **{a.name: white_fooled for a in reused}}}
 
     found = stage.run(pool, check_attacks_run, cs)
     stages["checks"] = stage.info
@@ -205,7 +225,7 @@ def audit_model(
     clean = _rate(res.clean)
     names = role_names(roles)
     checks += outcome_checks(res, eps, names, [a.name for a in roles["black_box"] if isinstance(a, RandomSampling)],
-                             thresholds)
+                             thresholds, black_box_on)
     checks += plan.checks(found["clean"], found["fooled"], thresholds)
     if adequacy is not None:
         checks.append(check_attack_adequacy(adequacy, thresholds))
@@ -265,6 +285,61 @@ def _adequacy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, no
     reasons = ["" if v else "trivial" if t else "not_separable" for v, t in zip(valid, trivial, strict=True)]
     result = AdequacyResult(eps, chosen.tolist(), valid, passed, reasons, features=readout.kind, note=readout.note)
     return {**result.to_dict(), "ids": chosen.tolist(), "stage": stage.info}
+
+
+def black_box_sample_size(survivors: int, n: int, thresholds: MaskingThresholds) -> int:
+    """The fewest of ``survivors`` (of ``n`` inputs) that show a black-box rate at the checks' thresholds.
+
+    The black-box checks fail when the gradient-free attacks fool more than ``random_gap`` (or
+    ``black_box_gap``) of all ``n`` inputs, that is more than ``gap * n / survivors`` of the
+    survivors. A sample of ``m`` survivors finds none of them with probability ``(1 - rate) ** m``:
+    this is the smallest ``m`` for which that is at most ``alpha`` (all survivors when none is less).
+    """
+    if survivors == 0:
+        return 0
+    rate = min(thresholds.random_gap, thresholds.black_box_gap) * n / survivors
+    if rate >= 1:
+        return 1
+    return min(survivors, math.ceil(math.log(thresholds.alpha) / math.log1p(-rate)))
+
+
+def _black_box(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks: Sequence[Attack], eps: Sequence[float],
+               batch_size: int, robust: dict[str, torch.Tensor], sampled: bool, thresholds: MaskingThresholds,
+               seed: int, stage: Stage, rest: Stage
+               ) -> tuple[dict[str, dict[str, torch.Tensor]], dict[float, torch.Tensor] | None, dict[str, Any]]:
+    """The gradient-free attacks on the survivors: on a seeded sample of them first (``sampled``).
+
+    The sample is the shortest prefix of a seeded order of the survivors that holds, at every eps,
+    ``black_box_sample_size`` of that eps's survivors. The attacks go on to the other survivors only
+    when the sample yields an adversarial point. Returns the attacks' ``fooled`` masks over all
+    inputs, the per-eps inputs they ran on when that stayed a sample (else ``None``), and the
+    stage info.
+    """
+    alive = {eps_key(e): robust[eps_key(e)].clone() for e in eps}
+    survivors = torch.stack(list(alive.values())).any(0).nonzero().squeeze(1)
+    n = int(x.shape[0])
+    chosen = torch.zeros(n, dtype=torch.bool)
+    if sampled and survivors.numel():
+        order = survivors[torch.randperm(survivors.numel(), generator=torch.Generator().manual_seed(seed))]
+        length = 0
+        for m in alive.values():
+            need = black_box_sample_size(int(m.sum()), n, thresholds)
+            hits = m[order].cumsum(0)
+            length = max(length, int((hits < need).sum()) + 1 if need else 0)
+        chosen[order[:length]] = True
+    if not sampled or bool(chosen[survivors].all()):
+        chosen[:] = True
+    found = stage.cascade(model, x, y, attacks, eps, batch_size, {k: m & chosen for k, m in alive.items()})["fooled"]
+    info = {**stage.info, "sample": int(chosen[survivors].sum()), "survivors": int(survivors.numel())}
+    hit = any(bool(m.any()) for by_eps in found.values() for m in by_eps.values())
+    if bool(chosen.all()) or not hit:
+        on = None if bool(chosen.all()) else {e: alive[eps_key(e)] & chosen for e in eps}
+        return found, on, {**info, "extended": False}
+    more = rest.cascade(model, x, y, attacks, eps, batch_size, {k: m & ~chosen for k, m in alive.items()})["fooled"]
+    for attack, by_eps in more.items():
+        for key, mask in by_eps.items():
+            found.setdefault(attack, {})[key] = found.get(attack, {}).get(key, torch.zeros_like(mask)) | mask
+    return found, None, {**info, "extended": True, "rest": rest.info}
 
 
 def _rate(mask: torch.Tensor) -> float:

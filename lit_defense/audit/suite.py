@@ -59,6 +59,13 @@ class AttackSuite:
             forward pass) and the model declares no module BPDA could route around, the
             gradient-free attacks are the main line: their query and sample budgets are
             multiplied by this.
+        black_box_sample: the gradient-free attacks (random sampling, Square, RayS, transfer) first
+            run on a seeded sample of the inputs the gradient attacks left robust, just large
+            enough that a rate at the black-box checks' thresholds would show in it with
+            probability 1 - alpha (``audit.plan.black_box_sample_size``). They go on to the other
+            survivors when the sample yields an adversarial point, and run on all of them at once
+            when a model check failed (masked, randomized, saturated or unusable gradients).
+            ``False``: always on all survivors.
         refine_radius: inputs still robust whose minimum-norm (FMN) perturbation is within this
             factor of eps sit near the boundary, where one random start finds an adversarial
             point and another misses it: they get fresh starts (a margin PGD with ``5 * steps``
@@ -80,6 +87,7 @@ class AttackSuite:
     min_norm_steps: int = 100
     rays_queries: int = 1000
     escalation: int = 5
+    black_box_sample: bool = True
     refine_radius: float = 1.1
     refine_restarts: int = 5
     adequacy_samples: int = 0

@@ -80,12 +80,15 @@ class ChecklistAttacks:
 
 
 def outcome_checks(res: PerSample, eps: Sequence[float], roles: Mapping[str, Any], random: Sequence[str],
-                   thresholds: MaskingThresholds) -> list[Check]:
+                   thresholds: MaskingThresholds, black_box_on: Mapping[float, torch.Tensor] | None = None
+                   ) -> list[Check]:
     """The outcome checks of an audit, from its per-sample results alone.
 
     ``roles`` holds the attack names per role (``one_step``, ``naive``, ``adaptive``, ``cascade``,
     ``black_box``), ``random`` the black-box attacks that sample the ball at random. ``res`` must
     have folded the attacks in the plan's order: white box, cascade, black box (then refine).
+    ``black_box_on`` (eps -> per input): the inputs the black-box attacks ran on, where that was a
+    seeded sample of the survivors (``--suite.black_box_sample``).
     """
     one_step, naive, adaptive = roles["one_step"], roles["naive"], list(roles["adaptive"])
     own = {a: {e: res.robust_to(a, e) for e in eps} for a in (one_step, naive, *adaptive)}  # each alone
@@ -100,12 +103,12 @@ def outcome_checks(res: PerSample, eps: Sequence[float], roles: Mapping[str, Any
     if random:
         checks.append(check_extra_found("random_sampling_beats_attacks", "Random sampling in the ball",
                                         gradient_robust, {e: res.robust_after(random[-1], e) for e in eps},
-                                        thresholds.random_gap, list(random), thresholds.alpha))
+                                        thresholds.random_gap, list(random), thresholds.alpha, black_box_on))
     if others:
         base = {e: res.robust_after(random[-1], e) for e in eps} if random else gradient_robust
         checks.append(check_extra_found("black_box_beats_white_box", "Gradient-free attacks", base,
                                         {e: res.robust_after(others[-1], e) for e in eps},
-                                        thresholds.black_box_gap, others, thresholds.alpha))
+                                        thresholds.black_box_gap, others, thresholds.alpha, black_box_on))
     return checks
 
 

@@ -81,22 +81,36 @@ def check_one_step_vs_iterative(one_step: Masks, iterative: Masks, thresholds: M
 
 
 def check_extra_found(name: str, what: str, before: Masks, after: Masks, threshold: float, attacks: Sequence[str],
-                      alpha: float = ALPHA) -> Check:
+                      alpha: float = ALPHA, attacked: Masks | None = None) -> Check:
     """Attacks run after all white-box ones (on their survivors) must find (almost) nothing more.
 
     ``before``/``after``: eps -> per input, robust before and after these attacks. The inputs
     they fooled are their discordant inputs against the white-box attacks (which fooled none the
     later attacks missed, since the later ones only see survivors): a rate with an exact interval.
+
+    ``attacked`` (eps -> per input): where these attacks ran on a seeded sample of the survivors
+    only (``--suite.black_box_sample``), the inputs they ran on. The rate over all inputs is then
+    the sample's rate times the survivors' share, and the decision is the exact test of the
+    sample's rate against ``threshold`` divided by that share (a sample that covers every
+    survivor is the plain test).
     """
-    decided = {}
+    decided, scale = {}, {}
     for e in before:
         if e in after:
             k, n = int((before[e] & ~after[e]).sum()), int(before[e].numel())
-            decided[e] = (k, n, decide_proportion(k, n, threshold, alpha=alpha))
+            scale[e] = 1.0
+            if attacked is not None and e in attacked:
+                survivors, on = int(before[e].sum()), int((before[e] & attacked[e]).sum())
+                if 0 < on < survivors:  # a sample of the survivors: its rate, scaled
+                    scale[e] = survivors / n
+                    k, n = int((before[e] & ~after[e] & attacked[e]).sum()), on
+            # survivors fewer than the threshold's share of all inputs: the rate cannot pass it (target 1)
+            decided[e] = (k, n, decide_proportion(k, n, min(threshold / scale[e], 1.0), alpha=alpha))
     eps = max(decided, key=lambda e: (_SEVERITY[decided[e][2].state], decided[e][0])) if decided else None
     k, n, decision = decided[eps] if decided else (0, 0, None)
+    sampled = decided and scale[eps] != 1.0
     state: State = decision.state if decision else "pass"
-    gap = k / n if n else 0.0
+    gap = k / n * (scale[eps] if decided else 1.0) if n else 0.0
     return Check(
         name, state == "pass", num(gap),
         f"{what} ({', '.join(attacks)}) fools {gap:.1%} of the inputs that every white-box attack "
@@ -104,11 +118,13 @@ def check_extra_found(name: str, what: str, before: Masks, after: Masks, thresho
         f"{what} ({', '.join(attacks)}) fools {gap:.1%} of the inputs every white-box attack failed on "
         f"(eps={eps:g}), which {n} inputs cannot tell from the {threshold:.0%} threshold."
         if state == "inconclusive" else
-        f"{what} ({', '.join(attacks)}) finds little beyond the white-box attacks (at most {gap:.1%}).",
+        f"{what} ({', '.join(attacks)}) finds little beyond the white-box attacks (at most {gap:.1%}"
+        + (f"; on a seeded sample of {n} of the inputs they left robust" if sampled else "") + ").",
         {"attacks": list(attacks), "eps": eps,
-         "extra_by_eps": {str(e): num(d[0] / d[1]) if d[1] else None for e, d in decided.items()},
+         "extra_by_eps": {str(e): num(d[0] / d[1] * scale[e]) if d[1] else None for e, d in decided.items()},
          **(decision.evidence() if decision else {}), "discordant": [k, 0], "p_value": num(mcnemar_p(k, 0)),
-         "samples_option": "--num_samples"},
+         **({"sampled": n, "survivor_share": num(scale[eps])} if sampled else {}),
+         "samples_option": "--suite.black_box_sample" if sampled else "--num_samples"},
         state=state, kind="signature",
     )
 
