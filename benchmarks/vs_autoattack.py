@@ -166,14 +166,15 @@ def main() -> None:
         rows.append(row)
     aa_total = sum(r["autoattack_seconds"] for r in rows)
     our_total = sum(r["audit_seconds"] for r in rows)
-    ties = all(r["audit"] <= r["autoattack"] + 1 / r["samples"] + 1e-12 for r in rows)
+    ties = all(r["autoattack_only"] <= 1 for r in rows)
     print(f"total: AutoAttack {aa_total:.0f} s, audit {our_total:.0f} s at one eps "
-          f"(ratio {our_total / aa_total:.2f}; bar <= 0.33)")
+          f"(ratio {our_total / aa_total:.3f}; bar <= 0.10)")
     if args.grid:
         grid_total = sum(r["grid_seconds"] for r in rows)
         print(f"total: audit {grid_total:.0f} s on the {len(GRID[args.norm])}-eps grid "
-              f"(ratio to AutoAttack at one eps {grid_total / aa_total:.2f}; bar < 1)")
-    print(f"audit worst case <= AutoAttack (+1 image) on every model: {ties}")
+              f"(ratio to AutoAttack at one eps {grid_total / aa_total:.3f}; bar <= 0.33)")
+    print(f"at most one 'AA only' image on every model: {ties}; audit worst case <= AutoAttack's on every model: "
+          f"{all(r['audit'] <= r['autoattack'] + 1e-12 for r in rows)}")
     if args.output:
         Path(args.output).write_text(json.dumps(rows, indent=1))
 

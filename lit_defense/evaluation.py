@@ -27,7 +27,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from lit_defense.attacks.base import Attack, GridResult, fooled_by
+from lit_defense.attacks.base import Attack, GridResult, fooled_by, margin_loss
 from lit_defense.diagnostics import MaskingThresholds, check_one_step_vs_iterative
 from lit_defense.errors import ConfigError
 from lit_defense.results import Check, accuracy_metrics, eps_key
@@ -130,6 +130,15 @@ def _predict(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor
         return torch.cat([model(xb).argmax(1) for xb in x.split(batch_size)])
 
 
+def _clean(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per sample: classified correctly, and the true logit minus the largest other (one forward pass)."""
+    if x.shape[0] == 0:
+        return torch.zeros(0, dtype=torch.bool, device=x.device), torch.zeros(0, device=x.device)
+    with torch.no_grad():
+        logits = torch.cat([model(xb) for xb in x.split(batch_size)])
+        return logits.argmax(1) == y, -margin_loss(logits, y)
+
+
 class UnitRecord(Protocol):
     """Where per-sample results of finished work are kept (the audit's resumable progress).
 
@@ -193,11 +202,12 @@ def robustness_counts(
         dev = x.device
         ids = torch.arange(x.shape[0], device=dev) if ids is None else ids.to(dev, torch.long)
         n_a, n_e = len(attacks), len(eps)
-        clean_ok = _predict(model, x, batch_size) == y
+        clean_ok, clean_margin = _clean(model, x, y, batch_size)
         robust = torch.zeros(n_a, n_e, dtype=torch.long, device=dev)
         k = min(keep_examples, x.shape[0])
         examples = {"x": x[:k].clone(), "y": y[:k].clone(), "adv": {}, "pred": {}, "robust": {}, "min_norm": {},
-                    "fooled": {a.name: {} for a in attacks}, "clean_correct": clean_ok}
+                    "fooled": {a.name: {} for a in attacks}, "margin": {a.name: {} for a in attacks},
+                    "clean_correct": clean_ok, "clean_margin": clean_margin}
         start = [clean_ok & alive[eps_key(e)] if alive is not None else clean_ok.clone() for e in eps]
         still = [m.clone() for m in start]
         adv_k = [x[:k].clone() for _ in eps]
@@ -216,6 +226,7 @@ def robustness_counts(
             for j, e in enumerate(eps):
                 unit = unit_name(attack, e)
                 fooled = torch.zeros_like(clean_ok)
+                margin = torch.full((x.shape[0],), float("nan"), device=dev)
                 if nested and cascade:  # fooled here at a smaller eps: fooled at e, not attacked again
                     for jj in range(n_e):
                         if eps[jj] < e:
@@ -227,8 +238,11 @@ def robustness_counts(
                     if grid is not None and computed is not None:
                         hit = grid.fooled[j][chunk]
                         x_adv = grid.points[j][chunk] if bool(computed[chunk].all()) else None
+                        if grid.margins is not None:
+                            margin[chunk] = grid.margins[j][chunk]
                     else:
-                        hit, x_adv = _attack_chunk(model, attack, e, x[chunk], y[chunk], ids[chunk], unit, record)
+                        hit, x_adv, margin[chunk] = _attack_chunk(model, attack, e, x[chunk], y[chunk], ids[chunk],
+                                                                  unit, record)
                     fooled[chunk] |= hit
                     if k and x_adv is not None:
                         first = chunk < k
@@ -240,6 +254,7 @@ def robustness_counts(
                         on_progress(attack.name, done, total)
                 still[j] &= ~fooled
                 examples["fooled"][attack.name][eps_key(e)] = fooled
+                examples["margin"][attack.name][eps_key(e)] = margin
                 robust[i, j] = (still[j] if cascade else start[j] & ~fooled).sum()
         worst = torch.stack([m.sum() for m in still]) if n_e else torch.zeros(0, dtype=torch.long, device=dev)
         for j, e in enumerate(eps):
@@ -254,16 +269,24 @@ def robustness_counts(
 
 
 def _attack_chunk(model: nn.Module, attack: Attack, eps: float, x: torch.Tensor, y: torch.Tensor,
-                  ids: torch.Tensor, unit: str, record: UnitRecord | None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """``(fooled, x_adv)`` of one batch at one eps: from the record when it holds them (``x_adv`` None), else run."""
+                  ids: torch.Tensor, unit: str, record: UnitRecord | None
+                  ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """``(fooled, x_adv, margin)`` of one batch at one eps: from the record, else run.
+
+    From the record ``x_adv`` is None, and margins are NaN where it was written before they were kept.
+    """
     keys = ids.tolist() if record is not None else []
     stored = record.get(unit, keys) if record is not None else None
     if stored is not None:
-        return torch.tensor(stored["fooled"], dtype=torch.bool, device=x.device), None
+        margin = stored.get("margin") or [None] * len(keys)
+        return (torch.tensor(stored["fooled"], dtype=torch.bool, device=x.device), None,
+                torch.tensor([math.nan if v is None else v for v in margin], device=x.device))
     found = attack.attack_grid(model, x, y, [eps], ids)
+    margin = found.margins[0].float() if found.margins is not None else torch.full((x.shape[0],), math.nan)
     if record is not None:
-        record.put(unit, keys, {"fooled": found.fooled[0].tolist()})
-    return found.fooled[0], found.points[0]
+        record.put(unit, keys, {"fooled": found.fooled[0].tolist(),
+                                "margin": [round(v, 5) if math.isfinite(v) else None for v in margin.tolist()]})
+    return found.fooled[0], found.points[0], margin.to(x.device)
 
 
 def _grid_run(model: nn.Module, attack: Attack, x: torch.Tensor, y: torch.Tensor, pool: torch.Tensor,
@@ -280,6 +303,7 @@ def _grid_run(model: nn.Module, attack: Attack, x: torch.Tensor, y: torch.Tensor
     norms = torch.full((x.shape[0],), float("inf"), device=x.device)
     has_norms = True
     fooled = [torch.zeros(x.shape[0], dtype=torch.bool, device=x.device) for _ in eps]
+    margins = [torch.full((x.shape[0],), math.nan, device=x.device) for _ in eps]
     unit = unit_name(attack, None)
     for chunk in pool.nonzero().squeeze(1).split(batch_size):
         if chunk.numel() == 0:
@@ -298,6 +322,8 @@ def _grid_run(model: nn.Module, attack: Attack, x: torch.Tensor, y: torch.Tensor
         computed[chunk] = True
         for j in range(len(eps)):
             points[j][chunk], fooled[j][chunk] = found.points[j], found.fooled[j]
+            if found.margins is not None:
+                margins[j][chunk] = found.margins[j].float()
         values: dict[str, list] = {f"fooled@{eps_key(e)}": fooled[j][chunk].tolist() for j, e in enumerate(eps)}
         if found.norms is None:
             has_norms = False
@@ -306,7 +332,7 @@ def _grid_run(model: nn.Module, attack: Attack, x: torch.Tensor, y: torch.Tensor
             values["norm"] = [v if math.isfinite(v) else None for v in found.norms.tolist()]
         if record is not None:
             record.put(unit, keys, values)
-    return GridResult(points, fooled, norms if has_norms else None), computed
+    return GridResult(points, fooled, norms if has_norms else None, margins), computed
 
 
 def cheap_attack_check(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, norm: str = "linf",

@@ -152,3 +152,28 @@ def test_attacks_are_copied_through_their_constructor_never_mutated():
         EOT(Square(), samples=2)
     with pytest.raises(TypeError, match="abstract"):
         Attack()
+
+
+class _NearAndLikely(nn.Module):
+    """Four pixels, four classes. At x = 0.5 the likeliest wrong class (1) is out of reach within
+    eps 0.45 (and pulls x[0] the wrong way), while class 2, lower in logit but steep in x[0], is the
+    nearest boundary."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = x.flatten(1)
+        ones = torch.ones_like(f[:, 0])
+        return torch.stack([ones, 0.01 * f.sum(1) + 0.9, 1.24 - 4 * f[:, 0], -5 * ones], dim=1)
+
+
+def test_linear_target_ranking_picks_the_nearest_boundary_not_the_likeliest_class():
+    model = _NearAndLikely()
+    x, y = torch.full((6, 1, 2, 2), 0.5), torch.zeros(6, dtype=torch.long)
+    linear = APGD(eps=0.45, steps=20, loss="margin", targets=1, ranking="linear")
+    assert linear._target_order(model, x, y)[:, 0].tolist() == [2] * 6
+    assert APGD(eps=0.45, targets=1, ranking="logit")._target_order(model, x, y)[:, 0].tolist() == [0] * 6
+    fooled = {ranking: (model(APGD(eps=0.45, steps=20, loss="margin", targets=1, ranking=ranking)(model, x, y))
+                        .argmax(1) != y) for ranking in ("logit", "linear")}
+    assert fooled["linear"].all() and int(fooled["logit"].sum()) <= 1  # a random start may land there
+    assert linear.name == "apgd_t1_margin_linear"
+    with pytest.raises(ConfigError, match="ranking"):
+        APGD(targets=1, ranking="nearest")

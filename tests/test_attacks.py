@@ -238,7 +238,7 @@ def test_eot_climbs_the_expected_loss_to_the_last_step(trained):
     acc_eot = fresh_accuracy(wrapped(model, x, y))
     assert acc_eot < acc_first - 0.1, (acc_eot, acc_first)
     # the configured attack is left as it was
-    assert wrapped.attack.keep_first_adversarial and wrapped.attack.early_stop_every == 5
+    assert wrapped.attack.keep_first_adversarial and wrapped.attack.early_stop_every == 1
 
 
 def test_jsma_reports_the_papers_statistics(trained):

@@ -380,13 +380,13 @@ def test_an_undertrained_honest_model_whose_naive_attack_lags_is_not_called_mask
 
 def test_black_box_check_on_a_sample_of_the_survivors():
     """Sampled: the survivors' rate is scaled by their share; a clean sample of the planned size passes."""
-    from lit_defense.audit.plan import black_box_sample_size
+    from lit_defense.audit.spending import black_box_sample_size
     from lit_defense.diagnostics import check_extra_found
 
     n, thresholds = 1000, MaskingThresholds()
     before = torch.zeros(n, dtype=torch.bool)
     before[:600] = True  # 600 survivors of the gradient attacks
-    m = black_box_sample_size(600, n, thresholds)
+    m = black_box_sample_size(600, n, thresholds.random_gap, thresholds.alpha)
     # a rate at the threshold (1% of all inputs = 1/60 of the survivors) is missed with probability <= alpha
     assert (1 - thresholds.random_gap * n / 600) ** m <= thresholds.alpha < (1 - thresholds.random_gap * n / 600) ** (m - 1)
     attacked = torch.zeros(n, dtype=torch.bool)
@@ -405,4 +405,4 @@ def test_black_box_check_on_a_sample_of_the_survivors():
     plain = check_extra_found("random_sampling_beats_attacks", "Random sampling", {0.1: before}, {0.1: after},
                               thresholds.random_gap, ["random"])
     assert full.to_dict() == plain.to_dict() and plain.value == pytest.approx(0.02)
-    assert black_box_sample_size(0, n, thresholds) == 0 and black_box_sample_size(5, n, thresholds) == 1
+    assert black_box_sample_size(0, n, 0.01, 0.05) == 0 and black_box_sample_size(5, n, 0.01, 0.05) == 1

@@ -152,7 +152,7 @@ def test_nested_cascade_skips_inputs_fooled_at_a_smaller_eps_and_keeps_the_worst
     plain_seen = list(_CountingPGD.seen)
     _CountingPGD.seen = []
     _, nested = robustness_counts(model, x, y, attacks, eps, cascade=True, nested=True)
-    for small, big in zip(eps, eps[1:]):
+    for small, big in zip(eps, eps[1:], strict=False):
         # every input fooled at the smaller eps is fooled at the larger one
         assert not bool((~nested["robust"][eps_key(small)] & nested["clean_correct"]
                          & nested["robust"][eps_key(big)]).any())

@@ -59,6 +59,10 @@ class APGD(GradientAttack):
         targets: 0 for the untargeted attack; ``k`` runs the targeted attack against each of the
             k most likely wrong classes in turn (APGD-T).
         restarts: random restarts (per target), each on the inputs not yet fooled.
+        ranking: how APGD-T picks its targets. ``logit``: the most likely wrong classes at the
+            clean input (AutoAttack). ``linear``: the classes whose decision boundary is nearest
+            to first order, ``(z_y - z_t) / ||grad (z_y - z_t)||_*`` with the threat model's dual
+            norm (MALT, Melamed et al. 2024): one backward pass per class at the clean input.
         rho: a checkpoint halves the step size when fewer than this fraction of its steps raised
             the loss.
         momentum: weight of the new step against the last move (0.75 in the paper).
@@ -69,14 +73,17 @@ class APGD(GradientAttack):
 
     def __init__(self, eps: float = 0.1, norm: Norm = "linf", steps: int = 100, loss: LossName = "ce",
                  targets: int = 0, restarts: int = 1, rho: float = 0.75, momentum: float = 0.75,
-                 keep_first_adversarial: bool = True, eot_samples: int = 1, seed: int = 0,
-                 name: str | None = None) -> None:
+                 keep_first_adversarial: bool = True, ranking: str = "logit", eot_samples: int = 1,
+                 seed: int = 0, name: str | None = None) -> None:
         super().__init__(eps=eps, norm=norm, eot_samples=eot_samples, seed=seed, name=name)
         if steps < 2 or restarts < 1 or targets < 0:
             raise ConfigError(f"APGD needs steps >= 2, restarts >= 1, targets >= 0; got {steps}, {restarts}, {targets}.")
         if not 0 < rho <= 1 or not 0 < momentum <= 1:
             raise ConfigError(f"APGD needs 0 < rho <= 1 and 0 < momentum <= 1, got {rho}, {momentum}.")
         get_loss(loss)
+        if ranking not in ("logit", "linear"):
+            raise ConfigError(f"APGD's target ranking is 'logit' or 'linear', got {ranking!r}.")
+        self.ranking = ranking
         self.steps = steps
         self.loss = loss
         self.targets = targets
@@ -87,7 +94,8 @@ class APGD(GradientAttack):
 
     @override
     def default_name(self) -> str:
-        base = f"apgd_{self.loss}" if not self.targets else f"apgd_t{self.targets}_{self.loss}"
+        base = f"apgd_{self.loss}" if not self.targets else \
+            f"apgd_t{self.targets}_{self.loss}" + ("_linear" if self.ranking == "linear" else "")
         return base if self.norm == "linf" else f"{base}_{self.norm}"
 
     def for_eot(self, samples: int) -> APGD:
@@ -102,8 +110,7 @@ class APGD(GradientAttack):
         fooled = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
         best_loss = torch.full((x.shape[0],), -float("inf"), device=x.device)
         if self.targets:
-            with torch.no_grad():
-                order = model(x).sort(dim=1, descending=True).indices
+            order = self._target_order(model, x, y)
             n_classes = order.shape[1]
             if n_classes < 2 + (2 if self.loss == "dlr" else 0):
                 raise ConfigError(f"targeted APGD with the {self.loss} loss needs more classes than {n_classes}.")
@@ -131,6 +138,25 @@ class APGD(GradientAttack):
                     out[idx] = torch.where(per_sample(better, adv), adv, out[idx])
                     best_loss[idx] = torch.where(better, loss, best_loss[idx])
         return out
+
+    def _target_order(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Per input, the classes in the order APGD-T targets them (the true class among them, skipped)."""
+        if self.ranking == "logit":
+            with torch.no_grad():
+                return model(x).sort(dim=1, descending=True).indices
+        x_in = x.detach().requires_grad_(True)
+        logits = model(x_in)
+        true = logits.gather(1, y[:, None])
+        distance = torch.empty(logits.shape, device=x.device)
+        for t in range(logits.shape[1]):
+            gap = (true - logits[:, t:t + 1]).squeeze(1)
+            grad = torch.zeros_like(x)
+            if gap.requires_grad:
+                (g,) = torch.autograd.grad(gap.sum(), x_in, retain_graph=True, allow_unused=True)
+                grad = grad if g is None else g
+            distance[:, t] = gap.detach().float() / self.threat.dual_norm(grad).float().clamp_min(1e-12)
+        distance.scatter_(1, y[:, None], float("inf"))
+        return distance.argsort(dim=1)
 
     # ------------------------------------------------------------------------------ one run
     def _run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: LossFn, generator: SampleRNG

@@ -126,18 +126,21 @@ class GridResult:
             inside the budget (``fooled_by``).
         norms: per sample, the smallest adversarial perturbation found (``inf``: none; 0: already
             misclassified) when the attack minimises norms against this model, else ``None``.
+        margins: per budget, per sample: the true logit minus the largest other at the point
+            (> 0: still classified correctly), from the same forward pass that judged it.
     """
 
     points: list[torch.Tensor]
     fooled: list[torch.Tensor]
     norms: torch.Tensor | None = None
+    margins: list[torch.Tensor] | None = None
 
     @classmethod
     def judged(cls, model: nn.Module, norm: Norm, eps: Sequence[float], points: list[torch.Tensor],
                x: torch.Tensor, y: torch.Tensor, norms: torch.Tensor | None = None) -> GridResult:
-        """The result for ``points`` (one per budget of ``eps``), each judged on ``model`` by ``fooled_by``."""
-        return cls(points, [fooled_by(model, ThreatModel(norm, e), p, x, y) for e, p in zip(eps, points, strict=True)],
-                   norms)
+        """The result for ``points`` (one per budget of ``eps``), each judged on ``model`` as ``fooled_by`` does."""
+        judged = [_judge(model, ThreatModel(norm, e), p, x, y) for e, p in zip(eps, points, strict=True)]
+        return cls(points, [f for f, _ in judged], norms, [m for _, m in judged])
 
 
 def fooled_by(model: nn.Module, threat: ThreatModel, x_adv: torch.Tensor, x: torch.Tensor, y: torch.Tensor
@@ -146,8 +149,15 @@ def fooled_by(model: nn.Module, threat: ThreatModel, x_adv: torch.Tensor, x: tor
 
     An output outside the threat model is a failed attack, not a success.
     """
+    return _judge(model, threat, x_adv, x, y)[0]
+
+
+def _judge(model: nn.Module, threat: ThreatModel, x_adv: torch.Tensor, x: torch.Tensor, y: torch.Tensor
+           ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``fooled_by`` and the margin (true logit minus the largest other) at ``x_adv``, one forward pass."""
     with torch.inference_mode(False), torch.no_grad():
-        return (model(x_adv).argmax(1) != y) & threat.contains(x_adv, x)
+        logits = model(x_adv)
+        return (logits.argmax(1) != y) & threat.contains(x_adv, x), -margin_loss(logits, y)
 
 
 class Attack(abc.ABC):

