@@ -6,12 +6,14 @@
    side, for the checklist): FGSM and PGD with the cross-entropy (the *naive* view), PGD with the
    margin loss (sees through softmax saturation), BPDA around it when the model has submodules
    declaring ``differentiable = False``, EOT around it when the model's outputs are random.
-3. ``cascade``: on the inputs every white-box attack failed on, each attack only on the inputs all
-   earlier ones failed on: APGD with the cross-entropy and targeted APGD (APGD-T, targeted DLR over
-   the most likely wrong classes) as AutoAttack runs them, behind BPDA and EOT where stage 2 used
-   them; the minimum-norm FMN (one run for the whole grid); then the gradient-free attacks: random
-   sampling in the ball, Square (L-inf), RayS (decision-based, L-inf) when the gradients are
-   unusable, and optional transfer attacks.
+3. ``cascade``: on the inputs every white-box attack failed on and left near the boundary
+   (``spending.far_from_boundary``), each attack only on the inputs all earlier ones failed on:
+   APGD with the cross-entropy and targeted APGD (APGD-T, targeted DLR over the nearest classes)
+   as AutoAttack runs them, behind BPDA and EOT where stage 2 used them; the minimum-norm FMN (one
+   run for the whole grid). Nested over eps: what fell at a smaller eps is not attacked at a larger.
+   ``black_box_<attack>``: the gradient-free attacks, each on a seeded sample of the survivors
+   first (``spending.black_box``): random sampling in the ball, Square (L-inf), RayS
+   (decision-based, L-inf) when the gradients are unusable, and optional transfer attacks.
 4. ``refine``: the survivors whose minimum-norm perturbation is within ``refine_radius`` x eps
    sit near the boundary, where one random start finds an adversarial point and another misses
    it: fresh starts there (APGD-T with another seed, a margin PGD with restarts).
@@ -24,10 +26,8 @@
 Every stage shards its inputs over the processes (``sharding.shard``), records each finished batch
 (``progress``) and gathers the per-sample results with one collective. The checklist then reads
 those results (``lit_defense.diagnostics``: pure functions of numbers). ``worst_case`` is the
-per-input worst case over all attacks. Measured against the reference AutoAttack
-(``benchmarks/vs_autoattack.py``, README "Against AutoAttack"): the same images as AutoAttack on
-the non-robust quick models, 2 fewer of 1000 on the adversarially trained one, in about a quarter
-of its time.
+per-input worst case over all attacks. Measured against the reference AutoAttack:
+``benchmarks/vs_autoattack.py``, README "Against AutoAttack".
 """
 
 from __future__ import annotations
@@ -170,9 +170,10 @@ def audit_model(
     # ------------------------------------------------------------------ gradient-free, a sample first
     black_box_on = None
     if roles["black_box"]:
-        black_box_on, stages["black_box"] = black_box(
+        black_box_on, black_box_stages = black_box(
             model, x, y, roles["black_box"], eps, batch_size, res, suite.black_box_sample and not mechanism,
             thresholds, seed, lambda stage: Stage(stage, name, collective, log, progress))
+        stages.update(black_box_stages)
         after.update({a.name: {e: res.robust_after(a.name, e) for e in eps} for a in roles["black_box"]})
     for a in later:
         results += [{"attack": a.name, "eps": e, "robust_accuracy": _rate(after[a.name][e]), "stage": "after_white_box"}

@@ -64,7 +64,8 @@ def black_box(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks: Seque
     every eps, ``black_box_sample_size`` of the inputs still robust there, for its check's threshold
     (random sampling: ``random_gap``; the others: ``black_box_gap``). An attack goes on to the other
     survivors only when its sample yields an adversarial point. Returns, per eps, the inputs the
-    attacks ran on when that stayed a sample for all of them (else ``None``), and the stages' info.
+    attacks ran on when that stayed a sample for all of them (else ``None``), and each stage's info
+    by stage name (``black_box_<attack>``, ``black_box_rest_<attack>``).
     """
     n = int(x.shape[0])
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
@@ -84,13 +85,13 @@ def black_box(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks: Seque
         found = first.cascade(model, x, y, [attack], eps, batch_size, {k: m & chosen for k, m in alive.items()})
         fooled = found["fooled"].get(attack.name, {})
         rest = {k: m & ~chosen for k, m in alive.items()}
-        info[attack.name] = {**first.info, "survivors": int(torch.stack(list(alive.values())).any(0).sum())}
+        info[first.name] = {**first.info, "survivors": int(torch.stack(list(alive.values())).any(0).sum())}
         if any(bool(m.any()) for m in fooled.values()) and any(bool(m.any()) for m in rest.values()):
             more = stage(f"black_box_rest_{attack.name}")
             extra = more.cascade(model, x, y, [attack], eps, batch_size, rest)["fooled"].get(attack.name, {})
             fooled = {k: fooled.get(k, torch.zeros(n, dtype=torch.bool)) | extra.get(k, torch.zeros(n, dtype=torch.bool))
                       for k in alive}
-            info[attack.name]["rest"] = more.info
+            info[more.name] = more.info
             chosen = torch.ones(n, dtype=torch.bool)
         partial = partial or any(bool((m & ~chosen).any()) for m in alive.values())
         for e in eps:
