@@ -29,6 +29,7 @@ import torch
 from _data import benchmark_datamodule
 
 from lit_defense.audit import AttackSuite, audit_model
+from lit_defense.audit.display import AuditProgress
 from lit_defense.data import fixed_subset
 from lit_defense.evaluation import eps_key
 from lit_defense.modules.loading import module_from_checkpoint
@@ -83,11 +84,13 @@ def autoattack(model, x, y, norm: str, eps: float, version: str, batch_size: int
 
 
 def ours(model, x, y, norm: str, eps: list[float], suite: AttackSuite) -> tuple[dict[str, torch.Tensor], float, dict]:
+    """The audit's per-sample robustness per eps key, its time, and its report with the stage lines."""
+    lines: list[str] = []  # the audit's own line per finished stage: where its time went
     start = time.perf_counter()
-    audit = audit_model(model, x, y, eps, norm, suite=suite)
+    audit = audit_model(model, x, y, eps, norm, suite=suite, progress=AuditProgress(1, log=lines.append, bars=False))
     seconds = time.perf_counter() - start
     robust = {key: mask.to(x.device) for key, mask in audit.per_sample.robust.items()}
-    return robust, seconds, {**audit.to_dict(), "per_sample": audit.per_sample.to_dict()}
+    return robust, seconds, {**audit.to_dict(), "per_sample": audit.per_sample.to_dict(), "stage_lines": lines}
 
 
 def _sha256(path: Path) -> str:
@@ -105,6 +108,18 @@ def _first_fooled(report: dict, key: str) -> list[str]:
     return out
 
 
+def _cached_autoattack(path: str | None, digest: str, norm: str, eps: float, samples: int,
+                       version: str) -> dict | None:
+    """The row of an earlier ``--output`` file for this checkpoint and setting, or None."""
+    if not path or not Path(path).is_file():
+        return None
+    for row in json.loads(Path(path).read_text()):
+        if (row.get("checkpoint_sha256"), row.get("norm"), row.get("eps"), row.get("samples"),
+                row.get("autoattack_version")) == (digest, norm, eps, samples, version):
+            return row
+    return None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", required=True, help="a `make run` folder (runs/<timestamp>-<profile>)")
@@ -115,7 +130,11 @@ def main() -> None:
     parser.add_argument("--grid", action="store_true", help="also time the audit's default three-eps grid")
     parser.add_argument("--batch_size", type=int, default=500)
     parser.add_argument("--threads", type=int, default=0)
-    parser.add_argument("--output", help="write the rows as JSON here")
+    parser.add_argument("--output", help="write the rows as JSON here (after every model)")
+    parser.add_argument("--reuse_autoattack", metavar="JSON",
+                        help="take AutoAttack's per-sample outcome and time from an earlier --output file when its "
+                             "checkpoint sha256, norm, eps and samples match (to iterate on the audit; the bars "
+                             "need a run without it)")
     parser.add_argument("--suite", nargs="*", default=[], metavar="KEY=VALUE",
                         help="AttackSuite overrides (integers), e.g. apgd_targets=9; default: the audit's defaults")
     args = parser.parse_args()
@@ -135,35 +154,46 @@ def main() -> None:
         ckpt = Path(args.run) / name / "version_0" / "checkpoints" / "last.ckpt"
         model = module_from_checkpoint(ckpt).requires_grad_(False)
         randomized = is_randomized(model, x)
-        torch.manual_seed(0)
-        aa_robust, aa_s, aa_detail = autoattack(model, x, y, args.norm, args.eps,
-                                                "rand" if randomized else "standard", args.batch_size)
+        version = "rand" if randomized else "standard"
+        digest = _sha256(ckpt)
+        cached = _cached_autoattack(args.reuse_autoattack, digest, args.norm, args.eps, args.samples, version)
+        if cached is not None:  # an earlier run's AutoAttack on this very checkpoint and these images
+            aa_robust = torch.tensor(cached["per_sample"]["autoattack_robust"], device=x.device)
+            aa_s = cached["autoattack_seconds"]
+            aa_detail = {"first": cached["per_sample"]["autoattack_first"],
+                         "seconds": cached["autoattack_seconds_per_attack"]}
+        else:
+            torch.manual_seed(0)
+            aa_robust, aa_s, aa_detail = autoattack(model, x, y, args.norm, args.eps, version, args.batch_size)
         torch.manual_seed(0)
         robust, our_s, report = ours(model, x, y, args.norm, [args.eps], suite)
         row = {
             "model": name, "randomized": randomized, "norm": args.norm, "eps": args.eps, "samples": args.samples,
-            "autoattack_version": "rand" if randomized else "standard",
+            "autoattack_version": version, "autoattack_reused": cached is not None,
             "autoattack": aa_robust.double().mean().item(), "audit": robust[key].double().mean().item(),
             "autoattack_only": int((robust[key] & ~aa_robust).sum()), "audit_only": int((aa_robust & ~robust[key]).sum()),
             "autoattack_seconds": round(aa_s, 1), "audit_seconds": round(our_s, 1),
-            "audit_results": report["results"],
+            "audit_results": report["results"], "audit_stages": report["stage_lines"],
             "autoattack_seconds_per_attack": aa_detail["seconds"],
             "per_sample": {"autoattack_first": aa_detail["first"], "autoattack_robust": aa_robust.tolist(),
                            "audit_robust": robust[key].tolist(),
                            "audit_fooled_by": _first_fooled(report, key),
                            "audit_min_norm": report["per_sample"]["min_norm"]},
-            "checkpoint_sha256": _sha256(ckpt),
+            "checkpoint_sha256": digest,
         }
         line = (f"{name:<26}{row['autoattack']:>11.2%}{row['audit']:>8.2%}{row['autoattack_only']:>8}"
                 f"{row['audit_only']:>11}{aa_s:>8.0f}{our_s:>9.0f}{our_s / aa_s:>9.2f}")
         if args.grid:
             torch.manual_seed(0)
-            grid_robust, grid_s, _ = ours(model, x, y, args.norm, GRID[args.norm], suite)
+            grid_robust, grid_s, grid_report = ours(model, x, y, args.norm, GRID[args.norm], suite)
             row["grid_seconds"] = round(grid_s, 1)
+            row["grid_stages"] = grid_report["stage_lines"]
             row["grid_worst"] = {k: v.double().mean().item() for k, v in grid_robust.items()}
             line += f"{grid_s:>8.0f}{grid_s / aa_s:>8.2f}"
-        print(line, flush=True)
+        print(line + ("  (AutoAttack reused)" if cached is not None else ""), flush=True)
         rows.append(row)
+        if args.output:  # after every model: a stopped run keeps what it measured
+            Path(args.output).write_text(json.dumps(rows, indent=1))
     aa_total = sum(r["autoattack_seconds"] for r in rows)
     our_total = sum(r["audit_seconds"] for r in rows)
     ties = all(r["autoattack_only"] <= 1 for r in rows)
@@ -175,8 +205,9 @@ def main() -> None:
               f"(ratio to AutoAttack at one eps {grid_total / aa_total:.3f}; bar <= 0.33)")
     print(f"at most one 'AA only' image on every model: {ties}; audit worst case <= AutoAttack's on every model: "
           f"{all(r['audit'] <= r['autoattack'] + 1e-12 for r in rows)}")
-    if args.output:
-        Path(args.output).write_text(json.dumps(rows, indent=1))
+    if any(r["autoattack_reused"] for r in rows):
+        print("AutoAttack's results were reused for some models: their times come from an earlier run, "
+              "not side by side; use a run without --reuse_autoattack for the bars")
 
 
 if __name__ == "__main__":

@@ -144,11 +144,10 @@ def audit_model(
         return {"clean": ex["clean_correct"], "fooled": ex["fooled"], "margin_left": left,
                 "clean_margin": ex["clean_margin"]}
 
-    found = stage.run(pool, white_box, n)
-    white_found = found
+    white_found = stage.run(pool, white_box, n)
     stages = {"probe": probe_info, "white_box": stage.info}
-    res = PerSample.start(found["clean"], eps)
-    res.fold(found["fooled"], [a.name for a in white], eps)  # side by side: robust = fooled by none of them
+    res = PerSample.start(white_found["clean"], eps)
+    res.fold(white_found["fooled"], [a.name for a in white], eps)  # side by side: robust = fooled by none of them
     own = {a.name: {e: res.robust_to(a.name, e) for e in eps} for a in white}  # robust, each alone
     results = [{"attack": a.name, "eps": e, "robust_accuracy": _rate(own[a.name][e]), "stage": "white_box"}
                for e in eps for a in white]
