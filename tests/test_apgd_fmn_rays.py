@@ -9,7 +9,7 @@ from torch import nn
 from toy_models import DecisionOnly
 
 from lit_defense.attacks import APGD, BPDA, EOT, FMN, PGD, Attack, RayS, Square
-from lit_defense.attacks.apgd import checkpoints
+from lit_defense.attacks.apgd import checkpoints, interleave
 from lit_defense.errors import ConfigError
 from lit_defense.evaluation import evaluate_robustness, robustness_counts
 from lit_defense.threat import ThreatModel
@@ -86,6 +86,53 @@ def test_targeted_apgd_sees_through_saturated_softmax(trained):
     targeted = evaluate_robustness(scaled, x, y, [APGD(steps=20, loss="dlr", targets=3)], eps=[0.1]).worst(0.1)
     assert ce > plain + 0.3, (ce, plain)
     assert abs(targeted - plain) <= 0.05, (targeted, plain)
+
+
+class _Rows(nn.Module):
+    """Counts the input rows it forwards (a stand-in for the attack's cost)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model, self.rows = model, 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.rows += x.shape[0]
+        return self.model(x)
+
+
+def test_zero_gradient_inputs_stop_early_with_the_same_result(trained, monkeypatch):
+    """A saturated softmax zeroes the CE gradient: such an input never moves again, so PGD and APGD
+    drop it instead of repeating the same zero step, and return exactly what the full run returns."""
+    import lit_defense.attacks.apgd as apgd_module
+
+    model, x, y = trained
+    x, y = x[:64], y[:64]
+    scaled = _Rows(ScaledLogits(model, 1e4).eval())
+    results = {}
+    for name, attack, reference in (
+        ("pgd", PGD(steps=20, loss="ce"), lambda: PGD(steps=20, loss="ce", early_stop_every=0)(scaled, x, y)),
+        ("apgd", APGD(steps=40, loss="ce"), None),
+    ):
+        scaled.rows = 0
+        fast = attack(scaled, x, y)
+        fast_rows = scaled.rows
+        scaled.rows = 0
+        if reference is not None:
+            full = reference()
+        else:  # the same APGD with the stuck test switched off
+            with monkeypatch.context() as m:
+                m.setattr(apgd_module, "_stuck", lambda grad, *_: torch.zeros(grad.shape[0], dtype=torch.bool))
+                full = attack(scaled, x, y)
+        results[name] = (fast_rows, scaled.rows)
+        assert torch.equal(fast, full), name
+    assert results["pgd"][0] <= results["pgd"][1] / 5, results  # the zero step is not repeated 19 times
+    assert results["apgd"][0] <= results["apgd"][1] / 2, results  # dropped at the first checkpoint
+    # where the gradient is not zero nothing changes: the unscaled model is attacked as before
+    plain = _Rows(model)
+    with monkeypatch.context() as m:
+        m.setattr(apgd_module, "_stuck", lambda grad, *_: torch.zeros(grad.shape[0], dtype=torch.bool))
+        full = APGD(steps=40, loss="ce")(plain, x, y)
+    assert torch.equal(APGD(steps=40, loss="ce")(plain, x, y), full)
 
 
 def test_apgd_rejects_impossible_settings():
@@ -177,3 +224,18 @@ def test_linear_target_ranking_picks_the_nearest_boundary_not_the_likeliest_clas
     assert linear.name == "apgd_t1_margin_linear"
     with pytest.raises(ConfigError, match="ranking"):
         APGD(targets=1, ranking="nearest")
+
+
+def test_mixed_target_ranking_takes_both_rankings_in_turn():
+    """linear 1st, logit 1st, linear 2nd, logit 2nd, ...: each class once, the true class last."""
+    model = _NearAndLikely()
+    x, y = torch.full((3, 1, 2, 2), 0.5), torch.zeros(3, dtype=torch.long)
+    mixed = APGD(eps=0.45, targets=2, ranking="mixed")
+    linear = APGD(eps=0.45, targets=2, ranking="linear")._target_order(model, x, y)
+    order = mixed._target_order(model, x, y)
+    assert order[:, :2].tolist() == [[2, 1]] * 3  # the nearest boundary, then the likeliest wrong class
+    assert order[:, -1].tolist() == [0] * 3 and linear[:, -1].tolist() == [0] * 3
+    assert sorted(order[0].tolist()) == [0, 1, 2, 3]
+    assert mixed.name == "apgd_t2_ce_mixed"
+    a, b = torch.tensor([[4, 5, 3, 0, 2, 1]]), torch.tensor([[3, 0, 4, 2, 5, 1]])
+    assert interleave(a, b).tolist() == [[4, 3, 5, 0, 2, 1]]

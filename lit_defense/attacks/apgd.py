@@ -49,6 +49,22 @@ def checkpoints(steps: int) -> list[int]:
     return sorted(m for m in marks if m < steps)
 
 
+RANKINGS = ("logit", "linear", "mixed")
+
+
+def interleave(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+    """Per row, the two orders of the same classes taken in turn, each class at its first appearance."""
+    n, k = first.shape
+    both = torch.stack([first, second], dim=2).reshape(n, 2 * k)  # first[0], second[0], first[1], ...
+    seen = torch.zeros(n, k, dtype=torch.bool, device=first.device)
+    keep = torch.zeros_like(both, dtype=torch.bool)
+    for j in range(2 * k):
+        cls = both[:, j:j + 1]
+        keep[:, j] = ~seen.gather(1, cls).squeeze(1)
+        seen.scatter_(1, cls, True)
+    return both[keep].view(n, k)
+
+
 class APGD(GradientAttack):
     """Auto-PGD (see module doc), L-inf or L2.
 
@@ -63,6 +79,8 @@ class APGD(GradientAttack):
             clean input (AutoAttack). ``linear``: the classes whose decision boundary is nearest
             to first order, ``(z_y - z_t) / ||grad (z_y - z_t)||_*`` with the threat model's dual
             norm (MALT, Melamed et al. 2024): one backward pass per class at the clean input.
+            ``mixed``: the two interleaved, each class once (linear 1st, logit 1st, linear 2nd,
+            ...): the first four targets hold both rankings' first two.
         rho: a checkpoint halves the step size when fewer than this fraction of its steps raised
             the loss.
         momentum: weight of the new step against the last move (0.75 in the paper).
@@ -81,8 +99,8 @@ class APGD(GradientAttack):
         if not 0 < rho <= 1 or not 0 < momentum <= 1:
             raise ConfigError(f"APGD needs 0 < rho <= 1 and 0 < momentum <= 1, got {rho}, {momentum}.")
         get_loss(loss)
-        if ranking not in ("logit", "linear"):
-            raise ConfigError(f"APGD's target ranking is 'logit' or 'linear', got {ranking!r}.")
+        if ranking not in RANKINGS:
+            raise ConfigError(f"APGD's target ranking is one of {', '.join(RANKINGS)}; got {ranking!r}.")
         self.ranking = ranking
         self.steps = steps
         self.loss = loss
@@ -95,7 +113,7 @@ class APGD(GradientAttack):
     @override
     def default_name(self) -> str:
         base = f"apgd_{self.loss}" if not self.targets else \
-            f"apgd_t{self.targets}_{self.loss}" + ("_linear" if self.ranking == "linear" else "")
+            f"apgd_t{self.targets}_{self.loss}" + ("" if self.ranking == "logit" else f"_{self.ranking}")
         return base if self.norm == "linf" else f"{base}_{self.norm}"
 
     def for_eot(self, samples: int) -> APGD:
@@ -144,6 +162,15 @@ class APGD(GradientAttack):
         if self.ranking == "logit":
             with torch.no_grad():
                 return model(x).sort(dim=1, descending=True).indices
+        linear = self._linear_order(model, x, y)
+        if self.ranking == "linear":
+            return linear
+        with torch.no_grad():  # the true class last in both, as in the linear order
+            logit = model(x).scatter(1, y[:, None], -float("inf")).sort(dim=1, descending=True).indices
+        return interleave(linear, logit)
+
+    def _linear_order(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Per input, the classes by first-order distance to their decision boundary (nearest first; true class last)."""
         x_in = x.detach().requires_grad_(True)
         logits = model(x_in)
         true = logits.gather(1, y[:, None])
@@ -223,9 +250,9 @@ class APGD(GradientAttack):
                 loss = torch.where(halve, loss_best, loss)
                 increases.zero_()
                 last_mark = k + 1
-                if keep_first:  # per-sample early exit: fooled inputs are done
+                if keep_first:  # per-sample early exit: fooled inputs are done, and so are stuck ones
                     scatter_back()
-                    keep = (~fooled).nonzero().squeeze(1)
+                    keep = (~fooled & ~_stuck(grad, xa, x_prev, x_best)).nonzero().squeeze(1)
                     if keep.numel() == 0:
                         return out, fooled_out, loss_out
                     if keep.numel() < act.numel():
@@ -237,6 +264,18 @@ class APGD(GradientAttack):
                         loss_fn = _subset(loss_fn, keep)
         scatter_back()
         return out, fooled_out, loss_out
+
+
+def _stuck(grad: torch.Tensor, xa: torch.Tensor, x_prev: torch.Tensor, x_best: torch.Tensor) -> torch.Tensor:
+    """Inputs that can never move again: an exactly zero gradient, no momentum, at their best point.
+
+    Their next step and every restart from the best point land where they are, so (on a
+    deterministic model: randomized ones are attacked through EOT, which never exits early) the
+    remaining steps would compute the same zero gradient. A saturated softmax (defensive
+    distillation) gives exactly this for the cross-entropy.
+    """
+    flat = [t.flatten(1) for t in (grad, xa, x_prev, x_best)]
+    return (flat[0] == 0).all(1) & (flat[1] == flat[2]).all(1) & (flat[1] == flat[3]).all(1)
 
 
 class _TargetedLoss:

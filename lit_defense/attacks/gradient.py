@@ -146,6 +146,17 @@ class PGD(GradientAttack):
             out[act] = torch.where(per_sample(newly, xa), xa, out[act])
             fooled[act] = was | newly
             xa = self.threat.project(xa + alpha * self.threat.steepest(grad), xo)
+            if self.early_stop_every:
+                # an exactly zero gradient never moves the point again (a deterministic model:
+                # randomized ones are attacked through EOT, which never stops early): it is done,
+                # its last iterate is where it stays (a saturated softmax does this to the CE)
+                stuck = (grad.flatten(1) == 0).all(1)
+                if bool(stuck.any()):
+                    done = act[stuck]
+                    out[done] = torch.where(per_sample(fooled[done], xa[stuck]), out[done], xa[stuck])
+                    act, xa, xo, ya = act[~stuck], xa[~stuck], xo[~stuck], ya[~stuck]
+                    if act.numel() == 0:
+                        return out, fooled
         with torch.no_grad():
             final_adv = model(xa).argmax(1) != ya
         was = fooled[act]
