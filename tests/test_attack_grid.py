@@ -16,6 +16,7 @@ from lit_defense.attacks import BPDA, EOT, FGSM, FMN, PGD, Attack, MinNormAttack
 from lit_defense.attacks.base import fooled_by
 from lit_defense.audit import AttackSuite
 from lit_defense.audit.plan import audit_model
+from lit_defense.audit.suite import default_attacks
 from lit_defense.defenses import BitDepthReduction
 from lit_defense.evaluation import robustness_counts
 from lit_defense.results import eps_key
@@ -95,7 +96,24 @@ def test_the_audit_refines_behind_bpda_on_a_masked_model(trained):
                         min_norm_steps=10, rays_queries=0)
     a = audit_model(masked(model), x[:64], y[:64], [0.1], name="bit_depth", suite=suite, check_samples=32)
     assert "bpda_fmn" in a.roles["cascade"]
+    assert a.roles["refine"] == ["bpda_refine_apgd_t", "bpda_refine_pgd_margin"]
     assert "refine" in a.stages, a.stages
     norms = a.per_sample.min_norm["bpda_fmn"]
     assert norms.shape == (64,) and torch.isfinite(norms).any()
     assert any(r["stage"] == "refine" for r in a.results)
+
+
+def test_refine_gives_the_near_inputs_autoattacks_targeted_budget():
+    """Near the boundary the suite spends AutoAttack's APGD-T budget: every other class, full steps.
+
+    The cascade's APGD-T takes 3 targets and 50 steps; an input of the quick teacher with FMN norm
+    1.08 x eps fell to 100 steps and not to 50 (benchmarks/results/vs_autoattack_linf_0.1.json).
+    """
+    suite = AttackSuite()
+    roles = default_attacks("linf", suite, masked=False, randomized=False, num_classes=10)
+    apgd_t = roles["refine"][0]
+    assert apgd_t.name == "refine_apgd_t" and apgd_t.targets == 9 and apgd_t.steps == suite.apgd_steps
+    assert apgd_t.seed != roles["cascade"][1].seed  # fresh starts
+    assert default_attacks("linf", suite, masked=False, randomized=True)["refine"] == []
+    three = default_attacks("linf", suite, masked=False, randomized=False, num_classes=3)["refine"][0]
+    assert three.targets == 2 and three.loss == "margin"  # DLR-targeted needs four classes

@@ -79,7 +79,7 @@ def test_every_profile_is_a_file_whose_audit_is_an_audit_config(tmp_path):
         alone = read_audit_config(["--config", str((CONFIGS / "run" / profile.audit).resolve())])
         assert dataclasses.replace(alone.options, output_dir=str(tmp_path), overwrite=True) == call.options
     quick = load_profile("quick").audit_config(tmp_path).options
-    assert quick.num_samples == 400 and quick.suite.apgd_targets == 3 and quick.eps == [0.05, 0.1, 0.2]
+    assert quick.num_samples == 400 and quick.suite.apgd_targets == 4 and quick.eps == [0.05, 0.1, 0.2]
 
 
 def test_a_copied_profile_runs_by_path_and_a_broken_one_is_one_line(tmp_path, capsys):
