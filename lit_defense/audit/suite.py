@@ -56,8 +56,8 @@ class AttackSuite:
         apgd_ranking: how APGD-T ranks its targets: ``mixed`` (the two below interleaved: with 4
             targets, the first two of each), ``linear`` (nearest first-order boundary, MALT) or
             ``logit`` (most likely wrong class, AutoAttack).
-        apgd_targeted_steps: APGD-T iterations per target (AutoAttack: 100); 50 keeps all nine
-            targets within a third of AutoAttack's time (``benchmarks/vs_autoattack.py``).
+        apgd_targeted_steps: APGD-T iterations per target in the cascade (AutoAttack: 100); the
+            inputs FMN places near eps get 100 and every target in the refine stage.
         min_norm_steps: FMN iterations (0 disables the minimum-norm attack).
         rays_queries: RayS queries per input (L-inf), run when the gradients are unusable;
             multiplied by ``escalation`` like the other gradient-free budgets (0 disables it).
