@@ -52,7 +52,7 @@ class AttackSuite:
             eps 0.1, the 645 inputs white-box PGD and APGD-CE left) APGD-T over 9 targets fooled 4
             inputs with the linear ranking (3 with AutoAttack's), all with its first two targets;
             on the quick distilled model 3 inputs fell only to the logit ranking's second class,
-            which the linear one put fourth (``benchmarks/results/vs_autoattack_linf_0.1.json``).
+            which the linear one put fourth (``benchmarks/results/vs_autoattack_linf_0.1_before.json``).
         apgd_ranking: how APGD-T ranks its targets: ``mixed`` (the two below interleaved: with 4
             targets, the first two of each), ``linear`` (nearest first-order boundary, MALT) or
             ``logit`` (most likely wrong class, AutoAttack).
@@ -84,7 +84,7 @@ class AttackSuite:
             point and another misses it: they get AutoAttack's budget and fresh starts (targeted
             APGD-DLR over every other class with ``apgd_steps`` steps, then a margin PGD with
             ``5 * steps`` steps and ``refine_restarts`` random restarts; another seed). 0 disables it.
-        refine_restarts: random restarts of the refining PGD (0 disables it).
+        refine_restarts: random restarts of the refining PGD (0 disables the refine stage).
         adequacy_samples: inputs robust at the middle eps that get the binarization test, the
             positive control of ``lit_defense.adequacy``: the same attacks must find an adversarial
             example that surely exists (0 disables it; its result is the check ``attack_inadequate``).
