@@ -162,15 +162,18 @@ class APGD(GradientAttack):
         if self.ranking == "logit":
             with torch.no_grad():
                 return model(x).sort(dim=1, descending=True).indices
-        linear = self._linear_order(model, x, y)
+        linear, logits = self._linear_order(model, x, y)
         if self.ranking == "linear":
             return linear
-        with torch.no_grad():  # the true class last in both, as in the linear order
-            logit = model(x).scatter(1, y[:, None], -float("inf")).sort(dim=1, descending=True).indices
+        # the true class last in both, as in the linear order
+        logit = logits.scatter(1, y[:, None], -float("inf")).sort(dim=1, descending=True).indices
         return interleave(linear, logit)
 
-    def _linear_order(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Per input, the classes by first-order distance to their decision boundary (nearest first; true class last)."""
+    def _linear_order(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per input, the classes nearest their first-order decision boundary first, and the clean logits.
+
+        The true class comes last; the logits (detached) are those the distances came from.
+        """
         x_in = x.detach().requires_grad_(True)
         logits = model(x_in)
         true = logits.gather(1, y[:, None])
@@ -183,7 +186,7 @@ class APGD(GradientAttack):
                 grad = grad if g is None else g
             distance[:, t] = gap.detach().float() / self.threat.dual_norm(grad).float().clamp_min(1e-12)
         distance.scatter_(1, y[:, None], float("inf"))
-        return distance.argsort(dim=1)
+        return distance.argsort(dim=1), logits.detach()
 
     # ------------------------------------------------------------------------------ one run
     def _run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: LossFn, generator: SampleRNG

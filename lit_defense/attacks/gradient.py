@@ -134,9 +134,16 @@ class PGD(GradientAttack):
         xa = self.threat.random_point(x, generator) if start else x.clone()
         xo, ya = x, y
         alpha = self.alpha
+        zero = torch.zeros(n, dtype=torch.bool, device=x.device)  # last step's gradient exactly zero
         for step in range(self.steps):
             if self.early_stop_every and step > 0 and step % self.early_stop_every == 0:
-                keep = ~fooled[act]
+                # fooled inputs are done; so is one whose gradient was exactly zero, since that never
+                # moves the point again (a deterministic model: randomized ones are attacked through
+                # EOT, which never stops early; a saturated softmax does this to the CE): it stays at
+                # its last iterate
+                stuck = zero & ~fooled[act]
+                out[act[stuck]] = xa[stuck]
+                keep = ~fooled[act] & ~stuck
                 act, xa, xo, ya = act[keep], xa[keep], xo[keep], ya[keep]
                 if act.numel() == 0:
                     return out, fooled
@@ -146,17 +153,7 @@ class PGD(GradientAttack):
             out[act] = torch.where(per_sample(newly, xa), xa, out[act])
             fooled[act] = was | newly
             xa = self.threat.project(xa + alpha * self.threat.steepest(grad), xo)
-            if self.early_stop_every:
-                # an exactly zero gradient never moves the point again (a deterministic model:
-                # randomized ones are attacked through EOT, which never stops early): it is done,
-                # its last iterate is where it stays (a saturated softmax does this to the CE)
-                stuck = (grad.flatten(1) == 0).all(1)
-                if bool(stuck.any()):
-                    done = act[stuck]
-                    out[done] = torch.where(per_sample(fooled[done], xa[stuck]), out[done], xa[stuck])
-                    act, xa, xo, ya = act[~stuck], xa[~stuck], xo[~stuck], ya[~stuck]
-                    if act.numel() == 0:
-                        return out, fooled
+            zero = (grad.flatten(1) == 0).all(1)
         with torch.no_grad():
             final_adv = model(xa).argmax(1) != ya
         was = fooled[act]
