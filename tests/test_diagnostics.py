@@ -406,3 +406,35 @@ def test_black_box_check_on_a_sample_of_the_survivors():
                               thresholds.random_gap, ["random"])
     assert full.to_dict() == plain.to_dict() and plain.value == pytest.approx(0.02)
     assert black_box_sample_size(0, n, 0.01, 0.05) == 0 and black_box_sample_size(5, n, 0.01, 0.05) == 1
+
+
+def test_the_far_rule_trusts_the_margins_through_a_saturated_softmax_and_nothing_else():
+    """The cascade skips far survivors only where the white-box margins mean something: a saturated
+    softmax and zero cross-entropy gradients leave the margin PGD intact; any other failed mechanism
+    check, BPDA, EOT or zero margin gradients do not."""
+    from lit_defense.audit.spending import far_from_boundary, margins_trusted
+    from lit_defense.results import Check, PerSample
+
+    names = ["probability_outputs", "softmax_saturation", "randomized_outputs", "zero_gradients",
+             "gradient_mismatch", "inference_time_optimisation"]
+
+    def checks(*failed: str, state: str = "fail") -> list[Check]:
+        return [Check(n, True, None, "", state=state if n in failed else "pass") for n in names]
+
+    assert margins_trusted(checks(), masked=False, randomized=False, margin_zero=False)
+    distilled = checks("softmax_saturation", "zero_gradients")
+    assert margins_trusted(distilled, masked=False, randomized=False, margin_zero=False)
+    assert not margins_trusted(distilled, masked=False, randomized=False, margin_zero=True)
+    assert not margins_trusted(checks(), masked=True, randomized=False, margin_zero=False)
+    assert not margins_trusted(checks(), masked=False, randomized=True, margin_zero=False)
+    for other in ("probability_outputs", "randomized_outputs", "gradient_mismatch", "inference_time_optimisation"):
+        assert not margins_trusted(checks(other), masked=False, randomized=False, margin_zero=False), other
+        assert not margins_trusted(checks(other, state="inconclusive"), masked=False, randomized=False,
+                                   margin_zero=False), other
+    # far: robust survivors with more than the threshold of their clean margin left
+    res = PerSample.start(torch.tensor([True, True, True, False]), [0.1])
+    res.robust["0.1"][2] = False  # fooled by a white-box attack
+    white = {"clean_margin": torch.tensor([2.0, 2.0, 2.0, -1.0]),
+             "margin_left": {"0.1": torch.tensor([1.5, 0.5, 1.8, float("inf")])}}
+    assert far_from_boundary(white, [0.1], 0.5, res)["0.1"].tolist() == [True, False, False, False]
+    assert not far_from_boundary(white, [0.1], 0.0, res)["0.1"].any()
