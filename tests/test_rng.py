@@ -61,3 +61,32 @@ def test_sharded_evaluation_equals_the_whole_one(trained):
         for r, part in enumerate(parts):
             merged[r::3] = part["robust"][key]
         assert torch.equal(merged, mask)
+
+
+def test_a_randomized_model_audits_the_same_whatever_ran_before_and_the_callers_generator_is_kept(trained):
+    """A randomized defence draws from torch's global generator: the audit forks it and seeds it from
+    its own seed, so what ran before does not change the model's numbers, and the caller's
+    generator is left where it was."""
+    from torch import nn
+
+    from lit_defense.audit import AttackSuite, audit_model
+    from lit_defense.defenses import GaussianNoise
+
+    model, x, y = trained
+    noisy = nn.Sequential(GaussianNoise(sigma=0.3), model).eval()
+    x, y = x[:24], y[:24]
+    suite = AttackSuite(steps=3, eot_samples=2, square_queries=10, random_samples=2, apgd_steps=0,
+                        min_norm_steps=0, rays_queries=0)
+    reports = []
+    for draws_before in (0, 1000):
+        torch.manual_seed(1)
+        torch.rand(draws_before)  # whatever else ran in the process
+        state = torch.get_rng_state()
+        a = audit_model(noisy, x, y, [0.1], suite=suite, check_samples=24, keep_examples=0)
+        assert torch.equal(torch.get_rng_state(), state)  # the caller's generator is untouched
+        reports.append(a)
+    assert not next(c for c in reports[0].gradient_masking.checks if c.name == "randomized_outputs").passed
+    first, second = (r.per_sample.to_dict() for r in reports)
+    assert first == second and reports[0].clean_accuracy == reports[1].clean_accuracy
+    other = audit_model(noisy, x, y, [0.1], suite=suite, check_samples=24, keep_examples=0, seed=1)
+    assert other.per_sample.to_dict() != first  # another seed draws other noise

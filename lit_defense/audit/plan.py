@@ -32,8 +32,10 @@ per-input worst case over all attacks. Measured against the reference AutoAttack
 
 from __future__ import annotations
 
+import functools
+import inspect
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -81,6 +83,32 @@ def _probe(model: nn.Module, x: torch.Tensor, y: torch.Tensor, thresholds: Maski
     return checks, {"inputs": int(x.shape[0]), "collectives": collective.calls["probe"] - before}
 
 
+def _own_generator(audit: Callable[..., ModelAudit]) -> Callable[..., ModelAudit]:
+    """``audit`` with torch's global generator forked and seeded from its ``seed`` argument.
+
+    A randomized defence draws from torch's global generator (the attacks have their own,
+    ``lit_defense.rng``): seeded per audit, its draws, and so the model's clean accuracy and worst
+    case, no longer depend on what ran before it in the process, and the caller's generator is
+    left as it was.
+    """
+    signature = inspect.signature(audit)
+
+    @functools.wraps(audit)
+    def seeded(*args: Any, **kwargs: Any) -> ModelAudit:
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        device, seed = bound.arguments["x"].device, int(bound.arguments["seed"])
+        cuda = [device.index or 0] if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda):
+            torch.random.default_generator.manual_seed(seed)
+            for index in cuda:
+                torch.cuda.default_generators[index].manual_seed(seed)
+            return audit(*args, **kwargs)
+
+    return seeded
+
+
+@_own_generator
 def audit_model(
     model: nn.Module,
     x: torch.Tensor,
