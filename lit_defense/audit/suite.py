@@ -110,6 +110,11 @@ class AttackSuite:
     adequacy_samples: int = 0
 
 
+def _dlr_or_margin(num_classes: int, targeted: bool) -> str:
+    """APGD's loss: the DLR needs the third largest logit (targeted: the fourth), else the margin."""
+    return "dlr" if num_classes >= (4 if targeted else 3) else "margin"
+
+
 def default_attacks(norm: str, suite: AttackSuite, masked: bool, randomized: bool, seed: int = 0,
                     transfer: Sequence[Attack] = (), broken_gradients: bool = False,
                     num_classes: int = 10) -> dict[str, Any]:
@@ -139,9 +144,9 @@ def default_attacks(norm: str, suite: AttackSuite, masked: bool, randomized: boo
         if suite.apgd_targets:
             # randomized models: EOT's expected loss needs a loss comparable across targets (AutoAttack's
             # rand version runs untargeted APGD-DLR there)
-            dlr = num_classes >= (3 if randomized else 4)
             targeted = APGD(norm=norm, steps=suite.apgd_steps if randomized else suite.apgd_targeted_steps,
-                            loss="dlr" if dlr else "margin", targets=0 if randomized else suite.apgd_targets,
+                            loss=_dlr_or_margin(num_classes, targeted=not randomized),
+                            targets=0 if randomized else suite.apgd_targets,
                             ranking=suite.apgd_ranking, seed=seed)
             cascade.append(adapt(targeted))
     if suite.min_norm_steps and not randomized:
@@ -152,7 +157,7 @@ def default_attacks(norm: str, suite: AttackSuite, masked: bool, randomized: boo
         # the few inputs FMN places near eps get AutoAttack's own budget: targeted APGD over every
         # other class, full steps (such inputs fall to one random start and not to another)
         if suite.apgd_steps and num_classes >= 3:
-            refine.append(adapt(APGD(norm=norm, steps=suite.apgd_steps, loss="dlr" if num_classes >= 4 else "margin",
+            refine.append(adapt(APGD(norm=norm, steps=suite.apgd_steps, loss=_dlr_or_margin(num_classes, targeted=True),
                                      targets=num_classes - 1, ranking=suite.apgd_ranking, seed=seed + 1,
                                      name="refine_apgd_t")))
         refine.append(adapt(PGD(norm=norm, steps=suite.steps * 5, loss="margin", restarts=suite.refine_restarts,
