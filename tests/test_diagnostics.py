@@ -412,7 +412,7 @@ def test_the_far_rule_trusts_the_margins_through_a_saturated_softmax_and_nothing
     """The cascade skips far survivors only where the white-box margins mean something: a saturated
     softmax and zero cross-entropy gradients leave the margin PGD intact; any other failed mechanism
     check, BPDA, EOT or zero margin gradients do not."""
-    from lit_defense.audit.spending import far_from_boundary, margins_trusted
+    from lit_defense.audit.spending import far_from_boundary, far_threshold, margins_trusted
     from lit_defense.results import Check, PerSample
 
     names = ["probability_outputs", "softmax_saturation", "randomized_outputs", "zero_gradients",
@@ -438,3 +438,7 @@ def test_the_far_rule_trusts_the_margins_through_a_saturated_softmax_and_nothing
              "margin_left": {"0.1": torch.tensor([1.5, 0.5, 1.8, float("inf")])}}
     assert far_from_boundary(white, [0.1], 0.5, res)["0.1"].tolist() == [True, False, False, False]
     assert not far_from_boundary(white, [0.1], 0.0, res)["0.1"].any()
+    # measured for L-inf only: at L2 no survivor is skipped
+    assert far_threshold(0.5, "linf", distilled, False, False, False) == 0.5
+    assert far_threshold(0.5, "l2", checks(), False, False, False) == 0.0
+    assert far_threshold(0.5, "linf", checks("gradient_mismatch"), False, False, False) == 0.0

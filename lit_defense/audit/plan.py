@@ -45,7 +45,7 @@ from lit_defense.attacks import PGD, Attack, RandomSampling, masked_modules
 from lit_defense.audit.display import AuditProgress
 from lit_defense.audit.progress import ProgressLog
 from lit_defense.audit.sharding import Collective, attempt, raise_failures
-from lit_defense.audit.spending import black_box, far_from_boundary, margins_trusted
+from lit_defense.audit.spending import black_box, far_from_boundary, far_threshold
 from lit_defense.audit.stage import Stage
 from lit_defense.audit.suite import AttackSuite, default_attacks, role_names
 from lit_defense.diagnostics import MaskingThresholds, model_checks
@@ -183,10 +183,10 @@ def audit_model(
     # ------------------------------------------------------------------ cascade on the survivors
     after: dict[str, dict[float, torch.Tensor]] = {}  # still robust after each later attack (``fold``)
     # any mechanism check failed (or BPDA/EOT needed): the black-box sample is not trusted, nor the
-    # margins unless the failed checks concern the cross-entropy alone (``margins_trusted``)
+    # margins unless the failed checks concern the cross-entropy alone (``far_threshold``)
     mechanism = masked or randomized or any(not c.passed for c in checks if c.kind == "mechanism")
-    trusted = margins_trusted(checks, masked, randomized, margin_zero)
-    far = far_from_boundary(white_found, eps, suite.far_margin if trusted else 0.0, res)
+    far = far_from_boundary(white_found, eps, far_threshold(suite.far_margin, norm, checks, masked, randomized,
+                                                            margin_zero), res)
     if roles["cascade"]:
         stage = Stage("cascade", name, collective, log, progress)
         found = stage.cascade(model, x, y, roles["cascade"], eps, batch_size,
