@@ -1,10 +1,10 @@
 """Where the audit spends its attacks: not on inputs far from the boundary, gradient-free ones on a sample first.
 
 ``far_from_boundary``: the survivors the white-box attacks left with most of their clean logit
-margin, which the gradient cascade skips (``--suite.far_margin``) where ``margins_trusted``. ``black_box``: each gradient-free
-attack on a seeded sample of the survivors first, as large as its check needs to see a rate at its
-threshold (``black_box_sample_size``), and on the rest only when the sample finds something
-(``--suite.black_box_sample``).
+margin, which the gradient cascade skips (``--suite.far_margin``; ``far_threshold`` says where the
+rule holds). ``black_box``: each gradient-free attack on a seeded sample of the survivors first,
+as large as its check needs to see a rate at its threshold (``black_box_sample_size``), and on
+the rest only when the sample finds something (``--suite.black_box_sample``).
 """
 
 from __future__ import annotations

@@ -78,9 +78,10 @@ class AttackSuite:
             boundary; A3's discarding, Liu et al. 2022). Never when a mechanism check failed, but
             for the two that concern the cross-entropy alone, a saturated softmax and zero CE
             gradients (``spending.margins_trusted``). L-inf only: at L2 it skipped inputs
-            AutoAttack fooled (``spending.far_threshold``). 0: none is skipped. On the quick adversarially trained model (1000 images, eps 0.1) the 6
-            inputs APGD-CE and APGD-T fooled after the white-box attacks had at most 0.26 of their
-            margin left; 0.5 skips 557 of the 647 survivors.
+            AutoAttack fooled (``spending.far_threshold``). 0: none is skipped. On the quick
+            adversarially trained model (1000 images, eps 0.1) the 6 inputs APGD-CE and APGD-T
+            fooled after the white-box attacks had at most 0.26 of their margin left; 0.5 skips
+            557 of the 647 survivors.
         refine_radius: inputs still robust whose minimum-norm (FMN) perturbation is within this
             factor of eps sit near the boundary, where one random start finds an adversarial
             point and another misses it: they get AutoAttack's budget and fresh starts (targeted
