@@ -153,7 +153,8 @@ class PGD(GradientAttack):
             out[act] = torch.where(per_sample(newly, xa), xa, out[act])
             fooled[act] = was | newly
             xa = self.threat.project(xa + alpha * self.threat.steepest(grad), xo)
-            zero = (grad.flatten(1) == 0).all(1)
+            if self.early_stop_every:  # only read at the early-stop points
+                zero = (grad.flatten(1) == 0).all(1)
         with torch.no_grad():
             final_adv = model(xa).argmax(1) != ya
         was = fooled[act]
