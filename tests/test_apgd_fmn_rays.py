@@ -171,6 +171,49 @@ def test_fmn_gives_each_input_its_smallest_perturbation_and_every_eps_at_once(tr
 
 
 
+class _NearerThanLikelier(nn.Module):
+    """Logits of a 2 x 2 image: class 0 (true) 2, class 1 a constant 1.5 (the likeliest wrong class,
+    out of reach), class 2 ``4d + 4d^2`` with ``d = sum(x) - 2``: at x = 0.5 its boundary lies at
+    L2 distance (sqrt(3) - 1) / 4 = 0.183."""
+
+    def forward(self, x):
+        d = x.flatten(1).sum(1) - 2
+        z2 = 4 * d + 4 * d ** 2
+        return torch.stack([torch.full_like(z2, 2.0), torch.full_like(z2, 1.5), z2], dim=1)
+
+
+def test_targeted_fmn_finds_the_nearer_boundary_the_untargeted_margin_never_looks_at():
+    model = _NearerThanLikelier().eval()
+    x, y = torch.full((3, 1, 2, 2), 0.5), torch.zeros(3, dtype=torch.long)
+    _, untargeted = FMN(norm="l2", steps=50).min_norms(model, x, y)
+    assert torch.isinf(untargeted).all(), "the margin to the likeliest wrong class has no gradient"
+    targeted = FMN(norm="l2", steps=50, targets=2)
+    assert targeted.name == "fmn_t2_l2" and FMN(targets=1).name == "fmn_t1"
+    x_adv, norms = targeted.min_norms(model, x, y)
+    with torch.no_grad():
+        assert (model(x_adv).argmax(1) == 2).all()
+    assert torch.allclose(norms, torch.full((3,), (3 ** 0.5 - 1) / 4), atol=0.02), norms
+    assert torch.allclose(ThreatModel("l2", 1.0).distance(x_adv, x), norms, atol=1e-5)
+    # the likeliest wrong class alone is the untargeted failure again
+    assert torch.isinf(FMN(norm="l2", steps=50, targets=1).min_norms(model, x, y)[1]).all()
+
+
+class _Shatter(nn.Module):
+    def forward(self, x):
+        return torch.round(x * 3) / 3
+
+
+def test_square_l2_finds_what_a_shattered_gradient_hides(trained):
+    net, x, y = trained
+    x, y = x[:48], y[:48]
+    model = nn.Sequential(_Shatter(), net).eval()
+    eps = 2.0
+    pgd = evaluate_robustness(model, x, y, [PGD(eps=eps, norm="l2", steps=10, loss="margin")], eps=[eps]).worst(eps)
+    start = evaluate_robustness(model, x, y, [Square(eps=eps, norm="l2", n_queries=1)], eps=[eps]).worst(eps)
+    square = evaluate_robustness(model, x, y, [Square(eps=eps, norm="l2", n_queries=150)], eps=[eps]).worst(eps)
+    assert square < pgd - 0.2 and square < start - 0.1, (pgd, start, square)
+
+
 def test_rays_needs_only_the_decision(trained):
     model, x, y = trained
     x, y = x[:48], y[:48]

@@ -35,6 +35,7 @@ ATTACKS = [
     lambda: PGD(eps=1.0, norm="l2", steps=5, loss="margin"),
     lambda: CarliniWagnerL2(eps=1.0, steps=10, binary_search_steps=2),
     lambda: Square(eps=0.1, n_queries=30),
+    lambda: Square(eps=1.0, norm="l2", n_queries=30),
     lambda: JSMA(eps=0.05),
     lambda: BPDA(PGD(eps=0.1, steps=3)),
     lambda: EOT(PGD(eps=0.1, steps=3), samples=2),
@@ -277,7 +278,7 @@ def test_transfer_from_a_checkpoint(trained, tmp_path):
         (lambda: FGSM(eps=0.1, norm="l0"), "supports norm"),
         (lambda: PGD(eps=0.1, loss="hinge"), "unknown attack loss"),
         (lambda: PGD(steps=0), "steps >= 1"),
-        (lambda: Square(eps=0.1, norm="l2"), "supports norm"),
+        (lambda: Square(eps=0.1, norm="l0"), "supports norm"),
     ],
 )
 def test_impossible_attack_settings_are_clear_errors(make, match):

@@ -9,6 +9,13 @@ it onto a ball of radius ``epsilon``, which adapts per input: while no adversari
 ``epsilon`` is the current norm plus the first-order distance to the boundary (``|margin|`` over the
 gradient's dual norm); once one is, it shrinks by ``gamma`` at each adversarial iterate (never
 above the smallest adversarial norm found) and grows by ``gamma`` otherwise.
+
+``targets=k`` runs it once per target class, the k most likely wrong classes at the clean input,
+down the targeted margin ``z_y - z_t``, and keeps each input's smallest norm over them (the
+minimum-norm counterpart of APGD-T; AutoAttack's FAB-T plays this role). The untargeted margin
+follows the nearest *logit*, which need not be the nearest boundary: on the quick adversarially
+trained model at L2 (eps 1.0) it left inputs at 1.53 and 1.97 x eps, or found nothing, where a
+targeted run reached another class within 0.84-0.93.
 """
 
 from __future__ import annotations
@@ -40,13 +47,15 @@ class FMN(MinNormAttack):
     uses_gradients = True
 
     def __init__(self, eps: float = 0.1, norm: Norm = "linf", steps: int = 100, alpha_init: float = 1.0,
-                 gamma_init: float = 0.05, gamma_final: float = 0.001, seed: int = 0, name: str | None = None) -> None:
+                 gamma_init: float = 0.05, gamma_final: float = 0.001, targets: int = 0, seed: int = 0,
+                 name: str | None = None) -> None:
         super().__init__(eps=eps, norm=norm, seed=seed, name=name)
-        if steps < 1 or alpha_init <= 0 or not 0 < gamma_final <= gamma_init < 1:
+        if steps < 1 or alpha_init <= 0 or not 0 < gamma_final <= gamma_init < 1 or targets < 0:
             raise ConfigError(
-                f"FMN needs steps >= 1, alpha_init > 0 and 0 < gamma_final <= gamma_init < 1; "
-                f"got {steps}, {alpha_init}, {gamma_init}, {gamma_final}."
+                f"FMN needs steps >= 1, alpha_init > 0, 0 < gamma_final <= gamma_init < 1 and targets >= 0; "
+                f"got {steps}, {alpha_init}, {gamma_init}, {gamma_final}, {targets}."
             )
+        self.targets = targets
         self.steps = steps
         self.alpha_init = alpha_init
         self.gamma_init = gamma_init
@@ -54,7 +63,8 @@ class FMN(MinNormAttack):
 
     @override
     def default_name(self) -> str:
-        return "fmn" if self.norm == "linf" else f"fmn_{self.norm}"
+        base = f"fmn_t{self.targets}" if self.targets else "fmn"
+        return base if self.norm == "linf" else f"{base}_{self.norm}"
 
     @override
     def for_eot(self, samples: int) -> Attack:
@@ -63,6 +73,22 @@ class FMN(MinNormAttack):
     @override
     def minimize(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                  generator: SampleRNG) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.targets:
+            return self._descend(model, x, y, None)
+        with torch.no_grad():
+            order = model(x).sort(dim=1, descending=True).indices
+        others = order[order != y[:, None]].view(x.shape[0], -1)  # wrong classes, likeliest first
+        best_adv, best_norm = x.clone(), torch.full((x.shape[0],), float("inf"), device=x.device)
+        for t in range(min(self.targets, others.shape[1])):
+            adv, norm = self._descend(model, x, y, others[:, t])
+            better = norm < best_norm
+            best_norm = torch.where(better, norm, best_norm)
+            best_adv = torch.where(per_sample(better, x), adv, best_adv)
+        return best_adv, best_norm
+
+    def _descend(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One FMN run down the margin to the nearest other class, or to ``target`` (per input)."""
         threat = self.threat
         n = x.shape[0]
         dev = x.device
@@ -79,7 +105,9 @@ class FMN(MinNormAttack):
             gamma = self.gamma_final + (self.gamma_init - self.gamma_final) * cosine
             x_in = (x + delta).detach().requires_grad_(True)
             logits = model(x_in)
-            margin = -margin_loss(logits, y)  # z_y - max other: < 0 means misclassified
+            # z_y - max other (< 0: misclassified), or z_y - z_target
+            margin = -margin_loss(logits, y) if target is None else \
+                (logits.gather(1, y[:, None]) - logits.gather(1, target[:, None])).squeeze(1)
             grad = input_gradient(margin.sum(), x_in)
             with torch.no_grad():
                 norm = threat.distance(x_in.detach(), x)

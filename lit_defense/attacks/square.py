@@ -1,12 +1,20 @@
-"""Square attack (Andriushchenko et al. 2020), L-inf: gradient-free random search.
+"""Square attack (Andriushchenko et al. 2020), L-inf and L2: gradient-free random search.
 
 Uses no gradient at all, so masked gradients (shattered, stochastic, vanishing) cannot stop it:
 if it beats a white-box attack, the white-box attack was fooled by the model's gradients.
+
+L-inf: each query sets a random square window of the perturbation to ``±eps`` (a sign per channel).
+L2: each query moves the perturbation's energy out of two random windows into a centred
+two-lobed bump on the first (a sign per channel, plus what the window held), with the energy the
+two windows held and what the ball has to spare, then scales the whole perturbation back onto the
+sphere of radius ``eps`` (what the [0, 1] box clipped is spent again); it starts from a grid of
+such bumps with random signs (the paper's L2 scheme).
 """
 
 from __future__ import annotations
 
 import math
+from functools import cache
 
 import torch
 from torch import nn
@@ -29,16 +37,61 @@ def _p_at(p_init: float, it: int, n_queries: int) -> float:
     return p
 
 
+@cache
+def _bump(s: int) -> torch.Tensor:
+    """An ``s x s`` bump of unit L2 norm: two pseudo-Gaussian lobes of opposite sign side by side.
+
+    Each lobe is a sum of nested squares centred on it, the k-th (half width k) weighted 1/(k+1)^2.
+    """
+    def lobe(rows: int, cols: int) -> torch.Tensor:
+        r = (torch.arange(rows) - (rows - 1) / 2).abs().view(-1, 1)
+        c = (torch.arange(cols) - (cols - 1) / 2).abs().view(1, -1)
+        ring = torch.maximum(r, c).floor().long()  # which nested square a pixel first belongs to
+        weights = 1.0 / (torch.arange(max(rows, cols)) + 1.0) ** 2
+        cumulative = weights.flip(0).cumsum(0).flip(0)  # pixel value: the sum of the squares holding it
+        return cumulative[ring]
+
+    half = s // 2
+    out = torch.cat([lobe(s, s - half), -lobe(s, half)], dim=1) if half else lobe(s, s)
+    return out / out.norm()
+
+
+def _on_sphere(delta: torch.Tensor, eps: float) -> torch.Tensor:
+    """``delta`` scaled to L2 norm ``eps``, per sample."""
+    return delta * (eps / delta.flatten(1).norm(dim=1).clamp_min(1e-12)).view(-1, 1, 1, 1)
+
+
+def _window(top: torch.Tensor, left: torch.Tensor, s: int, h: int, w: int) -> torch.Tensor:
+    """Per sample, the ``(m, 1, h, w)`` mask of its ``s x s`` window at ``(top, left)``."""
+    m = top.shape[0]
+    rows = torch.arange(h, device=top.device).view(1, 1, h, 1)
+    cols = torch.arange(w, device=top.device).view(1, 1, 1, w)
+    top, left = top.view(m, 1, 1, 1), left.view(m, 1, 1, 1)
+    return (rows >= top) & (rows < top + s) & (cols >= left) & (cols < left + s)
+
+
+def _place(pattern: torch.Tensor, top: torch.Tensor, left: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """Per sample, its ``s x s`` pattern (``(m, s, s)``) placed at ``(top, left)`` of an ``(m, 1, h, w)`` zero image."""
+    m, s = pattern.shape[0], pattern.shape[1]
+    rows = torch.arange(h, device=top.device).view(1, h, 1) - top.view(m, 1, 1)
+    cols = torch.arange(w, device=top.device).view(1, 1, w) - left.view(m, 1, 1)
+    inside = (rows >= 0) & (rows < s) & (cols >= 0) & (cols < s)
+    index = (rows.clamp(0, s - 1) * s + cols.clamp(0, s - 1)).view(m, h * w)
+    values = pattern.reshape(m, s * s).gather(1, index).view(m, h, w)
+    return torch.where(inside, values, torch.zeros_like(values)).unsqueeze(1)
+
+
 class Square(FixedBudgetAttack):
-    """Square Attack (Andriushchenko et al. 2020): score-based random search, L-inf.
+    """Square Attack (Andriushchenko et al. 2020): score-based random search, L-inf or L2.
 
     Args:
-        n_queries: model evaluations per sample (the first is the stripe initialisation).
-        p_init: initial fraction of pixels changed per query (0.8 for MNIST-like data in the paper).
+        n_queries: model evaluations per sample (the first is the initialisation).
+        p_init: initial fraction of pixels changed per query (0.8 for MNIST-like data in the paper,
+            and AutoAttack's for both norms).
         early_stop_every: every this many queries, stop searching for the inputs already fooled.
     """
 
-    norms = ("linf",)
+    norms = ("linf", "l2")
     uses_gradients = False
 
     def __init__(self, eps: float = 0.1, norm: str = "linf", n_queries: int = 1000, p_init: float = 0.8,
@@ -52,21 +105,16 @@ class Square(FixedBudgetAttack):
 
     @override
     def default_name(self) -> str:
-        return "square"
+        return "square" if self.norm == "linf" else f"square_{self.norm}"
 
     @override
     @torch.no_grad()
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                 generator: SampleRNG) -> torch.Tensor:
         n, c, h, w = x.shape
-        dev, eps = x.device, self.eps
-
-        delta = eps * generator.signs((n, c, 1, w), x.dtype).expand(n, c, h, w)
-        out = (x + delta).clamp(0, 1)
+        out = (x + self._start(x, generator)).clamp(0, 1)
         best = margin_loss(model(out), y)  # maximise: > 0 means misclassified
-        rows = torch.arange(h, device=dev).view(1, 1, h, 1)
-        cols = torch.arange(w, device=dev).view(1, 1, 1, w)
-        act = torch.arange(n, device=dev)  # samples still searched
+        act = torch.arange(n, device=x.device)  # samples still searched
         xa, ya, xb, ba = x, y, out.clone(), best.clone()
         for it in range(self.n_queries - 1):
             if it % self.early_stop_every == 0:
@@ -77,17 +125,54 @@ class Square(FixedBudgetAttack):
                     break
                 if keep.numel() < act.numel():
                     act, xa, ya, xb, ba = act[keep], xa[keep], ya[keep], xb[keep], ba[keep]
-            m = act.numel()
-            s = max(1, min(h - 1, round(math.sqrt(_p_at(self.p_init, it, self.n_queries) * h * w))))
-            rng = generator[act]  # each sample's own windows and signs, whatever else is still searched
-            top = rng.randint(0, h - s + 1, (m,)).view(m, 1, 1, 1)
-            left = rng.randint(0, w - s + 1, (m,)).view(m, 1, 1, 1)
-            window = (rows >= top) & (rows < top + s) & (cols >= left) & (cols < left + s)
-            new_delta = torch.where(window, eps * rng.signs((m, c, 1, 1), x.dtype), xb - xa)
-            candidate = (xa + new_delta).clamp(0, 1)
+            p = _p_at(self.p_init, it, self.n_queries)
+            # each sample's own windows and signs, whatever else is still searched
+            delta = self._propose(generator[act], xa, xb - xa, p)
+            candidate = (xa + delta).clamp(0, 1)
             loss = margin_loss(model(candidate), ya)
             accept = loss > ba
             ba = torch.where(accept, loss, ba)
-            xb = torch.where(accept.view(m, 1, 1, 1), candidate, xb)
+            xb = torch.where(accept.view(-1, 1, 1, 1), candidate, xb)
         out[act], best[act] = xb, ba
         return out
+
+    def _start(self, x: torch.Tensor, rng: SampleRNG) -> torch.Tensor:
+        """The first perturbation: vertical stripes of ``±eps`` (L-inf), a grid of signed bumps of norm ``eps`` (L2)."""
+        n, c, h, w = x.shape
+        if self.norm == "linf":
+            return self.eps * rng.signs((n, c, 1, w), x.dtype).expand(n, c, h, w)
+        size = max(2, h // 5)
+        blocks_h, blocks_w = math.ceil(h / size), math.ceil(w / size)
+        signs = rng.signs((n, c, blocks_h, blocks_w), x.dtype)
+        signs = signs.repeat_interleave(size, 2).repeat_interleave(size, 3)[:, :, :h, :w]
+        tile = _bump(size).to(x.device, x.dtype).repeat(blocks_h, blocks_w)[:h, :w]
+        return _on_sphere(signs * tile, self.eps)
+
+    def _propose(self, rng: SampleRNG, x: torch.Tensor, delta: torch.Tensor, p: float) -> torch.Tensor:
+        """The next candidate perturbation (``delta``: the best one so far) for a window fraction ``p``."""
+        m, c, h, w = x.shape
+        dev = x.device
+        if self.norm == "linf":
+            s = max(1, min(h - 1, round(math.sqrt(p * h * w))))
+            top = rng.randint(0, h - s + 1, (m,))
+            left = rng.randint(0, w - s + 1, (m,))
+            window = _window(top, left, s, h, w)
+            return torch.where(window, self.eps * rng.signs((m, c, 1, 1), x.dtype), delta)
+        s = max(3, round(math.sqrt(p * h * w)))
+        s = min(s + 1 - s % 2, h, w)  # odd: the bump's lobes are centred
+        top, left = rng.randint(0, h - s + 1, (m,)), rng.randint(0, w - s + 1, (m,))
+        top2, left2 = rng.randint(0, h - s + 1, (m,)), rng.randint(0, w - s + 1, (m,))
+        first = _window(top, left, s, h, w)
+        both = first | _window(top2, left2, s, h, w)
+        # the energy the two windows hold, per channel, plus the ball's spare energy shared out
+        held = (delta * both).pow(2).sum((2, 3))
+        spare = (self.eps ** 2 - delta.flatten(1).pow(2).sum(1)).clamp_min(0) / c
+        budget = (held + spare.view(m, 1)).sqrt()
+        bump = _bump(s).to(dev, x.dtype).expand(m, s, s)
+        bump = torch.where(rng.signs((m, 1, 1), x.dtype) > 0, bump, bump.transpose(1, 2))  # lobes side by side or stacked
+        new = rng.signs((m, c, 1, 1), x.dtype) * _place(bump, top, left, h, w)
+        old = delta * first
+        new = new + old / old.pow(2).sum((2, 3), keepdim=True).sqrt().clamp_min(1e-12)
+        new = new * (budget / new.pow(2).sum((2, 3)).sqrt().clamp_min(1e-12)).view(m, c, 1, 1)
+        # back on the sphere: what the box clipped off the last point is spread over the whole perturbation
+        return _on_sphere(torch.where(both, torch.zeros_like(delta), delta) + new, self.eps)
