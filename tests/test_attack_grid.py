@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from lit_defense.attacks import BPDA, EOT, FGSM, FMN, PGD, Attack, MinNormAttack
+from lit_defense.attacks import BPDA, EOT, FGSM, FMN, PGD, Attack, MinNormAttack, Square
 from lit_defense.attacks.base import fooled_by
 from lit_defense.audit import AttackSuite
 from lit_defense.audit.plan import audit_model
@@ -117,3 +117,23 @@ def test_refine_gives_the_near_inputs_autoattacks_targeted_budget():
     assert default_attacks("linf", suite, masked=False, randomized=True)["refine"] == []
     three = default_attacks("linf", suite, masked=False, randomized=False, num_classes=3)["refine"][0]
     assert three.targets == 2 and three.loss == "margin"  # DLR-targeted needs four classes
+
+
+def test_l2_gets_autoattacks_square_budget_and_a_targeted_minimum_norm_attack():
+    """At L2 the untargeted FMN and a 1000-query Square missed inputs AutoAttack's FAB-T and
+    Square-5000 fooled (quick adversarially trained model, eps 1.0): the suite takes targeted FMN over
+    ``min_norm_targets`` classes and ``square_queries_l2`` there; L-inf keeps its own budgets."""
+    suite = AttackSuite()
+    l2 = default_attacks("l2", suite, masked=False, randomized=False, num_classes=10)
+    fmn, square = l2["cascade"][-1], next(a for a in l2["black_box"] if isinstance(a, Square))
+    assert (fmn.name, fmn.targets, square.name, square.n_queries) == ("fmn_t9_l2", 9, "square_l2", 5000)
+    linf = default_attacks("linf", suite, masked=False, randomized=False, num_classes=10)
+    square = next(a for a in linf["black_box"] if isinstance(a, Square))
+    assert (linf["cascade"][-1].targets, square.n_queries) == (0, suite.square_queries)
+    assert default_attacks("l2", suite, masked=False, randomized=False, num_classes=2)["cascade"][-1].targets == 0
+    assert default_attacks("l2", AttackSuite(min_norm_targets=3), masked=False, randomized=False,
+                           num_classes=10)["cascade"][-1].targets == 3
+    off = default_attacks("l2", AttackSuite(square_queries=0), masked=False, randomized=False, num_classes=10)
+    assert not any(isinstance(a, Square) for a in off["black_box"])
+    # a masked model's FMN keeps its targets behind BPDA
+    assert default_attacks("l2", suite, masked=True, randomized=False, num_classes=10)["cascade"][-1].name == "bpda_fmn_t9_l2"

@@ -409,10 +409,15 @@ def test_black_box_check_on_a_sample_of_the_survivors():
 
 
 def test_the_far_rule_trusts_the_margins_through_a_saturated_softmax_and_nothing_else():
-    """The cascade skips far survivors only where the white-box margins mean something: a saturated
-    softmax and zero cross-entropy gradients leave the margin PGD intact; any other failed mechanism
-    check, BPDA, EOT or zero margin gradients do not."""
-    from lit_defense.audit.spending import far_from_boundary, far_threshold, margins_trusted
+    """The cascade skips far survivors, and the gradient-free attacks start on a sample, only where
+    the margin attacks mean something: a saturated softmax and zero cross-entropy gradients leave the
+    margin PGD intact; any other failed mechanism check, BPDA, EOT or zero margin gradients do not."""
+    from lit_defense.audit.spending import (
+        black_box_sampled,
+        far_from_boundary,
+        far_threshold,
+        margins_trusted,
+    )
     from lit_defense.results import Check, PerSample
 
     names = ["probability_outputs", "softmax_saturation", "randomized_outputs", "zero_gradients",
@@ -442,3 +447,11 @@ def test_the_far_rule_trusts_the_margins_through_a_saturated_softmax_and_nothing
     assert far_threshold(0.5, "linf", distilled, False, False, False) == 0.5
     assert far_threshold(0.5, "l2", checks(), False, False, False) == 0.0
     assert far_threshold(0.5, "linf", checks("gradient_mismatch"), False, False, False) == 0.0
+    # the gradient-free attacks start on a sample where the margins are trusted, at either norm
+    assert black_box_sampled(True, distilled, masked=False, randomized=False, margin_zero=False)
+    assert black_box_sampled(True, checks(), masked=False, randomized=False, margin_zero=False)
+    assert not black_box_sampled(False, checks(), masked=False, randomized=False, margin_zero=False)
+    assert not black_box_sampled(True, distilled, masked=False, randomized=False, margin_zero=True)
+    assert not black_box_sampled(True, checks(), masked=True, randomized=False, margin_zero=False)
+    assert not black_box_sampled(True, checks("randomized_outputs"), masked=False, randomized=True, margin_zero=False)
+    assert not black_box_sampled(True, checks("gradient_mismatch"), masked=False, randomized=False, margin_zero=False)

@@ -12,7 +12,7 @@
    as AutoAttack runs them, behind BPDA and EOT where stage 2 used them; the minimum-norm FMN (one
    run for the whole grid). Nested over eps: what fell at a smaller eps is not attacked at a larger.
    ``black_box_<attack>``: the gradient-free attacks, each on a seeded sample of the survivors
-   first (``spending.black_box``): random sampling in the ball, Square (L-inf), RayS
+   first (``spending.black_box``): random sampling in the ball, Square (L-inf, L2), RayS
    (decision-based, L-inf) when the gradients are unusable, and optional transfer attacks.
 4. ``refine``: the survivors whose minimum-norm perturbation is within ``refine_radius`` x eps
    sit near the boundary, where one random start finds an adversarial point and another misses
@@ -45,7 +45,12 @@ from lit_defense.attacks import PGD, Attack, RandomSampling, masked_modules
 from lit_defense.audit.display import AuditProgress
 from lit_defense.audit.progress import ProgressLog
 from lit_defense.audit.sharding import Collective, attempt, raise_failures
-from lit_defense.audit.spending import black_box, far_from_boundary, far_threshold
+from lit_defense.audit.spending import (
+    black_box,
+    black_box_sampled,
+    far_from_boundary,
+    far_threshold,
+)
 from lit_defense.audit.stage import Stage
 from lit_defense.audit.suite import AttackSuite, default_attacks, role_names
 from lit_defense.diagnostics import MaskingThresholds, model_checks
@@ -182,9 +187,10 @@ def audit_model(
 
     # ------------------------------------------------------------------ cascade on the survivors
     after: dict[str, dict[float, torch.Tensor]] = {}  # still robust after each later attack (``fold``)
-    # any mechanism check failed (or BPDA/EOT needed): the black-box sample is not trusted, nor the
-    # margins unless the failed checks concern the cross-entropy alone (``far_threshold``)
-    mechanism = masked or randomized or any(not c.passed for c in checks if c.kind == "mechanism")
+    # a mechanism check failed (or BPDA/EOT needed): the gradient-free attacks run on all survivors
+    # and the far rule is off, unless the failed checks concern the cross-entropy alone
+    # (``spending.margins_trusted``: the margin attacks see through them)
+    sampled = black_box_sampled(suite.black_box_sample, checks, masked, randomized, margin_zero)
     far = far_from_boundary(white_found, eps, far_threshold(suite.far_margin, norm, checks, masked, randomized,
                                                             margin_zero), res)
     if roles["cascade"]:
@@ -200,7 +206,7 @@ def audit_model(
     black_box_on = None
     if roles["black_box"]:
         black_box_on, black_box_stages = black_box(
-            model, x, y, roles["black_box"], eps, batch_size, res, suite.black_box_sample and not mechanism,
+            model, x, y, roles["black_box"], eps, batch_size, res, sampled,
             thresholds, seed, lambda stage: Stage(stage, name, collective, log, progress))
         stages.update(black_box_stages)
         after.update({a.name: {e: res.robust_after(a.name, e) for e in eps} for a in roles["black_box"]})
