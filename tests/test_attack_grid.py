@@ -107,7 +107,7 @@ def test_refine_gives_the_near_inputs_autoattacks_targeted_budget():
     """Near the boundary the suite spends AutoAttack's APGD-T budget: every other class, full steps.
 
     The cascade's APGD-T takes 3 targets and 50 steps; an input of the quick teacher with FMN norm
-    1.08 x eps fell to 100 steps and not to 50 (benchmarks/results/vs_autoattack_linf_0.1.json).
+    1.08 x eps fell to 100 steps and not to 50 (benchmarks/results/vs_autoattack_linf_0.1_before.json).
     """
     suite = AttackSuite()
     roles = default_attacks("linf", suite, masked=False, randomized=False, num_classes=10)
