@@ -44,9 +44,9 @@ class AttackSuite:
         steps: PGD steps of the white-box stage (the incompleteness check doubles them).
         eot_samples: EOT samples per gradient for randomized models.
         square_queries: Square attack queries per input at L-inf (0 disables Square at both norms).
-        square_queries_l2: Square's queries per input at L2 (AutoAttack's 5000). On the quick
-            adversarially trained model (eps 1.0) 1000 L2 queries fooled none of the 5 inputs
-            AutoAttack fooled and the audit missed, 5000 fooled 3 of them.
+        square_queries_l2: Square's queries per input at L2 (AutoAttack's 5000; 0 disables it at
+            L2). On the quick adversarially trained model (eps 1.0) 1000 L2 queries fooled none of
+            the 5 inputs AutoAttack fooled and the audit missed, 5000 fooled 3 of them.
         random_samples: random points of the ball per input (0 disables random sampling).
         restarts: PGD restarts of the adaptive (margin-loss) attack.
         apgd_steps: APGD-CE iterations in the cascade (0 disables APGD-CE and APGD-T).
