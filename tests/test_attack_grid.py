@@ -137,3 +137,24 @@ def test_l2_gets_autoattacks_square_budget_and_a_targeted_minimum_norm_attack():
     assert not any(isinstance(a, Square) for a in off["black_box"])
     # a masked model's FMN keeps its targets behind BPDA
     assert default_attacks("l2", suite, masked=True, randomized=False, num_classes=10)["cascade"][-1].name == "bpda_fmn_t9_l2"
+
+
+def test_an_l2_audit_runs_the_targeted_fmn_and_square_through_the_plan(trained):
+    """The L2 suite end to end: the targeted FMN's norms reach refine and the grid, Square-L2 runs
+    on the survivors, and no attack lowers robust accuracy below what its own points show."""
+    model, x, y = trained
+    suite = AttackSuite(steps=10, square_queries=20, square_queries_l2=30, random_samples=2, apgd_steps=5,
+                        apgd_targets=1, min_norm_steps=10, min_norm_targets=2, rays_queries=0, black_box_sample=False)
+    eps = [0.5, 1.0]
+    a = audit_model(model, x[:64], y[:64], eps, norm="l2", suite=suite, check_samples=32)
+    assert a.roles["cascade"][-1] == "fmn_t2_l2" and "square_l2" in a.roles["black_box"]
+    norms = a.per_sample.min_norm["fmn_t2_l2"]
+    assert norms.shape == (64,) and torch.isfinite(norms).any()
+    assert "black_box_square_l2" in a.stages
+    # FMN's norms answer the grid: an input it placed within eps and still counted robust would be a bug
+    clean = a.per_sample.clean
+    for e in eps:
+        inside = clean & (norms <= e * (1 - 1e-4))
+        assert not (a.per_sample.robust_to(None, e) & inside).any(), e
+    worst = [a.worst_case[eps_key(e)] for e in eps]
+    assert worst[1] <= worst[0]
