@@ -14,6 +14,13 @@ random) and ``audit_model`` with the default suite at the same eps, each timed. 
 accuracies, how many images each finds that the other misses, the time ratio, and with ``--grid``
 the time of the audit's default three-eps grid (0.05, 0.1, 0.2 for L-inf). ``--output`` writes the
 rows as JSON.
+
+A randomized model is judged in expectation over its own randomness on both sides: AutoAttack's
+final points (``rand`` keeps, per input, the point of the first attack that one draw says fooled
+it) and the audit's get each input's expected accuracy from the same estimator
+(``lit_defense.judge.Judge`` with the audit's draws, fresh draws), and the two are compared on
+the same inputs by the paired rule on expectations (``lit_defense.stats.paired``). Its
+``AA only`` / ``audit only`` columns are then the expected discordant counts.
 """
 
 from __future__ import annotations
@@ -32,7 +39,9 @@ from lit_defense.audit import AttackSuite, audit_model
 from lit_defense.audit.display import AuditProgress
 from lit_defense.data import fixed_subset
 from lit_defense.evaluation import eps_key
+from lit_defense.judge import Judge
 from lit_defense.modules.loading import module_from_checkpoint
+from lit_defense.stats import paired
 
 GRID = {"linf": [0.05, 0.1, 0.2], "l2": [0.5, 1.0, 2.0]}
 
@@ -47,7 +56,8 @@ AA_ATTACKS = {"standard": ["apgd-ce", "apgd-t", "fab-t", "square"], "rand": ["ap
 
 def autoattack(model, x, y, norm: str, eps: float, version: str, batch_size: int) -> tuple[torch.Tensor, float, dict]:
     """AutoAttack's per-sample robustness (True: still classified correctly), its time, and per sample
-    the AutoAttack attack that fooled it first (``first``: "" robust, "clean" misclassified clean).
+    the AutoAttack attack that fooled it first (``first``: "" robust, "clean" misclassified clean)
+    and its final point (``points``: the clean input where no attack fooled it).
 
     The version's attacks run one call each on the inputs still robust, which is exactly what
     ``run_standard_evaluation`` does in one call (same seeds, same order, same batches).
@@ -66,6 +76,7 @@ def autoattack(model, x, y, norm: str, eps: float, version: str, batch_size: int
             return torch.cat([model(b).argmax(1) for b in inputs.split(batch_size)])
 
     robust = predict(x) == y
+    points = x.clone()
     for i in (~robust).nonzero().squeeze(1).tolist():
         first[i] = "clean"
     for attack in AA_ATTACKS[version]:
@@ -76,11 +87,13 @@ def autoattack(model, x, y, norm: str, eps: float, version: str, batch_size: int
         start = time.perf_counter()
         x_adv, _ = adversary.run_standard_evaluation(x[todo], y[todo], batch_size=batch_size)
         seconds[attack] = round(time.perf_counter() - start, 1)
-        fooled = todo[predict(x_adv) != y[todo]]
+        hit = predict(x_adv) != y[todo]
+        fooled = todo[hit]
+        points[fooled] = x_adv[hit]
         robust[fooled] = False
         for i in fooled.tolist():
             first[i] = attack
-    return robust, sum(seconds.values()), {"first": first, "seconds": seconds}
+    return robust, sum(seconds.values()), {"first": first, "seconds": seconds, "points": points}
 
 
 def ours(model, x, y, norm: str, eps: list[float], suite: AttackSuite) -> tuple[dict[str, torch.Tensor], float, dict]:
@@ -90,6 +103,8 @@ def ours(model, x, y, norm: str, eps: list[float], suite: AttackSuite) -> tuple[
     audit = audit_model(model, x, y, eps, norm, suite=suite, progress=AuditProgress(1, log=lines.append, bars=False))
     seconds = time.perf_counter() - start
     robust = {key: mask.to(x.device) for key, mask in audit.per_sample.robust.items()}
+    if audit.per_sample.randomized:  # per input, the expected accuracy at the worst point (``PerSample.expected_to``)
+        robust = {eps_key(e): audit.per_sample.expected_to(None, e).to(x.device) for e in audit.eps}
     return robust, seconds, {**audit.to_dict(), "per_sample": audit.per_sample.to_dict(), "stage_lines": lines}
 
 
@@ -157,21 +172,33 @@ def main() -> None:
         version = "rand" if randomized else "standard"
         digest = _sha256(ckpt)
         cached = _cached_autoattack(args.reuse_autoattack, digest, args.norm, args.eps, args.samples, version)
-        if cached is not None:  # an earlier run's AutoAttack on this very checkpoint and these images
+        if cached is not None and not randomized:  # an earlier run's AutoAttack on this very checkpoint and images
             aa_robust = torch.tensor(cached["per_sample"]["autoattack_robust"], device=x.device)
             aa_s = cached["autoattack_seconds"]
             aa_detail = {"first": cached["per_sample"]["autoattack_first"],
                          "seconds": cached["autoattack_seconds_per_attack"]}
         else:
+            cached = None  # a randomized model's points are not kept between runs: AutoAttack runs again
             torch.manual_seed(0)
             aa_robust, aa_s, aa_detail = autoattack(model, x, y, args.norm, args.eps, version, args.batch_size)
         torch.manual_seed(0)
         robust, our_s, report = ours(model, x, y, args.norm, [args.eps], suite)
+        judged = None
+        if randomized:  # AutoAttack's points judged by the audit's estimator: fresh draws, as many
+            draws = int(report["expected"]["draws"])
+            torch.manual_seed(1)
+            aa_robust = Judge(draws).rates(model, aa_detail.pop("points"), y)
+            pair = paired(aa_robust, robust[key])  # AutoAttack's expectation minus the audit's
+            judged = {"draws": draws, "paired": {**pair.evidence(), "difference": pair.difference,
+                                                  "ci": list(pair.interval())},
+                      "audit_not_higher": pair.decide(0.0, above=False).state != "fail"}
+        aa_detail.pop("points", None)
         row = {
             "model": name, "randomized": randomized, "norm": args.norm, "eps": args.eps, "samples": args.samples,
             "autoattack_version": version, "autoattack_reused": cached is not None,
             "autoattack": aa_robust.double().mean().item(), "audit": robust[key].double().mean().item(),
-            "autoattack_only": int((robust[key] & ~aa_robust).sum()), "audit_only": int((aa_robust & ~robust[key]).sum()),
+            "autoattack_only": paired(robust[key], aa_robust).b, "audit_only": paired(aa_robust, robust[key]).b,
+            **({"expected": judged} if judged else {}),
             "autoattack_seconds": round(aa_s, 1), "audit_seconds": round(our_s, 1),
             "audit_results": report["results"], "audit_stages": report["stage_lines"],
             "autoattack_seconds_per_attack": aa_detail["seconds"],

@@ -8,7 +8,8 @@ state, holds, text, evidence}``.
 
 A claim is decided by the rule of the checklist (``lit_defense.stats.decide``): two models or two
 attacks on the same inputs are compared on their per-sample outcomes (the discordant inputs:
-exact interval and McNemar's test), a claim ``fails`` only when the numbers are significantly on
+exact interval and McNemar's test; a randomized model's expected accuracies by the same rule on
+expectations, ``stats.paired``), a claim ``fails`` only when the numbers are significantly on
 the wrong side of its bar, ``holds`` when the whole 95% interval is on the right side, and is
 ``inconclusive`` otherwise (``evidence["inputs_to_resolve"]``). ``holds`` is ``state == "holds"``.
 Clean accuracy comes from the whole test split when it is there (10,000 images cost seconds), not
@@ -64,8 +65,8 @@ def evaluate_claims(report: dict[str, Any], per_sample: dict[str, Any] | None = 
         out.append({"claim": name, "state": CLAIM_STATE[state], "holds": state == "pass", "text": text,
                     "evidence": evidence})
 
-    def acc(name: str, attack: str | None) -> float:
-        return float(per[name].robust_to(attack, eps).double().mean())
+    def acc(name: str, attack: str | None) -> float:  # a randomized model's: its expected accuracy
+        return float(per[name].expected_to(attack, eps).double().mean())
 
     teacher, student = models.get("teacher"), models.get("distilled")
     if teacher and student:
@@ -168,7 +169,8 @@ def _masked_claim(name: str, m: dict[str, Any], teacher_naive: str, per: dict[st
     upper bound of the removed part is below half the lower bound of the gain (one-sided ``alpha``
     each), and is inconclusive in between.
     """
-    naive_m, worst_m = per[name].robust_to(m["roles"]["naive"], eps), per[name].robust_to(None, eps)
+    # a randomized model's outcomes are expectations over its randomness: the same paired rule on them
+    naive_m, worst_m = per[name].expected_to(m["roles"]["naive"], eps), per[name].expected_to(None, eps)
     gain = paired(naive_m, per["teacher"].robust_to(teacher_naive, eps))
     removed = paired(naive_m, worst_m)
     g_lo, g_hi = gain.interval()
@@ -178,7 +180,7 @@ def _masked_claim(name: str, m: dict[str, Any], teacher_naive: str, per: dict[st
     state: State = "fail" if gain.difference <= 0 or ra_hi < 0.5 * ga_lo else \
         "pass" if r_lo >= 0.5 * g_hi else "inconclusive"
     adaptive = [a for a in m["roles"]["adaptive"] if a.startswith(("bpda", "eot"))]
-    best = min((float(per[name].robust_to(a, eps).double().mean()) for a in adaptive), default=None)
+    best = min((float(per[name].expected_to(a, eps).double().mean()) for a in adaptive), default=None)
     naive, worst = float(naive_m.double().mean()), float(worst_m.double().mean())
     return {
         "claim": f"{name}_falls_to_adaptive_attacks", "state": CLAIM_STATE[state], "holds": state == "pass",

@@ -30,6 +30,7 @@ from torch import nn
 from lit_defense.attacks.base import Attack, GridResult, fooled_by, margin_loss
 from lit_defense.diagnostics import MaskingThresholds, check_one_step_vs_iterative
 from lit_defense.errors import ConfigError
+from lit_defense.judge import Judge
 from lit_defense.results import Check, accuracy_metrics, eps_key
 from lit_defense.stats import Estimate
 from lit_defense.threat import check_eps, per_sample
@@ -172,6 +173,7 @@ def robustness_counts(
     record: UnitRecord | None = None,
     on_progress: Callable[[str, int, int], None] | None = None,
     nested: bool = False,
+    judge: Judge | None = None,
 ) -> tuple[RobustnessCounts, dict]:
     """Counts of robust points for every attack and eps (see module doc), plus examples.
 
@@ -195,6 +197,12 @@ def robustness_counts(
     sample is attacked the same whatever shard or batch it is in. ``record`` keeps each batch's
     results as it finishes and supplies those already recorded (resuming). ``on_progress(attack,
     done, total)`` is called as an attack's batches finish (inputs attacked over all eps).
+
+    ``judge`` (``lit_defense.judge.Judge``) with more than one draw judges a randomized model in
+    expectation: every point, the clean ones included, gets a *selected* and a *measured* estimate
+    of its expected accuracy (``examples["selected"|"measured"][attack][eps_key]``, NaN where the
+    attack did not run; ``examples["clean_selected"|"clean_measured"]``). An input counts as
+    correct while some selection draw classifies it correctly, and as fooled when none does.
     """
     check_attacks(attacks, eps)
     with torch.inference_mode(False):
@@ -203,11 +211,18 @@ def robustness_counts(
         ids = torch.arange(x.shape[0], device=dev) if ids is None else ids.to(dev, torch.long)
         n_a, n_e = len(attacks), len(eps)
         clean_ok, clean_margin = _clean(model, x, y, batch_size)
+        expected = judge is not None and judge.randomized
+        if expected:
+            clean_sel, clean_meas = judge.judge(model, x, y, batch_size)
+            clean_ok = clean_sel > 0
         robust = torch.zeros(n_a, n_e, dtype=torch.long, device=dev)
         k = min(keep_examples, x.shape[0])
         examples = {"x": x[:k].clone(), "y": y[:k].clone(), "adv": {}, "pred": {}, "robust": {}, "min_norm": {},
                     "fooled": {a.name: {} for a in attacks}, "margin": {a.name: {} for a in attacks},
                     "clean_correct": clean_ok, "clean_margin": clean_margin}
+        if expected:
+            examples.update(clean_selected=clean_sel, clean_measured=clean_meas,
+                            selected={a.name: {} for a in attacks}, measured={a.name: {} for a in attacks})
         start = [clean_ok & alive[eps_key(e)] if alive is not None else clean_ok.clone() for e in eps]
         still = [m.clone() for m in start]
         adv_k = [x[:k].clone() for _ in eps]
@@ -219,14 +234,15 @@ def robustness_counts(
             if on_progress is not None:
                 on_progress(attack.name, 0, total)
             if attack.answers_grid:  # one run answers every eps, on every point still robust at some eps
-                grid, computed = _grid_run(model, attack, x, y, torch.stack(pools).any(0), eps, batch_size, ids,
-                                           record)
+                grid, computed, grid_judged = _grid_run(model, attack, x, y, torch.stack(pools).any(0), eps,
+                                                        batch_size, ids, record, judge)
                 if grid.norms is not None:
                     examples["min_norm"][attack.name] = grid.norms
             for j, e in enumerate(eps):
                 unit = unit_name(attack, e)
                 fooled = torch.zeros_like(clean_ok)
                 margin = torch.full((x.shape[0],), float("nan"), device=dev)
+                judged = [torch.full((x.shape[0],), float("nan"), device=dev) for _ in range(2)]
                 if nested and cascade:  # fooled here at a smaller eps: fooled at e, not attacked again
                     for jj in range(n_e):
                         if eps[jj] < e:
@@ -240,9 +256,13 @@ def robustness_counts(
                         x_adv = grid.points[j][chunk] if bool(computed[chunk].all()) else None
                         if grid.margins is not None:
                             margin[chunk] = grid.margins[j][chunk]
+                        if grid_judged is not None:
+                            judged[0][chunk], judged[1][chunk] = grid_judged[0][j][chunk], grid_judged[1][j][chunk]
                     else:
-                        hit, x_adv, margin[chunk] = _attack_chunk(model, attack, e, x[chunk], y[chunk], ids[chunk],
-                                                                  unit, record)
+                        hit, x_adv, margin[chunk], sel_meas = _attack_chunk(model, attack, e, x[chunk], y[chunk],
+                                                                            ids[chunk], unit, record, judge)
+                        if sel_meas is not None:
+                            judged[0][chunk], judged[1][chunk] = sel_meas
                     fooled[chunk] |= hit
                     if k and x_adv is not None:
                         first = chunk < k
@@ -255,6 +275,9 @@ def robustness_counts(
                 still[j] &= ~fooled
                 examples["fooled"][attack.name][eps_key(e)] = fooled
                 examples["margin"][attack.name][eps_key(e)] = margin
+                if expected:
+                    examples["selected"][attack.name][eps_key(e)] = judged[0]
+                    examples["measured"][attack.name][eps_key(e)] = judged[1]
                 robust[i, j] = (still[j] if cascade else start[j] & ~fooled).sum()
         worst = torch.stack([m.sum() for m in still]) if n_e else torch.zeros(0, dtype=torch.long, device=dev)
         for j, e in enumerate(eps):
@@ -268,36 +291,66 @@ def robustness_counts(
     return counts, examples
 
 
-def _attack_chunk(model: nn.Module, attack: Attack, eps: float, x: torch.Tensor, y: torch.Tensor,
-                  ids: torch.Tensor, unit: str, record: UnitRecord | None
-                  ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
-    """``(fooled, x_adv, margin)`` of one batch at one eps: from the record, else run.
+def _expected(model: nn.Module, judge: Judge | None, point: torch.Tensor, y: torch.Tensor, batch_size: int
+              ) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``(selected, measured)`` expected accuracies at ``point`` when ``judge`` judges in expectation, else None."""
+    if judge is None or not judge.randomized:
+        return None
+    return judge.judge(model, point, y, batch_size)
 
-    From the record ``x_adv`` is None, and margins are NaN where it was written before they were kept.
+
+def _stored_expected(stored: dict[str, list], suffix: str, device: torch.device
+                     ) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The recorded ``(selected, measured)`` of a unit, when it was judged in expectation."""
+    if f"selected{suffix}" not in stored:
+        return None
+    return (torch.tensor(stored[f"selected{suffix}"], device=device),
+            torch.tensor(stored[f"measured{suffix}"], device=device))
+
+
+def _attack_chunk(model: nn.Module, attack: Attack, eps: float, x: torch.Tensor, y: torch.Tensor,
+                  ids: torch.Tensor, unit: str, record: UnitRecord | None, judge: Judge | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
+    """``(fooled, x_adv, margin, (selected, measured) or None)`` of one batch at one eps: from the record, else run.
+
+    From the record ``x_adv`` is None, and margins are NaN where it was written before they were
+    kept. Judged in expectation (``judge``), fooled means no selection draw classifies the point
+    correctly.
     """
     keys = ids.tolist() if record is not None else []
     stored = record.get(unit, keys) if record is not None else None
     if stored is not None:
         margin = stored.get("margin") or [None] * len(keys)
         return (torch.tensor(stored["fooled"], dtype=torch.bool, device=x.device), None,
-                torch.tensor([math.nan if v is None else v for v in margin], device=x.device))
+                torch.tensor([math.nan if v is None else v for v in margin], device=x.device),
+                _stored_expected(stored, "", x.device))
     found = attack.attack_grid(model, x, y, [eps], ids)
     margin = found.margins[0].float() if found.margins is not None else torch.full((x.shape[0],), math.nan)
+    fooled, judged = found.fooled[0], _expected(model, judge, found.points[0], y, x.shape[0])
+    values: dict[str, list] = {}
+    if judged is not None:
+        fooled = judged[0] == 0
+        values = {"selected": judged[0].tolist(), "measured": judged[1].tolist()}
     if record is not None:
-        record.put(unit, keys, {"fooled": found.fooled[0].tolist(),
+        record.put(unit, keys, {"fooled": fooled.tolist(), **values,
                                 "margin": [round(v, 5) if math.isfinite(v) else None for v in margin.tolist()]})
-    return found.fooled[0], found.points[0], margin.to(x.device)
+    return fooled, found.points[0], margin.to(x.device), judged
 
 
 def _grid_run(model: nn.Module, attack: Attack, x: torch.Tensor, y: torch.Tensor, pool: torch.Tensor,
-              eps: Sequence[float], batch_size: int, ids: torch.Tensor, record: UnitRecord | None
-              ) -> tuple[GridResult, torch.Tensor]:
+              eps: Sequence[float], batch_size: int, ids: torch.Tensor, record: UnitRecord | None,
+              judge: Judge | None = None
+              ) -> tuple[GridResult, torch.Tensor, tuple[list[torch.Tensor], list[torch.Tensor]] | None]:
     """An attack that answers a grid (``answers_grid``), run once on the ``pool`` points.
 
-    Returns its result over all of ``x`` and which points this call attacked (the others came from
+    Returns its result over all of ``x``, which points this call attacked (the others came from
     the record, which keeps norms and outcomes, not points; off the pool, points are clean and
-    norms ``inf``).
+    norms ``inf``), and, judged in expectation (``judge``), per eps the selected and measured
+    expected accuracies (NaN off the pool).
     """
+    expected = judge is not None and judge.randomized
+    judged = ([torch.full((x.shape[0],), math.nan, device=x.device) for _ in eps],
+              [torch.full((x.shape[0],), math.nan, device=x.device) for _ in eps]) if expected else None
     points = [x.clone() for _ in eps]
     computed = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
     norms = torch.full((x.shape[0],), float("inf"), device=x.device)
@@ -317,6 +370,9 @@ def _grid_run(model: nn.Module, attack: Attack, x: torch.Tensor, y: torch.Tensor
                 has_norms = False
             for j, e in enumerate(eps):
                 fooled[j][chunk] = torch.tensor(stored[f"fooled@{eps_key(e)}"], dtype=torch.bool, device=x.device)
+                both = _stored_expected(stored, f"@{eps_key(e)}", x.device) if judged is not None else None
+                if both is not None and judged is not None:
+                    judged[0][j][chunk], judged[1][j][chunk] = both
             continue
         found = attack.attack_grid(model, x[chunk], y[chunk], eps, ids[chunk])
         computed[chunk] = True
@@ -324,7 +380,16 @@ def _grid_run(model: nn.Module, attack: Attack, x: torch.Tensor, y: torch.Tensor
             points[j][chunk], fooled[j][chunk] = found.points[j], found.fooled[j]
             if found.margins is not None:
                 margins[j][chunk] = found.margins[j].float()
+        if judged is not None:
+            for j in range(len(eps)):
+                sel, meas = judge.judge(model, found.points[j], y[chunk], batch_size)  # type: ignore[union-attr]
+                judged[0][j][chunk], judged[1][j][chunk] = sel, meas
+                fooled[j][chunk] = sel == 0
         values: dict[str, list] = {f"fooled@{eps_key(e)}": fooled[j][chunk].tolist() for j, e in enumerate(eps)}
+        if judged is not None:
+            for j, e in enumerate(eps):
+                values[f"selected@{eps_key(e)}"] = judged[0][j][chunk].tolist()
+                values[f"measured@{eps_key(e)}"] = judged[1][j][chunk].tolist()
         if found.norms is None:
             has_norms = False
         else:
@@ -332,7 +397,7 @@ def _grid_run(model: nn.Module, attack: Attack, x: torch.Tensor, y: torch.Tensor
             values["norm"] = [v if math.isfinite(v) else None for v in found.norms.tolist()]
         if record is not None:
             record.put(unit, keys, values)
-    return GridResult(points, fooled, norms if has_norms else None, margins), computed
+    return GridResult(points, fooled, norms if has_norms else None, margins), computed, judged
 
 
 def cheap_attack_check(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, norm: str = "linf",

@@ -38,9 +38,26 @@ def _pct(value: float | None) -> str:
     return "n/a" if value is None or not math.isfinite(value) else f"{100 * value:.1f}%"
 
 
-def _with_ci(audit: ModelAudit, value: float | None) -> str:
-    """``82.5% [78.4, 86.1]``: an accuracy of ``audit`` with its exact 95% interval."""
-    return "n/a" if value is None or not math.isfinite(value) else audit.estimate(value).text()
+def _with_ci(audit: ModelAudit, value: float | None, key: str | None = None) -> str:
+    """``82.5% [78.4, 86.1]``: an accuracy of ``audit`` with its 95% interval (``key``: see ``ModelAudit.estimate``)."""
+    return "n/a" if value is None or not math.isfinite(value) else audit.estimate(value, key).text()
+
+
+def _expected_line(audit: ModelAudit) -> str:
+    """How a randomized model's numbers were judged, and the majority-vote view beside them."""
+    exp = audit.expected or {}
+    vote = exp.get("majority_vote", {})
+
+    def shown(key: str) -> str:
+        v = vote.get(key)
+        return "n/a" if v is None else f"{100 * v['value']:.1f}% [{100 * v['ci'][0]:.1f}, {100 * v['ci'][1]:.1f}]"
+
+    return (f"**Randomized model.** Its outputs change from one pass to the next, so every number is its *expected* "
+            f"accuracy over its own randomness, {exp.get('draws', '?')} draws per point: per input, the worst of the "
+            "attacks' points is selected on one set of draws and measured on fresh ones, and each interval accounts "
+            "for the inputs and the draws. *Majority vote* (secondary; what a defence voting over many draws would "
+            f"get): clean {shown('clean')}; " + "; ".join(f"worst case @{e:g} {shown(eps_key(e))}" for e in audit.eps)
+            + ".")
 
 
 def _adequacy_line(ad: dict[str, Any]) -> str:
@@ -112,18 +129,22 @@ def markdown(audits: Sequence[ModelAudit], meta: dict[str, Any]) -> str:
     ]
     for a in audits:
         naive_curve = a.curve(a.roles["naive"])
-        cells = " | ".join(f"{_with_ci(a, naive_curve.get(e))} | **{_with_ci(a, a.worst_case[eps_key(e)])}**"
-                           for e in a.eps)
-        lines.append(f"| {a.name} | {_with_ci(a, a.clean_accuracy)} | {cells} | {_flag(a)} |")
-    lines += ["", "Each accuracy is followed by its exact (Clopper-Pearson) 95% interval, in points.", "",
+        cells = " | ".join(f"{_with_ci(a, naive_curve.get(e))} | "
+                           f"**{_with_ci(a, a.worst_case[eps_key(e)], eps_key(e))}**" for e in a.eps)
+        lines.append(f"| {a.name}{' (expected)' if a.expected else ''} | {_with_ci(a, a.clean_accuracy, 'clean')} | "
+                     f"{cells} | {_flag(a)} |")
+    lines += ["", "Each accuracy is followed by its exact (Clopper-Pearson) 95% interval, in points. A randomized "
+              "model's (expected) numbers are means of each input's accuracy over the model's own randomness, "
+              "their intervals exact at the effective sample size of inputs and draws.", "",
               "![robust accuracy of all models](robust_accuracy_all.png)", ""]
     for a in audits:
         lines += [
             f"## {a.name}",
             "",
-            f"Source: `{a.source}`. Clean accuracy {_with_ci(a, a.clean_accuracy)} on {a.num_samples} images; "
+            f"Source: `{a.source}`. Clean accuracy {_with_ci(a, a.clean_accuracy, 'clean')} on {a.num_samples} images; "
             f"audited in {a.seconds:.0f} s.",
             "",
+            *([_expected_line(a), ""] if a.expected else []),
             f"**Verdict.** {a.gradient_masking.explain()}",
             "",
             *([f"**Positive control.** {_adequacy_line(a.adequacy)}", ""] if a.adequacy else []),
@@ -141,7 +162,7 @@ def markdown(audits: Sequence[ModelAudit], meta: dict[str, Any]) -> str:
             lines.append(f"| {attack}{role} | {stage_text} | "
                          + " | ".join(_with_ci(a, curve.get(e)) for e in a.eps) + " |")
         lines.append("| **worst case** | all | "
-                     + " | ".join(f"**{_with_ci(a, a.worst_case[eps_key(e)])}**" for e in a.eps) + " |")
+                     + " | ".join(f"**{_with_ci(a, a.worst_case[eps_key(e)], eps_key(e))}**" for e in a.eps) + " |")
         lines += ["", "| check | kind | result | value | evidence |", "|---|---|---|---:|---|"]
         for c in a.gradient_masking.checks:
             result = RESULT_TEXT[c.state] if not c.advisory or c.passed else f"warn (advisory, {c.state})"

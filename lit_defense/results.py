@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 import torch
 
-from lit_defense.stats import Estimate, State
+from lit_defense.stats import Estimate, MeanEstimate, State
 
 
 def eps_key(eps: float) -> str:
@@ -167,18 +167,88 @@ class PerSample:
             eps (among the inputs it attacked).
         robust: eps key -> per input, correct and fooled by no attack folded in so far.
         min_norm: attack -> per input, the smallest adversarial perturbation it found (``inf``: none).
+        draws: passes per judgement (``lit_defense.judge``): 1 for a deterministic model; more for
+            a randomized one, which is judged in expectation over its own randomness. Then
+            ``clean`` and ``robust`` say whether some *selection* draw was right (which inputs are
+            still attacked), ``fooled_by`` that none was, and the numbers come from the
+            expectations below.
+        clean_selected, clean_measured: (randomized) per input, the expected accuracy at the clean
+            point, from two independent sets of draws.
+        selected_by, measured_by: (randomized) attack -> eps key -> per input, the same at the
+            attack's point (non-finite where it did not attack the input).
     """
 
     clean: torch.Tensor
     fooled_by: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
     robust: dict[str, torch.Tensor] = field(default_factory=dict)
     min_norm: dict[str, torch.Tensor] = field(default_factory=dict)
+    draws: int = 1
+    clean_selected: torch.Tensor | None = None
+    clean_measured: torch.Tensor | None = None
+    selected_by: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
+    measured_by: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
 
     @classmethod
-    def start(cls, clean: torch.Tensor, eps: Sequence[float]) -> PerSample:
-        """Before any attack: every correct input is robust at every eps."""
+    def start(cls, clean: torch.Tensor, eps: Sequence[float], draws: int = 1,
+              clean_selected: torch.Tensor | None = None, clean_measured: torch.Tensor | None = None) -> PerSample:
+        """Before any attack: every correct input is robust at every eps.
+
+        A randomized model (``draws`` > 1) also takes the clean points' two expected accuracies.
+        """
         clean = clean.bool()
-        return cls(clean=clean, robust={eps_key(e): clean.clone() for e in eps})
+        if draws > 1 and (clean_selected is None or clean_measured is None):
+            raise ValueError("a randomized model's results need the clean points' selected and measured expectations")
+        return cls(clean=clean, robust={eps_key(e): clean.clone() for e in eps}, draws=draws,
+                   clean_selected=None if draws == 1 else clean_selected.float().cpu(),  # type: ignore[union-attr]
+                   clean_measured=None if draws == 1 else clean_measured.float().cpu())  # type: ignore[union-attr]
+
+    @property
+    def randomized(self) -> bool:
+        """Whether the results are expectations over the model's randomness (more than one draw)."""
+        return self.draws > 1
+
+    def _pick(self, names: Sequence[str], key: str) -> torch.Tensor:
+        """Per input, the measured expectation at the point (clean, or one of ``names``') with the lowest selected one.
+
+        The selection and the measurement use independent draws, so taking the lowest of many
+        noisy estimates does not bias the number reported (ties keep the earlier point).
+        """
+        best_sel = self.clean_selected.clone()  # type: ignore[union-attr]
+        best = self.clean_measured.clone()  # type: ignore[union-attr]
+        for name in names:
+            sel = self.selected_by.get(name, {}).get(key)
+            if sel is None:
+                continue
+            sel = torch.where(torch.isfinite(sel), sel, torch.full_like(sel, math.inf))
+            better = sel < best_sel
+            best_sel = torch.where(better, sel, best_sel)
+            best = torch.where(better, self.measured_by[name][key], best)
+        return best
+
+    def expected_clean(self) -> torch.Tensor:
+        """Per input, the expected accuracy at the clean point (a deterministic model: correct or not)."""
+        return self.clean_measured if self.randomized else self.clean  # type: ignore[return-value]
+
+    def expected_to(self, attack: str | None, eps: float) -> torch.Tensor:
+        """``robust_to`` as an expectation: per input, the expected accuracy at ``attack``'s point (``None``: the worst).
+
+        A deterministic model: ``robust_to`` itself (boolean). A randomized one: the measured
+        expectation at the attack's point, or at the worst point of all attacks (selected on
+        other draws, ``_pick``); an input the attack did not attack keeps its clean one.
+        """
+        if not self.randomized:
+            return self.robust_to(attack, eps)
+        key = eps_key(eps)
+        if attack is None:
+            return self._pick(list(self.selected_by), key)
+        return self._pick([attack], key) if attack in self.selected_by else self.clean_measured.clone()  # type: ignore[union-attr]
+
+    def expected_after(self, attack: str, eps: float) -> torch.Tensor:
+        """``robust_after`` as an expectation: the worst point of ``attack`` and every attack folded in before it."""
+        if not self.randomized:
+            return self.robust_after(attack, eps)
+        names = list(self.selected_by)
+        return self._pick(names[:names.index(attack) + 1] if attack in names else names, eps_key(eps))
 
     @property
     def n(self) -> int:
@@ -201,22 +271,33 @@ class PerSample:
                 return out
         raise KeyError(f"no attack {attack!r} was folded in; these were: {list(self.fooled_by)}")
 
-    def fold(self, fooled: dict[str, dict[str, torch.Tensor]], attacks: Sequence[str], eps: Sequence[float]
-             ) -> dict[str, dict[float, torch.Tensor]]:
+    def fold(self, fooled: dict[str, dict[str, torch.Tensor]], attacks: Sequence[str], eps: Sequence[float],
+             selected: dict[str, dict[str, torch.Tensor]] | None = None,
+             measured: dict[str, dict[str, torch.Tensor]] | None = None) -> dict[str, dict[float, torch.Tensor]]:
         """Fold attacks' results in, in order (in place).
 
         Each joins ``fooled_by`` and removes the inputs it fooled from ``robust``; an attack missing
-        from ``fooled`` (it ran nowhere) fooled nothing. Returns, per attack and eps, the inputs still robust after it and everything before (the
-        cumulative robust accuracy is its mean).
+        from ``fooled`` (it ran nowhere) fooled nothing. A randomized model's results also take
+        each attack's ``selected`` and ``measured`` expectations (attack -> eps key -> per input).
+        Returns, per attack and eps, what is left after it and everything before: the inputs still
+        robust (deterministic; the cumulative robust accuracy is its mean), or the expected
+        accuracy at the worst point so far (randomized).
         """
         after: dict[str, dict[float, torch.Tensor]] = {}
         for name in attacks:
             by_eps = fooled.get(name) or {}
             self.fooled_by[name] = {eps_key(e): by_eps.get(eps_key(e), torch.zeros(self.n, dtype=torch.bool))
                                     for e in eps}
+            if self.randomized:
+                missing = torch.full((self.n,), math.nan)
+                self.selected_by[name] = {eps_key(e): (selected or {}).get(name, {}).get(eps_key(e), missing).float().cpu()
+                                          for e in eps}
+                self.measured_by[name] = {eps_key(e): (measured or {}).get(name, {}).get(eps_key(e), missing).float().cpu()
+                                          for e in eps}
             for e in eps:
                 self.robust[eps_key(e)] = self.robust[eps_key(e)] & ~self.fooled_by[name][eps_key(e)]
-            after[name] = {e: self.robust[eps_key(e)].clone() for e in eps}
+            after[name] = {e: self.expected_to(None, e) if self.randomized else self.robust[eps_key(e)].clone()
+                           for e in eps}
         return after
 
     def to_dict(self) -> dict[str, Any]:
@@ -224,13 +305,24 @@ class PerSample:
 
         Keys ``clean_correct``, ``robust``, ``fooled_by`` and ``min_norm`` (``None``: no norm found).
         """
-        return {
+        out = {
             "clean_correct": self.clean.tolist(),
             "robust": {key: mask.tolist() for key, mask in self.robust.items()},
             "fooled_by": {name: {key: m.tolist() for key, m in by_eps.items()} for name, by_eps in self.fooled_by.items()},
             "min_norm": {name: [None if not math.isfinite(v) else round(v, 6) for v in norms.tolist()]
                          for name, norms in self.min_norm.items()},
         }
+        if self.randomized:
+            def values(t: torch.Tensor) -> list[float | None]:
+                return [None if not math.isfinite(v) else round(v, 6) for v in t.tolist()]
+
+            out["expected"] = {
+                "draws": self.draws, "clean_selected": values(self.clean_selected),  # type: ignore[arg-type]
+                "clean_measured": values(self.clean_measured),  # type: ignore[arg-type]
+                "selected_by": {a: {k: values(t) for k, t in by.items()} for a, by in self.selected_by.items()},
+                "measured_by": {a: {k: values(t) for k, t in by.items()} for a, by in self.measured_by.items()},
+            }
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PerSample:
@@ -238,12 +330,21 @@ class PerSample:
         def mask(values: list[bool]) -> torch.Tensor:
             return torch.tensor(values, dtype=torch.bool)
 
+        def floats(values: list[float | None]) -> torch.Tensor:
+            return torch.tensor([math.nan if v is None else v for v in values], dtype=torch.float32)
+
+        exp = data.get("expected") or {}
         return cls(
             clean=mask(data["clean_correct"]),
             fooled_by={name: {key: mask(m) for key, m in by_eps.items()} for name, by_eps in data.get("fooled_by", {}).items()},
             robust={key: mask(m) for key, m in data.get("robust", {}).items()},
             min_norm={name: torch.tensor([math.inf if v is None else v for v in norms], dtype=torch.float32)
                       for name, norms in data.get("min_norm", {}).items()},
+            draws=int(exp.get("draws", 1)),
+            clean_selected=floats(exp["clean_selected"]) if exp else None,
+            clean_measured=floats(exp["clean_measured"]) if exp else None,
+            selected_by={a: {k: floats(v) for k, v in by.items()} for a, by in exp.get("selected_by", {}).items()},
+            measured_by={a: {k: floats(v) for k, v in by.items()} for a, by in exp.get("measured_by", {}).items()},
         )
 
 
@@ -257,6 +358,11 @@ class ModelAudit:
     each eps, and the smallest adversarial norm each minimum-norm attack found;
     ``stages``: per stage of the plan, the inputs it attacked, how many each process took and the
     collective calls it made; ``adequacy``: the binarization test's counts (``--suite.adequacy_samples``).
+
+    ``expected`` (a randomized model only): the numbers are expectations over the model's own
+    randomness (``lit_defense.judge``): ``draws`` per judgement, ``clean`` and ``worst_case`` (eps
+    key -> ``MeanEstimate`` data, intervals over inputs and draws) and ``majority_vote`` (``clean``
+    and eps key -> the exact estimate of the inputs a vote over draws classifies correctly).
     """
 
     name: str
@@ -274,13 +380,23 @@ class ModelAudit:
     per_sample: PerSample | None = field(default=None, repr=False)
     stages: dict[str, Any] = field(default_factory=dict)
     adequacy: dict[str, Any] | None = None  # the binarization test (``lit_defense.adequacy``), when run
+    expected: dict[str, Any] | None = None  # a randomized model's expectations and their intervals
 
     def curve(self, attack: str) -> dict[float, float]:
         """Eps -> robust accuracy of one attack."""
         return attack_curve(self.results, attack)
 
-    def estimate(self, value: float) -> Estimate:
-        """An accuracy of this audit (counted on ``num_samples`` inputs) with its exact interval."""
+    def estimate(self, value: float, key: str | None = None) -> Estimate | MeanEstimate:
+        """An accuracy of this audit (counted on ``num_samples`` inputs) with its exact interval.
+
+        ``key`` (``clean`` or an eps key of ``worst_case``) names a randomized model's expected
+        accuracy, whose interval accounts for the inputs and the draws (``MeanEstimate``); any
+        other number gets the exact interval of one draw per input (never narrower).
+        """
+        if self.expected and key is not None:
+            data = self.expected["clean"] if key == "clean" else self.expected["worst_case"].get(key)
+            if data is not None:
+                return MeanEstimate.from_dict(data)
         return Estimate.of(value, self.num_samples)
 
     def to_dict(self) -> dict[str, Any]:
@@ -292,10 +408,10 @@ class ModelAudit:
         """
         skip = ("examples", "gradient_masking", "per_sample", "results", "worst_case", "clean_accuracy")
         data = {k: v for k, v in asdict(self).items() if k not in skip}
-        data["clean_accuracy"] = self.estimate(self.clean_accuracy).to_dict()
+        data["clean_accuracy"] = self.estimate(self.clean_accuracy, "clean").to_dict()
         data["results"] = [{**r, "ci": self.estimate(r["robust_accuracy"]).to_dict()["ci"], "n": self.num_samples}
                            for r in self.results]
-        data["worst_case"] = {k: self.estimate(v).to_dict() for k, v in self.worst_case.items()}
+        data["worst_case"] = {k: self.estimate(v, k).to_dict() for k, v in self.worst_case.items()}
         data["gradient_masking"] = self.gradient_masking.to_dict()
         return data
 
@@ -304,11 +420,11 @@ class ModelAudit:
 
         Each accuracy ``.../acc`` comes with its interval as ``.../ci_low`` and ``.../ci_high``.
         """
-        curves: dict[str, dict[str, Estimate]] = {}
+        curves: dict[str, dict[str, Estimate | MeanEstimate]] = {}
         for r in self.results:
             curves.setdefault(r["attack"], {})[eps_key(r["eps"])] = self.estimate(r["robust_accuracy"])
-        curves["worst"] = {key: self.estimate(value) for key, value in self.worst_case.items()}
-        out = accuracy_metrics(curves, self.estimate(self.clean_accuracy))
+        curves["worst"] = {key: self.estimate(value, key) for key, value in self.worst_case.items()}
+        out = accuracy_metrics(curves, self.estimate(self.clean_accuracy, "clean"))
         for check in self.gradient_masking.checks:
             if check.value is not None:
                 out[f"masking/{check.name}"] = check.value
@@ -320,13 +436,14 @@ class ModelAudit:
         return out
 
 
-def interval_metrics(prefix: str, estimate: Estimate) -> dict[str, float]:
+def interval_metrics(prefix: str, estimate: Estimate | MeanEstimate) -> dict[str, float]:
     """``{prefix/acc, prefix/ci_low, prefix/ci_high}`` of one accuracy."""
     lo, hi = estimate.ci
     return {f"{prefix}/acc": estimate.value, f"{prefix}/ci_low": lo, f"{prefix}/ci_high": hi}
 
 
-def accuracy_metrics(curves: Mapping[str, Mapping[str, Estimate]], clean: Estimate | None = None,
+def accuracy_metrics(curves: Mapping[str, Mapping[str, Estimate | MeanEstimate]],
+                     clean: Estimate | MeanEstimate | None = None,
                      prefix: str = "adv", intervals: bool = True) -> dict[str, float]:
     """The project's metric names for accuracies, the one place they are formatted.
 

@@ -299,14 +299,113 @@ class Paired:
 
 
 def paired(first: Any, second: Any) -> Paired:
-    """The discordant counts of two boolean per-sample masks (tensors or sequences) of equal length."""
+    """The discordant counts of two per-sample outcomes (tensors or sequences) of equal length.
+
+    Boolean outcomes (a deterministic model: right or wrong) give McNemar's counts. Expected
+    outcomes in [0, 1] (a randomized model: each input's accuracy over its own randomness, from
+    fresh draws) give the *expected* discordant counts of one draw per input, ``b = sum a (1 - b)``
+    and ``c = sum b (1 - a)``, rounded: their difference is the exact mean difference of the
+    expectations, and the one-draw McNemar test they feed is conservative for means over several
+    draws (a mean's variance is at most one draw's). On 0/1 values it is McNemar's test exactly.
+    This is the paired rule of every check and claim on a randomized model.
+    """
     import torch
 
-    a = torch.as_tensor(first, dtype=torch.bool).flatten().cpu()
-    b = torch.as_tensor(second, dtype=torch.bool).flatten().cpu()
+    def values(v: Any) -> torch.Tensor:
+        t = torch.as_tensor(v).flatten().cpu()
+        return t.bool() if t.dtype == torch.bool else t.double().clamp(0, 1)
+
+    a, b = values(first), values(second)
     if a.numel() != b.numel():
         raise ValueError(f"paired outcomes need the same inputs, got {a.numel()} and {b.numel()} samples")
-    return Paired(int((a & ~b).sum()), int((b & ~a).sum()), int(a.numel()))
+    if a.dtype == torch.bool and b.dtype == torch.bool:
+        return Paired(int((a & ~b).sum()), int((b & ~a).sum()), int(a.numel()))
+    a, b = a.double(), b.double()
+    only_a, only_b = float((a * (1 - b)).sum()), float((b * (1 - a)).sum())
+    return Paired(round(only_a), round(only_b), int(a.numel()))
+
+
+def expected_count(values: Any) -> int:
+    """How many of the inputs an outcome holds for: a boolean mask's count, or the rounded sum of expectations."""
+    import torch
+
+    t = torch.as_tensor(values).flatten().cpu()
+    return int(t.sum()) if t.dtype == torch.bool else round(float(t.double().sum()))
+
+
+@dataclass(frozen=True)
+class MeanEstimate:
+    """A mean of per-input expectations in [0, 1] (a randomized model's accuracy), with its 95% interval.
+
+    Each of the ``n`` inputs contributes its model's expected accuracy, estimated from ``draws``
+    fresh passes; the mean's variance has two parts, the inputs' spread and the draws' noise, and
+    the sample variance of the per-input estimates holds both (``variance``). The interval is the
+    exact (Clopper-Pearson) one at the *effective* sample size (Korn & Graubard 1998): the number
+    of single draws whose binomial variance equals the measured one, ``value (1 - value) /
+    variance``. It never goes below ``n`` (what one draw per input would give: the widest) nor
+    above ``n * draws`` (every draw independent). With one draw per input (a deterministic model)
+    it is the exact interval of ``k / n``.
+    """
+
+    value: float
+    n: int
+    draws: int
+    variance: float  # of the mean
+
+    @classmethod
+    def of(cls, values: Any, draws: int) -> MeanEstimate:
+        """The estimate from per-input expectations (tensor or sequence) measured with ``draws`` passes each."""
+        xs = [min(max(float(v), 0.0), 1.0) for v in (values.tolist() if hasattr(values, "tolist") else values)]
+        n = len(xs)
+        mean = sum(xs) / n if n else 0.0
+        var = sum((v - mean) ** 2 for v in xs) / (n - 1) / n if n > 1 else 0.0
+        return cls(mean, n, max(1, int(draws)), var)
+
+    @property
+    def n_effective(self) -> float:
+        """The effective number of single draws (see the class doc), in ``[n, n * draws]``."""
+        if self.n == 0:
+            return 0.0
+        spread = self.value * (1 - self.value)
+        if spread <= 0:  # every value 0 (or 1): nothing says how much the inputs may differ
+            return float(self.n)
+        if self.variance <= 0:  # the inputs agree exactly: every draw counts
+            return float(self.n * self.draws)
+        return min(max(spread / self.variance, float(self.n)), float(self.n * self.draws))
+
+    @property
+    def ci(self) -> tuple[float, float]:
+        """The exact 95% interval at the effective sample size."""
+        n_eff = self.n_effective
+        if n_eff <= 0:
+            return 0.0, 1.0
+        k = min(max(self.value * n_eff, 0.0), n_eff)
+        tail = (1.0 - CONFIDENCE) / 2
+        # the Clopper-Pearson bounds are Beta quantiles, defined for a non-integer k and n as well
+        low = 0.0 if k <= 0 else _solve(lambda p: betainc(k, n_eff - k + 1, p), tail)
+        high = 1.0 if k >= n_eff else _solve(lambda p: betainc(k + 1, n_eff - k, p), 1.0 - tail)
+        return low, high
+
+    @property
+    def k(self) -> int:
+        """The expected number of inputs classified correctly (rounded)."""
+        return round(self.value * self.n)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The *estimate* shape (``{"value", "ci", "k", "n"}``) plus ``draws`` and ``n_effective``."""
+        lo, hi = self.ci
+        return {"value": self.value, "ci": [_round(lo), _round(hi)], "k": self.k, "n": self.n,
+                "draws": self.draws, "n_effective": _round(self.n_effective), "variance": self.variance}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> MeanEstimate:
+        """The estimate back from ``to_dict``'s output."""
+        return cls(float(data["value"]), int(data["n"]), int(data["draws"]), float(data["variance"]))
+
+    def text(self) -> str:
+        """``64.8% [59.8, 69.4]``."""
+        lo, hi = self.ci
+        return f"{100 * self.value:.1f}% [{100 * lo:.1f}, {100 * hi:.1f}]"
 
 
 def worst_state(states: list[State]) -> State:
@@ -315,6 +414,6 @@ def worst_state(states: list[State]) -> State:
 
 
 __all__ = [
-    "ALPHA", "CONFIDENCE", "Decision", "Estimate", "Paired", "betainc", "binom_cdf", "binom_sf", "clopper_pearson",
-    "decide", "decide_proportion", "lower_bound", "mcnemar_p", "paired", "upper_bound", "worst_state",
+    "ALPHA", "CONFIDENCE", "Decision", "Estimate", "MeanEstimate", "Paired", "betainc", "binom_cdf", "binom_sf", "clopper_pearson",
+    "decide", "decide_proportion", "expected_count", "lower_bound", "mcnemar_p", "paired", "upper_bound", "worst_state",
 ]

@@ -23,16 +23,20 @@ class RandomSampling(FixedBudgetAttack):
 
     Args:
         samples: random points tried per input (each costs one forward pass).
+        draws: passes per point, for a randomized model (the audit sets it): each point is judged
+            by the fraction of draws that classify it correctly, and the lowest is kept (the clean
+            input when none is lower), never a point one lucky draw misclassified.
     """
 
     uses_gradients = False
 
-    def __init__(self, eps: float = 0.1, norm: Norm = "linf", samples: int = 100, seed: int = 0,
+    def __init__(self, eps: float = 0.1, norm: Norm = "linf", samples: int = 100, draws: int = 1, seed: int = 0,
                  name: str | None = None) -> None:
         super().__init__(eps=eps, norm=norm, seed=seed, name=name)
-        if samples < 1:
-            raise ConfigError(f"RandomSampling needs samples >= 1, got {samples}.")
+        if samples < 1 or draws < 1:
+            raise ConfigError(f"RandomSampling needs samples >= 1 and draws >= 1, got {samples}, {draws}.")
         self.samples = samples
+        self.draws = draws
 
     @override
     def default_name(self) -> str:
@@ -49,9 +53,21 @@ class RandomSampling(FixedBudgetAttack):
         out = x.clone()
         found = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
         with torch.no_grad():
+            if self.draws > 1:
+                best = self._rate(model, x, y)
+                for k in range(self.samples):
+                    xr = self._draw(x, k, generator)
+                    rate = self._rate(model, xr, y)
+                    out = torch.where(per_sample(rate < best, xr), xr, out)
+                    best = torch.minimum(rate, best)
+                return out
             for k in range(self.samples):
                 xr = self._draw(x, k, generator)
                 hit = (model(xr).argmax(1) != y) & ~found
                 out = torch.where(per_sample(hit, xr), xr, out)
                 found |= hit
         return out
+
+    def _rate(self, model: nn.Module, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The fraction of ``draws`` passes that classify ``z`` correctly."""
+        return torch.stack([model(z).argmax(1) == y for _ in range(self.draws)]).float().mean(0)

@@ -89,16 +89,23 @@ class Square(FixedBudgetAttack):
         p_init: initial fraction of pixels changed per query (0.8 for MNIST-like data in the paper,
             and AutoAttack's for both norms).
         early_stop_every: every this many queries, stop searching for the inputs already fooled.
+        draws: passes per query, for a randomized model (the audit sets it): a candidate's score is
+            its margin averaged over the draws, and an input counts as fooled only when every draw
+            misclassifies its best point, never on one lucky draw. Each query costs ``draws``
+            forward passes.
     """
 
     norms = ("linf", "l2")
     uses_gradients = False
 
     def __init__(self, eps: float = 0.1, norm: str = "linf", n_queries: int = 1000, p_init: float = 0.8,
-                 early_stop_every: int = 10, seed: int = 0, name: str | None = None) -> None:
+                 early_stop_every: int = 10, draws: int = 1, seed: int = 0, name: str | None = None) -> None:
         super().__init__(eps=eps, norm=norm, seed=seed, name=name)
         if n_queries < 1 or not 0 < p_init <= 1:
             raise ConfigError(f"Square needs n_queries >= 1 and 0 < p_init <= 1, got {n_queries}, {p_init}.")
+        if draws < 1:
+            raise ConfigError(f"Square needs draws >= 1, got {draws}.")
+        self.draws = draws
         self.n_queries = n_queries
         self.p_init = p_init
         self.early_stop_every = max(1, early_stop_every)
@@ -113,28 +120,37 @@ class Square(FixedBudgetAttack):
                 generator: SampleRNG) -> torch.Tensor:
         n, c, h, w = x.shape
         out = (x + self._start(x, generator)).clamp(0, 1)
-        best = margin_loss(model(out), y)  # maximise: > 0 means misclassified
+        best, done = self._score(model, out, y)  # maximise: > 0 means misclassified
         act = torch.arange(n, device=x.device)  # samples still searched
-        xa, ya, xb, ba = x, y, out.clone(), best.clone()
+        xa, ya, xb, ba, da = x, y, out.clone(), best.clone(), done.clone()
         for it in range(self.n_queries - 1):
             if it % self.early_stop_every == 0:
                 # write back, then drop the fooled samples (one host sync every few queries)
                 out[act], best[act] = xb, ba
-                keep = (ba <= 0).nonzero().squeeze(1)
+                keep = (~da).nonzero().squeeze(1)
                 if keep.numel() == 0:
                     break
                 if keep.numel() < act.numel():
-                    act, xa, ya, xb, ba = act[keep], xa[keep], ya[keep], xb[keep], ba[keep]
+                    act, xa, ya, xb, ba, da = act[keep], xa[keep], ya[keep], xb[keep], ba[keep], da[keep]
             p = _p_at(self.p_init, it, self.n_queries)
             # each sample's own windows and signs, whatever else is still searched
             delta = self._propose(generator[act], xa, xb - xa, p)
             candidate = (xa + delta).clamp(0, 1)
-            loss = margin_loss(model(candidate), ya)
+            loss, fooled = self._score(model, candidate, ya)
             accept = loss > ba
             ba = torch.where(accept, loss, ba)
+            da = torch.where(accept, fooled, da)
             xb = torch.where(accept.view(-1, 1, 1, 1), candidate, xb)
         out[act], best[act] = xb, ba
         return out
+
+    def _score(self, model: nn.Module, z: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The margin at ``z`` (mean over ``draws`` passes) and whether every pass misclassifies it."""
+        if self.draws == 1:
+            margin = margin_loss(model(z), y)
+            return margin, margin > 0
+        margins = torch.stack([margin_loss(model(z), y) for _ in range(self.draws)])
+        return margins.mean(0), (margins > 0).all(0)
 
     def _start(self, x: torch.Tensor, rng: SampleRNG) -> torch.Tensor:
         """The first perturbation: vertical stripes of ``±eps`` (L-inf), a grid of signed bumps of norm ``eps`` (L2)."""

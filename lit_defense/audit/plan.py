@@ -60,7 +60,9 @@ from lit_defense.diagnostics.checklist import (
     outcome_checks,
 )
 from lit_defense.evaluation import check_attacks, robustness_counts
+from lit_defense.judge import Judge
 from lit_defense.results import Check, ModelAudit, PerSample, eps_key, verdict
+from lit_defense.stats import MeanEstimate
 
 
 def _probe(model: nn.Module, x: torch.Tensor, y: torch.Tensor, thresholds: MaskingThresholds, check_samples: int,
@@ -86,6 +88,24 @@ def _probe(model: nn.Module, x: torch.Tensor, y: torch.Tensor, thresholds: Maski
         checks = [Check(**c) for c in stored]
     progress.stage_done(x.shape[0])
     return checks, {"inputs": int(x.shape[0]), "collectives": collective.calls["probe"] - before}
+
+
+def _plan_judge(model: nn.Module, x: torch.Tensor, y: torch.Tensor, randomized: bool, batch_size: int,
+                name: str, collective: Collective, log: ProgressLog | None) -> Judge:
+    """How the audit judges points (``lit_defense.judge``): recorded, else planned on rank 0 and broadcast.
+
+    One pass for a deterministic model; for a randomized one, the draws its own pilot asks for.
+    """
+    if not randomized:
+        return Judge()
+    stored = log.blob(name, "judge") if log is not None else None
+    if stored is not None:
+        return Judge(int(stored["draws"]))
+    draws = Judge.plan(model, x, y, randomized, batch_size).draws if collective.is_main else 0
+    draws = collective.broadcast(draws, "probe") if collective.distributed else draws
+    if log is not None and collective.is_main:
+        log.put_blob(name, "judge", {"draws": draws})
+    return Judge(int(draws))
 
 
 def _own_generator(audit: Callable[..., ModelAudit]) -> Callable[..., ModelAudit]:
@@ -159,6 +179,7 @@ def audit_model(
         num_classes = int(model(x[:1]).shape[1])
     roles = default_attacks(norm, suite, masked, randomized, seed, transfer, broken_gradients=broken,
                             num_classes=num_classes)
+    judge = _plan_judge(model, x[:check_samples], y[:check_samples], randomized, batch_size, name, collective, log)
     white = [roles["one_step"], roles["naive"], *roles["adaptive"]]
     later = [*roles["cascade"], *roles["black_box"]]
     check_attacks(white, eps)
@@ -170,18 +191,20 @@ def audit_model(
     def white_box() -> dict[str, Any]:
         on = pool.to(x.device)
         _, ex = robustness_counts(model, x[on], y[on], white, eps, batch_size, cascade=False, ids=on,
-                                  record=stage.record(), on_progress=progress.attack)
+                                  record=stage.record(), on_progress=progress.attack, judge=judge)
         # per eps, the smallest margin any white-box attack left (NaN-free: a missing one is +inf)
         left = {k: torch.stack([ex["margin"][a.name][k].nan_to_num(float("inf")) for a in white]).amin(0)
                 for k in ex["margin"][white[0].name]}
         return {"clean": ex["clean_correct"], "fooled": ex["fooled"], "margin_left": left,
-                "clean_margin": ex["clean_margin"]}
+                "clean_margin": ex["clean_margin"], **_expectations(ex)}
 
     white_found = stage.run(pool, white_box, n)
-    stages = {"probe": probe_info, "white_box": stage.info}
-    res = PerSample.start(white_found["clean"], eps)
-    res.fold(white_found["fooled"], [a.name for a in white], eps)  # side by side: robust = fooled by none of them
-    own = {a.name: {e: res.robust_to(a.name, e) for e in eps} for a in white}  # robust, each alone
+    stages = {"probe": probe_info, "white_box": {**stage.info, "draws": judge.draws}}
+    res = PerSample.start(white_found["clean"], eps, judge.draws, white_found.get("clean_selected"),
+                          white_found.get("clean_measured"))
+    # side by side: robust = fooled by none of them
+    res.fold(white_found["fooled"], [a.name for a in white], eps, white_found.get("selected"), white_found.get("measured"))
+    own = {a.name: {e: res.expected_to(a.name, e) for e in eps} for a in white}  # robust, each alone
     results = [{"attack": a.name, "eps": e, "robust_accuracy": _rate(own[a.name][e]), "stage": "white_box"}
                for e in eps for a in white]
 
@@ -196,10 +219,11 @@ def audit_model(
     if roles["cascade"]:
         stage = Stage("cascade", name, collective, log, progress)
         found = stage.cascade(model, x, y, roles["cascade"], eps, batch_size,
-                              {k: m & ~far[k] for k, m in res.robust.items()})
+                              {k: m & ~far[k] for k, m in res.robust.items()}, judge)
         stage.info["far"] = {k: int(m.sum()) for k, m in far.items()}
         stages["cascade"] = stage.info
-        after = res.fold(found["fooled"], [a.name for a in roles["cascade"]], eps)
+        after = res.fold(found["fooled"], [a.name for a in roles["cascade"]], eps, found.get("selected"),
+                         found.get("measured"))
         res.min_norm.update(found["min_norm"])  # every attack that minimised norms (BPDA(FMN) too)
 
     # ------------------------------------------------------------------ gradient-free, a sample first
@@ -207,9 +231,9 @@ def audit_model(
     if roles["black_box"]:
         black_box_on, black_box_stages = black_box(
             model, x, y, roles["black_box"], eps, batch_size, res, sampled,
-            thresholds, seed, lambda stage: Stage(stage, name, collective, log, progress))
+            thresholds, seed, lambda stage: Stage(stage, name, collective, log, progress), judge)
         stages.update(black_box_stages)
-        after.update({a.name: {e: res.robust_after(a.name, e) for e in eps} for a in roles["black_box"]})
+        after.update({a.name: {e: res.expected_after(a.name, e) for e in eps} for a in roles["black_box"]})
     for a in later:
         results += [{"attack": a.name, "eps": e, "robust_accuracy": _rate(after[a.name][e]), "stage": "after_white_box"}
                     for e in eps]
@@ -219,13 +243,14 @@ def audit_model(
     if roles["refine"] and fmn is not None:
         near = {eps_key(e): res.robust_to(None, e) & (fmn <= suite.refine_radius * e) for e in eps}
         stage = Stage("refine", name, collective, log, progress)
-        found = stage.cascade(model, x, y, roles["refine"], eps, batch_size, near)
+        found = stage.cascade(model, x, y, roles["refine"], eps, batch_size, near, judge)
         stages["refine"] = stage.info
-        refined = res.fold(found["fooled"], [a.name for a in roles["refine"]], eps)
+        refined = res.fold(found["fooled"], [a.name for a in roles["refine"]], eps, found.get("selected"),
+                           found.get("measured"))
         results += [{"attack": a.name, "eps": e, "robust_accuracy": _rate(refined[a.name][e]), "stage": "refine"}
                     for a in roles["refine"] for e in eps]
         later = [*later, *roles["refine"]]
-    worst = {e: _rate(res.robust_to(None, e)) for e in eps}
+    worst = {e: _rate(res.expected_to(None, e)) for e in eps}
     main_eps = eps[len(eps) // 2]
 
     # ------------------------------------------------------------------ positive control (opt-in)
@@ -251,25 +276,38 @@ def audit_model(
         on, rec = pool.to(x.device), stage.record()
         run = [a for a in plan.at_probe_eps() if a not in reused]
         _, ex_big = robustness_counts(model, x[on], y[on], [plan.unbounded], [plan.unbounded.eps], batch_size,
-                                      cascade=False, ids=on, record=rec, on_progress=progress.attack)
+                                      cascade=False, ids=on, record=rec, on_progress=progress.attack, judge=judge)
         _, ex_probe = robustness_counts(model, x[on], y[on], run, [main_eps], batch_size,
-                                        cascade=False, ids=on, record=rec, on_progress=progress.attack)
+                                        cascade=False, ids=on, record=rec, on_progress=progress.attack, judge=judge)
         big_key, probe_key = eps_key(plan.unbounded.eps), eps_key(main_eps)
         white_fooled = res.fooled_by[adaptive.name][probe_key][pool].to(x.device) if same else None
-        return {"clean": ex_probe["clean_correct"],
-                "fooled": {plan.unbounded.name: ex_big["fooled"][plan.unbounded.name][big_key],
-                           **{a.name: ex_probe["fooled"][a.name][probe_key] for a in run},
-                           **{a.name: white_fooled for a in reused}}}
+        out = {"clean": ex_probe["clean_correct"],
+               "fooled": {plan.unbounded.name: ex_big["fooled"][plan.unbounded.name][big_key],
+                          **{a.name: ex_probe["fooled"][a.name][probe_key] for a in run},
+                          **{a.name: white_fooled for a in reused}}}
+        if judge.randomized:  # the expected accuracy at each attack's point (at most the clean one's)
+            clean_exp = ex_probe["clean_measured"]
+            out["clean_expected"] = clean_exp
+            out["expected"] = {
+                plan.unbounded.name: torch.minimum(ex_big["measured"][plan.unbounded.name][big_key].nan_to_num(1.0),
+                                                   clean_exp),
+                **{a.name: torch.minimum(ex_probe["measured"][a.name][probe_key].nan_to_num(1.0), clean_exp)
+                   for a in run}}
+        return out
 
     found = stage.run(pool, check_attacks_run, cs)
     stages["checks"] = stage.info
 
     # ------------------------------------------------------------------ the checklist: pure functions
-    clean = _rate(res.clean)
+    clean = _rate(res.expected_clean())
     names = role_names(roles)
     checks += outcome_checks(res, eps, names, [a.name for a in roles["black_box"] if isinstance(a, RandomSampling)],
                              thresholds, black_box_on)
-    checks += plan.checks(found["clean"], found["fooled"], thresholds)
+    if judge.randomized:  # in expectation: the expected accuracy lost at each attack's point
+        checks += plan.checks(found["clean_expected"], {a: found["clean_expected"] - v for a, v in found["expected"].items()},
+                              thresholds, correct=found["clean"])
+    else:
+        checks += plan.checks(found["clean"], found["fooled"], thresholds)
     if adequacy is not None:
         checks.append(check_attack_adequacy(adequacy, thresholds))
 
@@ -279,8 +317,39 @@ def audit_model(
         name=name, source=source, norm=norm, eps=eps, num_samples=n, clean_accuracy=clean, results=results,
         worst_case={eps_key(e): worst[e] for e in eps}, gradient_masking=verdict(checks),
         roles=names, seconds=round(time.perf_counter() - start, 2), examples=examples,
-        per_sample=res, stages=stages, adequacy=adequacy,
+        per_sample=res, stages=stages, adequacy=adequacy, expected=_expected_summary(res, eps),
     )
+
+
+def _expectations(ex: dict[str, Any]) -> dict[str, Any]:
+    """The expected accuracies of a ``robustness_counts`` run that judged in expectation (else nothing)."""
+    keys = ("clean_selected", "clean_measured", "selected", "measured")
+    return {k: ex[k] for k in keys if k in ex}
+
+
+def _expected_summary(res: PerSample, eps: Sequence[float]) -> dict[str, Any] | None:
+    """A randomized model's numbers with the intervals that account for inputs and draws (``MeanEstimate``).
+
+    ``clean`` and ``worst_case`` (eps key -> estimate): the expected accuracy, the mean over inputs
+    of the model's accuracy over its own randomness (the worst point selected on other draws than
+    those that measure it). ``majority_vote`` (eps key -> estimate): the inputs whose measured
+    draws are right more than half of the time at that point, what a defence that votes over many
+    draws would get (the randomized-smoothing view), an exact interval over inputs.
+    """
+    if not res.randomized:
+        return None
+    from lit_defense.stats import Estimate
+
+    def vote(values: torch.Tensor) -> dict[str, Any]:
+        return Estimate(int((values > 0.5).sum()), int(values.numel())).to_dict()
+
+    worst = {eps_key(e): res.expected_to(None, e) for e in eps}
+    return {
+        "draws": res.draws,
+        "clean": MeanEstimate.of(res.expected_clean(), res.draws).to_dict(),
+        "worst_case": {k: MeanEstimate.of(v, res.draws).to_dict() for k, v in worst.items()},
+        "majority_vote": {"clean": vote(res.expected_clean()), **{k: vote(v) for k, v in worst.items()}},
+    }
 
 
 def _adequacy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, norm: str, robust: torch.Tensor,
@@ -331,8 +400,13 @@ def _adequacy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, no
 
 
 def _rate(mask: torch.Tensor) -> float:
-    """The fraction of inputs a per-sample mask holds (an accuracy over all audited inputs)."""
-    return int(mask.sum()) / max(int(mask.numel()), 1)
+    """The fraction of inputs a per-sample mask holds (an accuracy over all audited inputs).
+
+    Per-input expectations (a randomized model) give their mean.
+    """
+    if mask.dtype == torch.bool:
+        return int(mask.sum()) / max(int(mask.numel()), 1)
+    return float(mask.double().sum()) / max(int(mask.numel()), 1)
 
 
 def _examples(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: Sequence[float], attacks: Sequence[Attack],

@@ -21,6 +21,7 @@ from torch import nn
 from lit_defense.attacks import Attack, RandomSampling
 from lit_defense.audit.stage import Stage
 from lit_defense.diagnostics import MaskingThresholds
+from lit_defense.judge import Judge
 from lit_defense.results import Check, PerSample, eps_key
 
 
@@ -112,7 +113,8 @@ def black_box_sample_size(survivors: int, n: int, gap: float, alpha: float) -> i
 
 def black_box(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks: Sequence[Attack], eps: Sequence[float],
                batch_size: int, res: PerSample, sampled: bool, thresholds: MaskingThresholds, seed: int,
-               stage: Callable[[str], Stage]) -> tuple[dict[float, torch.Tensor] | None, dict[str, Any]]:
+               stage: Callable[[str], Stage], judge: Judge | None = None
+               ) -> tuple[dict[float, torch.Tensor] | None, dict[str, Any]]:
     """The gradient-free attacks, each on a seeded sample of the survivors first (``sampled``); folds them into ``res``.
 
     Each attack's sample is the shortest prefix of one seeded order of the inputs that holds, at
@@ -120,7 +122,8 @@ def black_box(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks: Seque
     (random sampling: ``random_gap``; the others: ``black_box_gap``). An attack goes on to the other
     survivors only when its sample yields an adversarial point. Returns, per eps, the inputs the
     attacks ran on when that stayed a sample for all of them (else ``None``), and each stage's info
-    by stage name (``black_box_<attack>``, ``black_box_rest_<attack>``).
+    by stage name (``black_box_<attack>``, ``black_box_rest_<attack>``). ``judge`` judges the
+    points in expectation (a randomized model; its expectations are folded in too).
     """
     n = int(x.shape[0])
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
@@ -137,21 +140,27 @@ def black_box(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks: Seque
                 hits = m[order].cumsum(0)
                 chosen[order[:int((hits < need).sum()) + 1]] = True
         first = stage(f"black_box_{attack.name}")
-        found = first.cascade(model, x, y, [attack], eps, batch_size, {k: m & chosen for k, m in alive.items()})
+        found = first.cascade(model, x, y, [attack], eps, batch_size, {k: m & chosen for k, m in alive.items()}, judge)
         fooled = found["fooled"].get(attack.name, {})
+        judged = {part: dict(found.get(part, {}).get(attack.name, {})) for part in ("selected", "measured")}
         rest = {k: m & ~chosen for k, m in alive.items()}
         info[first.name] = {**first.info, "survivors": int(torch.stack(list(alive.values())).any(0).sum())}
         if any(bool(m.any()) for m in fooled.values()) and any(bool(m.any()) for m in rest.values()):
             more = stage(f"black_box_rest_{attack.name}")
-            extra = more.cascade(model, x, y, [attack], eps, batch_size, rest)["fooled"].get(attack.name, {})
+            found_rest = more.cascade(model, x, y, [attack], eps, batch_size, rest, judge)
+            extra = found_rest["fooled"].get(attack.name, {})
             fooled = {k: fooled.get(k, torch.zeros(n, dtype=torch.bool)) | extra.get(k, torch.zeros(n, dtype=torch.bool))
                       for k in alive}
+            for part, values in judged.items():  # the rest's expectations where the sample had none
+                for k, v in found_rest.get(part, {}).get(attack.name, {}).items():
+                    values[k] = torch.where(torch.isfinite(values[k]), values[k], v) if k in values else v
             info[more.name] = more.info
             chosen = torch.ones(n, dtype=torch.bool)
         partial = partial or any(bool((m & ~chosen).any()) for m in alive.values())
         for e in eps:
             on[e] |= alive[eps_key(e)] & chosen
-        res.fold({attack.name: fooled}, [attack.name], eps)
+        res.fold({attack.name: fooled}, [attack.name], eps, {attack.name: judged["selected"]},
+                 {attack.name: judged["measured"]})
     return (on if partial else None), info
 
 

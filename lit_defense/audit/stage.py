@@ -13,6 +13,7 @@ from lit_defense.audit.display import AuditProgress
 from lit_defense.audit.progress import ProgressLog
 from lit_defense.audit.sharding import Collective, attempt, raise_failures, shard
 from lit_defense.evaluation import robustness_counts
+from lit_defense.judge import Judge
 
 
 def _cpu(tree: Any) -> Any:
@@ -93,10 +94,13 @@ class Stage:
 
 
     def cascade(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks: Sequence[Attack],
-                eps: Sequence[float], batch_size: int, alive: dict[str, torch.Tensor]) -> dict[str, Any]:
+                eps: Sequence[float], batch_size: int, alive: dict[str, torch.Tensor],
+                judge: Judge | None = None) -> dict[str, Any]:
         """A cascade of ``attacks`` on the inputs ``alive`` at some eps (eps key -> mask over all inputs).
 
-        Returns the gathered ``fooled`` (attack -> eps key -> mask) and ``min_norm`` over all inputs.
+        Returns the gathered ``fooled`` (attack -> eps key -> mask) and ``min_norm`` over all inputs,
+        and, judged in expectation (``judge``), ``selected`` and ``measured`` (attack -> eps key ->
+        expected accuracy; non-finite where the attack did not run).
         Nested: an input fooled at a smaller eps is not attacked at a larger one (it is fooled there).
         """
         pool = self.pool(torch.stack(list(alive.values())).any(0).nonzero().squeeze(1))
@@ -107,8 +111,10 @@ class Stage:
             on = pool.to(x.device)
             _, ex = robustness_counts(model, x[on], y[on], attacks, eps, batch_size, cascade=True,
                                       alive={k: m[pool].to(x.device) for k, m in alive.items()}, ids=on,
-                                      record=self.record(), on_progress=self.progress.attack, nested=True)
-            return {"fooled": ex["fooled"], "min_norm": ex["min_norm"]}
+                                      record=self.record(), on_progress=self.progress.attack, nested=True,
+                                      judge=judge)
+            return {"fooled": ex["fooled"], "min_norm": ex["min_norm"],
+                    **{k: ex[k] for k in ("selected", "measured") if k in ex}}
 
         return self.run(pool, work, x.shape[0], f" ({', '.join(a.name for a in attacks)})")
 

@@ -139,6 +139,11 @@ def default_attacks(norm: str, suite: AttackSuite, masked: bool, randomized: boo
     APGD-CE, APGD-T, FMN) and ``black_box`` (list) on the survivors; ``refine`` (list) on the survivors
     near the boundary (FMN norm within ``refine_radius`` x eps). The DLR loss needs the third
     largest logit (targeted: the fourth); with fewer classes APGD takes the margin loss instead.
+
+    A randomized model is judged in expectation (``lit_defense.judge``), and so are the attacks'
+    own decisions: the PGDs without EOT return their last iterate instead of stopping at the first
+    point one draw misclassifies, and random sampling and Square judge each point over
+    ``eot_samples`` draws.
     """
     factor = max(1, suite.escalation) if broken_gradients else 1
 
@@ -147,7 +152,10 @@ def default_attacks(norm: str, suite: AttackSuite, masked: bool, randomized: boo
         attack = BPDA(attack) if masked else attack
         return EOT(attack, samples=suite.eot_samples) if randomized else attack
 
-    adaptive: Attack = PGD(norm=norm, steps=suite.steps, loss="margin", restarts=suite.restarts, seed=seed)
+    # a randomized model: no early stop on one lucky draw (the last iterate climbs the expected loss)
+    lucky = {"keep_first_adversarial": False} if randomized else {}
+    draws = {"draws": max(1, suite.eot_samples)} if randomized else {}
+    adaptive: Attack = PGD(norm=norm, steps=suite.steps, loss="margin", restarts=suite.restarts, seed=seed, **lucky)
     wrapped: list[Attack] = [adaptive]
     if masked:
         wrapped.append(BPDA(PGD(norm=norm, steps=suite.steps, loss="margin", seed=seed)))
@@ -180,16 +188,16 @@ def default_attacks(norm: str, suite: AttackSuite, masked: bool, randomized: boo
                                 random_start=True, seed=seed + 1, name="refine_pgd_margin")))
     black: list[Attack] = []
     if suite.random_samples:
-        black.append(RandomSampling(norm=norm, samples=suite.random_samples * factor, seed=seed))
+        black.append(RandomSampling(norm=norm, samples=suite.random_samples * factor, seed=seed, **draws))
     queries = {"linf": suite.square_queries, "l2": suite.square_queries_l2}.get(norm, 0) if suite.square_queries else 0
     if queries:
-        black.append(Square(norm=norm, n_queries=queries * factor, seed=seed))
+        black.append(Square(norm=norm, n_queries=queries * factor, seed=seed, **draws))
     if suite.rays_queries and norm == "linf" and broken_gradients:
         black.append(RayS(norm=norm, queries=suite.rays_queries * factor, seed=seed))
     black.extend(transfer)
     return {
         "one_step": FGSM(norm=norm),
-        "naive": PGD(norm=norm, steps=suite.steps, loss="ce", seed=seed),
+        "naive": PGD(norm=norm, steps=suite.steps, loss="ce", seed=seed, **lucky),
         "adaptive": wrapped,
         "cascade": cascade,
         "black_box": black,

@@ -67,12 +67,24 @@ class ChecklistAttacks:
         """The four attacks that run at the probe's eps."""
         return [self.probe, self.longer, self.first, self.last]
 
-    def checks(self, clean: torch.Tensor, fooled: dict[str, torch.Tensor], thresholds: MaskingThresholds
-               ) -> list[Check]:
-        """The three checks from per-sample results (``fooled``: attack name -> mask)."""
-        robust = {name: clean & ~mask for name, mask in fooled.items()}
+    def checks(self, clean: torch.Tensor, fooled: dict[str, torch.Tensor], thresholds: MaskingThresholds,
+               correct: torch.Tensor | None = None) -> list[Check]:
+        """The three checks from per-sample results (``fooled``: attack name -> mask).
+
+        A randomized model's results are expectations: ``clean`` the expected accuracy at the clean
+        points, ``fooled`` the expected accuracy each attack took away from it, ``correct`` the
+        inputs some draw classified correctly (the unbounded attack's success is the share of their
+        expected accuracy it took).
+        """
+        if clean.dtype == torch.bool:
+            robust = {name: clean & ~mask for name, mask in fooled.items()}
+            unbounded = fooled[self.unbounded.name][clean]
+        else:
+            robust = {name: (clean - mask).clamp(0, 1) for name, mask in fooled.items()}
+            on = correct.bool() if correct is not None else clean > 0
+            unbounded = (fooled[self.unbounded.name][on] / clean[on].clamp_min(1e-12)).clamp(0, 1)
         return [
-            check_unbounded(self.unbounded.name, self.unbounded.eps, fooled[self.unbounded.name][clean], thresholds),
+            check_unbounded(self.unbounded.name, self.unbounded.eps, unbounded, thresholds),
             check_incomplete_optimisation(self.probe.name, self.probe.steps, self.longer.steps, self.probe.eps,
                                           robust[self.probe.name], robust[self.longer.name], thresholds),
             check_silent_success(self.probe.name, fooled[self.first.name], fooled[self.last.name], thresholds),
@@ -91,23 +103,25 @@ def outcome_checks(res: PerSample, eps: Sequence[float], roles: Mapping[str, Any
     seeded sample of the survivors (``--suite.black_box_sample``).
     """
     one_step, naive, adaptive = roles["one_step"], roles["naive"], list(roles["adaptive"])
-    own = {a: {e: res.robust_to(a, e) for e in eps} for a in (one_step, naive, *adaptive)}  # each alone
+    # per input, robust (a deterministic model) or the expected accuracy (a randomized one: every
+    # comparison is then between expectations on the same inputs, ``stats.paired``)
+    own = {a: {e: res.expected_to(a, e) for e in eps} for a in (one_step, naive, *adaptive)}  # each alone
     checks = [
         check_one_step_vs_iterative(own[one_step], own[naive], thresholds, (one_step, naive)),
         check_adaptive_vs_naive(own[naive], {a: own[a] for a in adaptive}, thresholds, naive),
-        check_monotone({**own, "worst": {e: res.robust_to(None, e) for e in eps}}, res.clean, thresholds),
+        check_monotone({**own, "worst": {e: res.expected_to(None, e) for e in eps}}, res.expected_clean(), thresholds),
     ]
     last_gradient = (list(roles["cascade"]) or [one_step, naive, *adaptive])[-1]
-    gradient_robust = {e: res.robust_after(last_gradient, e) for e in eps}
+    gradient_robust = {e: res.expected_after(last_gradient, e) for e in eps}
     others = [a for a in roles["black_box"] if a not in random]
     if random:
         checks.append(check_extra_found("random_sampling_beats_attacks", "Random sampling in the ball",
-                                        gradient_robust, {e: res.robust_after(random[-1], e) for e in eps},
+                                        gradient_robust, {e: res.expected_after(random[-1], e) for e in eps},
                                         thresholds.random_gap, list(random), thresholds.alpha, black_box_on))
     if others:
-        base = {e: res.robust_after(random[-1], e) for e in eps} if random else gradient_robust
+        base = {e: res.expected_after(random[-1], e) for e in eps} if random else gradient_robust
         checks.append(check_extra_found("black_box_beats_white_box", "Gradient-free attacks", base,
-                                        {e: res.robust_after(others[-1], e) for e in eps},
+                                        {e: res.expected_after(others[-1], e) for e in eps},
                                         thresholds.black_box_gap, others, thresholds.alpha, black_box_on))
     return checks
 

@@ -5,6 +5,10 @@ inputs): one-step stronger than iterative, black-box or random sampling stronger
 unbounded attack that does not reach ~100% success, robust accuracy not monotone in eps, adaptive
 attacks much stronger than the naive one, and two checks of the evaluation itself (advisory:
 incomplete optimisation and silent success). None runs an attack.
+
+A randomized model's outcomes are expectations in [0, 1] (each input's accuracy over the model's
+own randomness) instead of masks: the checks take them as they are, and two attacks are compared
+by the paired rule on expectations (``stats.paired``: the expected discordant counts).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from lit_defense.stats import (
     Paired,
     State,
     decide_proportion,
+    expected_count,
     mcnemar_p,
     paired,
 )
@@ -34,6 +39,17 @@ from lit_defense.stats import (
 # right side, and is inconclusive otherwise (``evidence["inputs_to_resolve"]``).
 Masks = Mapping[float, torch.Tensor]
 _SEVERITY = {"fail": 2, "inconclusive": 1, "pass": 0}  # which of several decisions a check reports
+
+
+def _only(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+    """Per input, the first outcome without the second.
+
+    ``first & ~second`` on boolean masks; on expectations (a randomized model), the part of the
+    first's expected accuracy the second lacks.
+    """
+    if first.dtype == torch.bool and second.dtype == torch.bool:
+        return first & ~second
+    return (first.double() - second.double()).clamp(0, 1)
 
 
 def _paired_worst(pairs: Mapping[Any, Paired], threshold: float, alpha: float
@@ -97,9 +113,9 @@ def check_extra_found(name: str, what: str, before: Masks, after: Masks, thresho
     decided, scale = {}, {}
     for e in before:
         if e in after:
-            k, n = int((before[e] & ~after[e]).sum()), int(before[e].numel())
+            k, n = expected_count(_only(before[e], after[e])), int(before[e].numel())
             scale[e] = 1.0
-            if attacked is not None and e in attacked:
+            if attacked is not None and e in attacked and before[e].dtype == torch.bool:
                 survivors, on = int(before[e].sum()), int((before[e] & attacked[e]).sum())
                 if 0 < on < survivors:  # a sample of the survivors: its rate, scaled
                     scale[e] = survivors / n
@@ -136,7 +152,7 @@ def check_unbounded(attack: str, eps: float, fooled: torch.Tensor,
     A budget that large can turn any image into any other. ``fooled``: per correctly classified
     input, whether the unbounded ``attack`` (at ``eps``) fooled it.
     """
-    k, n = int(fooled.sum()), int(fooled.numel())
+    k, n = expected_count(fooled), int(fooled.numel())
     decision = decide_proportion(k, n, thresholds.unbounded_success, above=False, alpha=thresholds.alpha) \
         if n else None
     state: State = decision.state if decision else "pass"
@@ -241,7 +257,7 @@ def check_silent_success(attack: str, met: torch.Tensor, kept: torch.Tensor,
     This project's PGD keeps the first one it meets; many tools return the last iterate. ``met`` /
     ``kept``: per input, fooled by the first-adversarial and by the last-iterate copy of the attack.
     """
-    lost_count, n = int((met & ~kept).sum()), int(met.numel())
+    lost_count, n = expected_count(_only(met, kept)), int(met.numel())
     decision = decide_proportion(lost_count, n, thresholds.silent_success_fraction, alpha=thresholds.alpha) \
         if n else None
     state: State = decision.state if decision else "pass"
