@@ -319,6 +319,8 @@ def _attack_chunk(model: nn.Module, attack: Attack, eps: float, x: torch.Tensor,
     """
     keys = ids.tolist() if record is not None else []
     stored = record.get(unit, keys) if record is not None else None
+    if stored is not None and judge is not None and judge.randomized and "selected" not in stored:
+        stored = None  # recorded without expectations (an older version): attacked and judged again
     if stored is not None:
         margin = stored.get("margin") or [None] * len(keys)
         return (torch.tensor(stored["fooled"], dtype=torch.bool, device=x.device), None,
@@ -363,6 +365,8 @@ def _grid_run(model: nn.Module, attack: Attack, x: torch.Tensor, y: torch.Tensor
             continue
         keys = ids[chunk].tolist() if record is not None else []
         stored = record.get(unit, keys) if record is not None else None
+        if stored is not None and expected and not any(k.startswith("selected@") for k in stored):
+            stored = None  # recorded without expectations (an older version): attacked and judged again
         if stored is not None:
             if "norm" in stored:
                 norms[chunk] = torch.tensor([float("inf") if v is None else v for v in stored["norm"]], device=x.device)

@@ -222,3 +222,38 @@ def test_a_random_class_wrapper_costs_what_its_randomness_costs_and_no_more(tiny
     assert vote >= wrapped.worst_case["0.05"]  # a vote over draws undoes most of the random answers
     # a deterministic model needs one draw and keeps its exact intervals
     assert base.expected is None and base.per_sample.draws == 1
+
+
+def test_a_resumed_randomized_audit_reads_its_expectations_back(tiny, tmp_path):
+    """Every judged unit is recorded with its selected and measured expectations: an audit resumed
+    from its log attacks nothing again and reports the same numbers; a record without them (an older
+    version's) is attacked again rather than read as "not attacked"."""
+    from lit_defense.audit.plan import audit_model
+    from lit_defense.audit.progress import ProgressLog
+    from lit_defense.audit.suite import AttackSuite
+
+    net, x, y = tiny
+    model, x, y = RandomClass(net).eval(), x[:32], y[:32]
+
+    def run():
+        return audit_model(model, x, y, [0.05], suite=AttackSuite(**SMALL), check_samples=16, keep_examples=0,
+                           log=ProgressLog(tmp_path, 0).load())
+
+    first, again = run(), run()
+    assert again.expected == first.expected and again.worst_case == first.worst_case
+    lines = (tmp_path / "progress" / "rank-0.jsonl").read_text().splitlines()
+    assert any('"selected"' in line for line in lines)
+    # an older version's record (no expectations): those units are attacked and judged again
+    import json
+
+    old = []
+    for line in lines:
+        row = json.loads(line)
+        if isinstance(row.get("values"), dict):
+            for key in [k for k in row["values"] if k.startswith(("selected", "measured"))]:
+                del row["values"][key]
+        old.append(json.dumps(row))
+    (tmp_path / "progress" / "rank-0.jsonl").write_text("\n".join(old) + "\n")
+    run()
+    rerun = (tmp_path / "progress" / "rank-0.jsonl").read_text().splitlines()[len(old):]
+    assert any('"selected"' in line for line in rerun)

@@ -141,9 +141,10 @@ def default_attacks(norm: str, suite: AttackSuite, masked: bool, randomized: boo
     largest logit (targeted: the fourth); with fewer classes APGD takes the margin loss instead.
 
     A randomized model is judged in expectation (``lit_defense.judge``), and so are the attacks'
-    own decisions: the PGDs without EOT return their last iterate instead of stopping at the first
-    point one draw misclassifies, and random sampling and Square judge each point over
-    ``eot_samples`` draws.
+    own decisions: the adaptive margin PGD without EOT returns its last iterate instead of stopping
+    at the first point one draw misclassifies, and random sampling and Square judge each point over
+    ``eot_samples`` draws. The naive PGD-CE stays as a naive evaluation runs it; its point is
+    judged in expectation like every other.
     """
     factor = max(1, suite.escalation) if broken_gradients else 1
 
@@ -197,7 +198,8 @@ def default_attacks(norm: str, suite: AttackSuite, masked: bool, randomized: boo
     black.extend(transfer)
     return {
         "one_step": FGSM(norm=norm),
-        "naive": PGD(norm=norm, steps=suite.steps, loss="ce", seed=seed, **lucky),
+        # the naive attack stays as a naive evaluation runs it (it does not know the model is random)
+        "naive": PGD(norm=norm, steps=suite.steps, loss="ce", seed=seed),
         "adaptive": wrapped,
         "cascade": cascade,
         "black_box": black,
