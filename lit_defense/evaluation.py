@@ -213,7 +213,7 @@ def robustness_counts(
         clean_ok, clean_margin = _clean(model, x, y, batch_size)
         expected = judge is not None and judge.randomized
         if expected:
-            clean_sel, clean_meas = judge.judge(model, x, y, batch_size)
+            clean_sel, clean_meas = _clean_expected(model, judge, x, y, batch_size, ids, record)
             clean_ok = clean_sel > 0
         robust = torch.zeros(n_a, n_e, dtype=torch.long, device=dev)
         k = min(keep_examples, x.shape[0])
@@ -297,6 +297,22 @@ def _expected(model: nn.Module, judge: Judge | None, point: torch.Tensor, y: tor
     if judge is None or not judge.randomized:
         return None
     return judge.judge(model, point, y, batch_size)
+
+
+def _clean_expected(model: nn.Module, judge: Judge, x: torch.Tensor, y: torch.Tensor, batch_size: int,
+                    ids: torch.Tensor, record: UnitRecord | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The clean points' ``(selected, measured)`` expectations: from the record, else judged and recorded.
+
+    Recorded like an attack's unit, so that a resumed audit judges its inputs against the same draws.
+    """
+    keys = ids.tolist() if record is not None else []
+    stored = record.get("clean@judged", keys) if record is not None and keys else None
+    if stored is not None and "selected" in stored:
+        return _stored_expected(stored, "", x.device)  # type: ignore[return-value]
+    sel, meas = judge.judge(model, x, y, batch_size)
+    if record is not None and keys:
+        record.put("clean@judged", keys, {"selected": sel.tolist(), "measured": meas.tolist()})
+    return sel, meas
 
 
 def _stored_expected(stored: dict[str, list], suffix: str, device: torch.device
