@@ -26,7 +26,10 @@
 Every stage shards its inputs over the processes (``sharding.shard``), records each finished batch
 (``progress``) and gathers the per-sample results with one collective. The checklist then reads
 those results (``lit_defense.diagnostics``: pure functions of numbers). ``worst_case`` is the
-per-input worst case over all attacks. Measured against the reference AutoAttack:
+per-input worst case over all attacks. A randomized model (the probe's ``randomized_outputs``) is
+judged in expectation over its own randomness (``lit_defense.judge``): every point gets a selected
+and a measured expected accuracy, the worst point is selected on the one and reported with the
+other, and every check compares expectations. Measured against the reference AutoAttack:
 ``benchmarks/vs_autoattack.py``, README "Against AutoAttack".
 """
 
