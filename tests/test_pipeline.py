@@ -54,6 +54,17 @@ def test_the_papers_claims_hold_on_synthetic_data(smoke_run):
             # (interval up to 6.2% against a 5-point bar). It must never fail.
             assert c["state"] in ("holds", "inconclusive"), (name, c["state"], c["text"])
             continue
+        if name == "audit_verdicts":
+            # on this project's AMD EPYC under ATEN_CPU_CAPABILITY=default (main as well), the smoke
+            # teacher's unbounded PGD-CE fools 92.2% [86.1, 96.2] of 128 inputs: against the 95% bar the
+            # check is undecided, so the teacher's verdict is inconclusive there. Never suspected: every
+            # model the claim expects unflagged is "not suspected" or "inconclusive", the others suspected.
+            ev = c["evidence"]
+            assert c["state"] in ("holds", "inconclusive"), (name, c["state"], c["text"])
+            for model, want in ev["expected"].items():
+                got = ev["verdicts"][model]
+                assert got == want or (want == "not suspected" and got == "inconclusive"), (model, got, want)
+            continue
         if name == "masked_random_resize_pad_falls_to_adaptive_attacks":
             # the randomized model is judged in expectation, and the paired rule on expectations is
             # that of one draw per input (conservative): on 128 inputs the adaptive attacks' share of
@@ -68,7 +79,8 @@ def test_the_papers_claims_hold_on_synthetic_data(smoke_run):
     assert clean["n"] == split["n"] == report["test_split"]["n"] >= 128  # the whole split, not the audited subset
     # the undefended teacher is not called masked, even where the naive attack is weak
     teacher = next(m for m in report["models"] if m["name"] == "teacher")
-    assert teacher["gradient_masking"]["state"] == "not suspected", teacher["gradient_masking"]["triggered"]
+    assert teacher["gradient_masking"]["state"] in ("not suspected", "inconclusive"), teacher["gradient_masking"]
+    assert not teacher["gradient_masking"]["triggered"]
 
 
 def test_report_carries_exact_intervals_on_every_accuracy(smoke_run):
