@@ -55,7 +55,7 @@ def test_the_papers_claims_hold_on_synthetic_data(smoke_run):
             assert c["state"] in ("holds", "inconclusive"), (name, c["state"], c["text"])
             continue
         if name == "audit_verdicts":
-            # on this project's AMD EPYC under ATEN_CPU_CAPABILITY=default (main as well), the smoke
+            # on this machine under ATEN_CPU_CAPABILITY=default (main as well), the smoke
             # teacher's unbounded PGD-CE fools 92.2% [86.1, 96.2] of 128 inputs: against the 95% bar the
             # check is undecided, so the teacher's verdict is inconclusive there. Never suspected: every
             # model the claim expects unflagged is "not suspected" or "inconclusive", the others suspected.
