@@ -14,6 +14,7 @@ from typing_extensions import override
 
 from lit_defense.attacks.base import FixedBudgetAttack
 from lit_defense.errors import ConfigError
+from lit_defense.judge import Judge
 from lit_defense.rng import SampleRNG
 from lit_defense.threat import Norm, per_sample
 
@@ -69,5 +70,5 @@ class RandomSampling(FixedBudgetAttack):
         return out
 
     def _rate(self, model: nn.Module, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """The fraction of ``draws`` passes that classify ``z`` correctly."""
-        return torch.stack([model(z).argmax(1) == y for _ in range(self.draws)]).float().mean(0)
+        """The fraction of ``draws`` passes that classify ``z`` correctly (the audit's own estimator)."""
+        return Judge(self.draws).rates(model, z, y, batch_size=z.shape[0])
