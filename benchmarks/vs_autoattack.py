@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 from _data import benchmark_datamodule
 
-from lit_defense.audit import AttackSuite, audit_model
+from lit_defense.audit import AttackSuite, AuditRuntime, audit_model
 from lit_defense.audit.display import AuditProgress
 from lit_defense.data import fixed_subset
 from lit_defense.evaluation import eps_key
@@ -100,7 +100,8 @@ def ours(model, x, y, norm: str, eps: list[float], suite: AttackSuite) -> tuple[
     """The audit's per-sample robustness per eps key, its time, and its report with the stage lines."""
     lines: list[str] = []  # the audit's own line per finished stage: where its time went
     start = time.perf_counter()
-    audit = audit_model(model, x, y, eps, norm, suite=suite, progress=AuditProgress(1, log=lines.append, bars=False))
+    audit = audit_model(model, x, y, eps, norm, suite=suite,
+                        runtime=AuditRuntime(progress=AuditProgress(1, log=lines.append, bars=False)))
     seconds = time.perf_counter() - start
     robust = {key: mask.to(x.device) for key, mask in audit.per_sample.robust.items()}
     if audit.per_sample.randomized:  # per input, the expected accuracy at the worst point (``PerSample.expected_to``)

@@ -42,6 +42,7 @@ from torch import nn
 from lit_defense.attacks import Attack
 from lit_defense.errors import ConfigError
 from lit_defense.rng import SampleRNG
+from lit_defense.roles import AttackRoles
 from lit_defense.stats import Estimate
 
 _MAX_POINTS = 1 << 16  # points per input: they key the random numbers as id * _MAX_POINTS + point
@@ -344,9 +345,9 @@ def binarization_test(
     return res
 
 
-def suite_attacks(roles: dict[str, Any]) -> list[Attack]:
+def suite_attacks(roles: AttackRoles[Attack]) -> list[Attack]:
     """The attacks of an audit's roles that the control runs, in cascade order (refine needs norms: left out)."""
-    return [roles["naive"], *roles["adaptive"], *roles["cascade"], *roles["black_box"]]
+    return [roles.naive, *roles.adaptive, *roles.cascade, *roles.black_box]
 
 
 __all__ = ["AdequacyResult", "Binarized", "Readout", "ball_points", "binarization_test", "find_readout",

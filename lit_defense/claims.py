@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from lit_defense.results import PerSample
+from lit_defense.roles import AttackRoles
 from lit_defense.stats import ALPHA, Decision, Paired, State, paired, worst_state
 
 CLAIMS_TITLE = "## The papers' claims, checked on this run"
@@ -103,9 +104,9 @@ def evaluate_claims(report: dict[str, Any], per_sample: dict[str, Any] | None = 
             return float(rob(model, attack).double().mean())
 
         # the attacks by their roles in the audit (the teacher's and the student's are the same kinds)
-        roles = teacher["roles"]
-        margin = roles["adaptive"][0]
-        naive = {a: paired(rob("distilled", a), rob("teacher", a)) for a in (roles["one_step"], roles["naive"])}
+        roles = AttackRoles.from_dict(teacher["roles"])
+        margin = roles.margin
+        naive = {a: paired(rob("distilled", a), rob("teacher", a)) for a in (roles.one_step, roles.naive)}
         d = [p.decide(0.30, above=False, alpha=alpha, strict=True) for p in naive.values()]
         claim("distilled_looks_robust_to_naive_attacks", _both(d),
               f"Under the naive cross-entropy attacks (FGSM, PGD-CE) at eps={eps:g} the student looks far more "
@@ -127,10 +128,10 @@ def evaluate_claims(report: dict[str, Any], per_sample: dict[str, Any] | None = 
 
     for name, m in models.items():
         if name.startswith("masked") and teacher:
-            out.append(_masked_claim(name, m, teacher["roles"]["naive"], per, eps, alpha))
+            out.append(_masked_claim(name, m, AttackRoles.from_dict(teacher["roles"]).naive, per, eps, alpha))
     adv = models.get("adv_train")
     if adv:
-        adv_naive = adv["roles"]["naive"]
+        adv_naive = AttackRoles.from_dict(adv["roles"]).naive
         fell = paired(per["adv_train"].robust_to(adv_naive, eps), per["adv_train"].robust_to(None, eps))
         d = [fell.decide(0.05, alpha=alpha, strict=True)]
         evidence: dict[str, Any] = {"eps": eps, "naive": acc("adv_train", adv_naive), "worst": acc("adv_train", None),
@@ -170,7 +171,7 @@ def _masked_claim(name: str, m: dict[str, Any], teacher_naive: str, per: dict[st
     each), and is inconclusive in between.
     """
     # a randomized model's outcomes are expectations over its randomness: the same paired rule on them
-    naive_m, worst_m = per[name].expected_to(m["roles"]["naive"], eps), per[name].expected_to(None, eps)
+    naive_m, worst_m = per[name].expected_to(AttackRoles.from_dict(m["roles"]).naive, eps), per[name].expected_to(None, eps)
     gain = paired(naive_m, per["teacher"].robust_to(teacher_naive, eps))
     removed = paired(naive_m, worst_m)
     g_lo, g_hi = gain.interval()
@@ -179,7 +180,7 @@ def _masked_claim(name: str, m: dict[str, Any], teacher_naive: str, per: dict[st
     _, ra_hi = removed.bounds(alpha)
     state: State = "fail" if gain.difference <= 0 or ra_hi < 0.5 * ga_lo else \
         "pass" if r_lo >= 0.5 * g_hi else "inconclusive"
-    adaptive = [a for a in m["roles"]["adaptive"] if a.startswith(("bpda", "eot"))]
+    adaptive = [a for a in AttackRoles.from_dict(m["roles"]).adaptive if a.startswith(("bpda", "eot"))]
     best = min((float(per[name].expected_to(a, eps).double().mean()) for a in adaptive), default=None)
     naive, worst = float(naive_m.double().mean()), float(worst_m.double().mean())
     return {

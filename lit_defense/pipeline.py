@@ -278,7 +278,7 @@ def measure_for_claims(profile: Profile, folder: Path, batch_size: int = 1000) -
     data.setup("test")
     eps = 0.1
     roles = default_attacks("linf", audit.options.suite, masked=False, randomized=False)
-    attacks = [roles["one_step"], roles["naive"], roles["adaptive"][0]]
+    attacks = [roles.one_step, roles.naive, roles.margin]
     x, y = fixed_subset(data.test_set, profile.claim_samples, seed=0)
     out: dict[str, Any] = {"split": "test", "data": data.dataset, "n": 0, "models": {},
                            "attacks": {"eps": eps, "n": int(x.shape[0]), "seed": 0,

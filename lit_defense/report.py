@@ -111,7 +111,7 @@ def markdown(audits: Sequence[ModelAudit], meta: dict[str, Any]) -> str:
     """The report people read: tables of robust accuracy, verdicts and the checks that fired."""
     eps = audits[0].eps if audits else []
     norm = audits[0].norm if audits else "linf"
-    naive = audits[0].roles["naive"] if audits else "pgd_ce"
+    naive = audits[0].roles.naive if audits else "pgd_ce"
     lines = [
         "# Robustness audit",
         "",
@@ -128,7 +128,7 @@ def markdown(audits: Sequence[ModelAudit], meta: dict[str, Any]) -> str:
         "|---|---:|" + "---:|---:|" * len(eps) + "---|",
     ]
     for a in audits:
-        naive_curve = a.curve(a.roles["naive"])
+        naive_curve = a.curve(a.roles.naive)
         cells = " | ".join(f"{_with_ci(a, naive_curve.get(e))} | "
                            f"**{_with_ci(a, a.worst_case[eps_key(e)], eps_key(e))}**" for e in a.eps)
         lines.append(f"| {a.name}{' (expected)' if a.expected else ''} | {_with_ci(a, a.clean_accuracy, 'clean')} | "
@@ -157,7 +157,7 @@ def markdown(audits: Sequence[ModelAudit], meta: dict[str, Any]) -> str:
                 seen.append((r["attack"], r["stage"]))
         for attack, stage in seen:
             curve = a.curve(attack)
-            role = " (naive)" if attack == a.roles["naive"] else ""
+            role = " (naive)" if attack == a.roles.naive else ""
             stage_text = "own" if stage == "white_box" else "after all above"
             lines.append(f"| {attack}{role} | {stage_text} | "
                          + " | ".join(_with_ci(a, curve.get(e)) for e in a.eps) + " |")
@@ -191,7 +191,7 @@ def model_figure(audit: ModelAudit) -> Figure:
     for name in names:
         curve = audit.curve(name)
         ax.plot(eps, [audit.clean_accuracy, *(curve[e] for e in audit.eps)], "--o", linewidth=1, alpha=0.8,
-                label=name + (" (naive)" if name == audit.roles["naive"] else ""))
+                label=name + (" (naive)" if name == audit.roles.naive else ""))
     worst = [audit.clean_accuracy, *(audit.worst_case[eps_key(e)] for e in audit.eps)]
     ax.plot(eps, worst, "-o", color="black", linewidth=2.5, label="worst case (all attacks)")
     _band(ax, audit, eps, worst, "black", "95% interval")
@@ -209,9 +209,9 @@ def comparison_figure(audits: Sequence[ModelAudit]) -> Figure:
     for i, a in enumerate(audits):
         color = colors[i % len(colors)]
         eps = [0.0, *a.eps]
-        naive = a.curve(a.roles["naive"])
+        naive = a.curve(a.roles.naive)
         ax.plot(eps, [a.clean_accuracy, *(naive[e] for e in a.eps)], "--", color=color, alpha=0.7,
-                label=f"{a.name}: apparent ({a.roles['naive']})")
+                label=f"{a.name}: apparent ({a.roles.naive})")
         worst = [a.clean_accuracy, *(a.worst_case[eps_key(e)] for e in a.eps)]
         ax.plot(eps, worst, "-o", color=color, linewidth=2,
                 label=f"{a.name}: worst case" + (" [masking]" if a.gradient_masking.suspected else ""))

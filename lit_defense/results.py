@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 import torch
 
+from lit_defense.roles import AttackRoles
 from lit_defense.stats import Estimate, MeanEstimate, State
 
 
@@ -374,7 +375,7 @@ class ModelAudit:
     results: list[dict[str, Any]]
     worst_case: dict[str, float]
     gradient_masking: MaskingVerdict
-    roles: dict[str, Any]
+    roles: AttackRoles[str]
     seconds: float
     examples: dict[str, Any] = field(default_factory=dict, repr=False)
     per_sample: PerSample | None = field(default=None, repr=False)

@@ -132,7 +132,7 @@ def test_no_robust_input_makes_the_check_not_applicable_not_a_crash(data):
 
 
 def test_the_control_is_recorded_per_input_and_a_resumed_audit_does_not_redo_it(data, tmp_path, monkeypatch):
-    from lit_defense.audit import AttackSuite, audit_model
+    from lit_defense.audit import AttackSuite, AuditRuntime, audit_model
     from lit_defense.audit.progress import ProgressLog
 
     net, x, y = data
@@ -140,7 +140,8 @@ def test_the_control_is_recorded_per_input_and_a_resumed_audit_does_not_redo_it(
     suite = AttackSuite(steps=10, apgd_steps=0, min_norm_steps=0, square_queries=0, random_samples=0,
                         rays_queries=0, refine_restarts=0, adequacy_samples=4)
     log = ProgressLog(tmp_path, 0).load()
-    first = audit_model(masked, x, y, [0.03], suite=suite, check_samples=8, keep_examples=0, log=log)
+    first = audit_model(masked, x, y, [0.03], suite=suite, check_samples=8, keep_examples=0,
+                        runtime=AuditRuntime(log=log))
     log.close()
     assert first.adequacy["samples"] == 4
     assert log.get("model", "adequacy", "binarization", first.adequacy["ids"]) is not None
@@ -150,7 +151,7 @@ def test_the_control_is_recorded_per_input_and_a_resumed_audit_does_not_redo_it(
 
     monkeypatch.setattr("lit_defense.adequacy.fit_readout", refit)
     again = audit_model(masked, x, y, [0.03], suite=suite, check_samples=8, keep_examples=0,
-                        log=ProgressLog(tmp_path, 0).load())
+                        runtime=AuditRuntime(log=ProgressLog(tmp_path, 0).load()))
     assert {k: again.adequacy[k] for k in ("valid", "passed", "ids")} == \
         {k: first.adequacy[k] for k in ("valid", "passed", "ids")}
 

@@ -95,8 +95,8 @@ def test_the_audit_refines_behind_bpda_on_a_masked_model(trained):
     suite = AttackSuite(steps=10, eot_samples=2, square_queries=20, random_samples=2, apgd_steps=5, apgd_targets=1,
                         min_norm_steps=10, rays_queries=0)
     a = audit_model(masked(model), x[:64], y[:64], [0.1], name="bit_depth", suite=suite, check_samples=32)
-    assert "bpda_fmn" in a.roles["cascade"]
-    assert a.roles["refine"] == ["bpda_refine_apgd_t", "bpda_refine_pgd_margin"]
+    assert "bpda_fmn" in a.roles.cascade
+    assert a.roles.refine == ["bpda_refine_apgd_t", "bpda_refine_pgd_margin"]
     assert "refine" in a.stages, a.stages
     norms = a.per_sample.min_norm["bpda_fmn"]
     assert norms.shape == (64,) and torch.isfinite(norms).any()
@@ -111,11 +111,11 @@ def test_refine_gives_the_near_inputs_autoattacks_targeted_budget():
     """
     suite = AttackSuite()
     roles = default_attacks("linf", suite, masked=False, randomized=False, num_classes=10)
-    apgd_t = roles["refine"][0]
+    apgd_t = roles.refine[0]
     assert apgd_t.name == "refine_apgd_t" and apgd_t.targets == 9 and apgd_t.steps == suite.apgd_steps
-    assert apgd_t.seed != roles["cascade"][1].seed  # fresh starts
-    assert default_attacks("linf", suite, masked=False, randomized=True)["refine"] == []
-    three = default_attacks("linf", suite, masked=False, randomized=False, num_classes=3)["refine"][0]
+    assert apgd_t.seed != roles.cascade[1].seed  # fresh starts
+    assert default_attacks("linf", suite, masked=False, randomized=True).refine == []
+    three = default_attacks("linf", suite, masked=False, randomized=False, num_classes=3).refine[0]
     assert three.targets == 2 and three.loss == "margin"  # DLR-targeted needs four classes
 
 
@@ -125,18 +125,18 @@ def test_l2_gets_autoattacks_square_budget_and_a_targeted_minimum_norm_attack():
     ``min_norm_targets`` classes and ``square_queries_l2`` there; L-inf keeps its own budgets."""
     suite = AttackSuite()
     l2 = default_attacks("l2", suite, masked=False, randomized=False, num_classes=10)
-    fmn, square = l2["cascade"][-1], next(a for a in l2["black_box"] if isinstance(a, Square))
+    fmn, square = l2.cascade[-1], next(a for a in l2.black_box if isinstance(a, Square))
     assert (fmn.name, fmn.targets, square.name, square.n_queries) == ("fmn_t9_l2", 9, "square_l2", 5000)
     linf = default_attacks("linf", suite, masked=False, randomized=False, num_classes=10)
-    square = next(a for a in linf["black_box"] if isinstance(a, Square))
-    assert (linf["cascade"][-1].targets, square.n_queries) == (0, suite.square_queries)
-    assert default_attacks("l2", suite, masked=False, randomized=False, num_classes=2)["cascade"][-1].targets == 0
+    square = next(a for a in linf.black_box if isinstance(a, Square))
+    assert (linf.cascade[-1].targets, square.n_queries) == (0, suite.square_queries)
+    assert default_attacks("l2", suite, masked=False, randomized=False, num_classes=2).cascade[-1].targets == 0
     assert default_attacks("l2", AttackSuite(min_norm_targets=3), masked=False, randomized=False,
-                           num_classes=10)["cascade"][-1].targets == 3
+                           num_classes=10).cascade[-1].targets == 3
     off = default_attacks("l2", AttackSuite(square_queries=0), masked=False, randomized=False, num_classes=10)
-    assert not any(isinstance(a, Square) for a in off["black_box"])
+    assert not any(isinstance(a, Square) for a in off.black_box)
     # a masked model's FMN keeps its targets behind BPDA
-    assert default_attacks("l2", suite, masked=True, randomized=False, num_classes=10)["cascade"][-1].name == "bpda_fmn_t9_l2"
+    assert default_attacks("l2", suite, masked=True, randomized=False, num_classes=10).cascade[-1].name == "bpda_fmn_t9_l2"
 
 
 def test_an_l2_audit_runs_the_targeted_fmn_and_square_through_the_plan(trained):
@@ -147,7 +147,7 @@ def test_an_l2_audit_runs_the_targeted_fmn_and_square_through_the_plan(trained):
                         apgd_targets=1, min_norm_steps=10, min_norm_targets=2, rays_queries=0, black_box_sample=False)
     eps = [0.5, 1.0]
     a = audit_model(model, x[:64], y[:64], eps, norm="l2", suite=suite, check_samples=32)
-    assert a.roles["cascade"][-1] == "fmn_t2_l2" and "square_l2" in a.roles["black_box"]
+    assert a.roles.cascade[-1] == "fmn_t2_l2" and "square_l2" in a.roles.black_box
     norms = a.per_sample.min_norm["fmn_t2_l2"]
     assert norms.shape == (64,) and torch.isfinite(norms).any()
     assert "black_box_square_l2" in a.stages

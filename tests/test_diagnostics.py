@@ -324,7 +324,7 @@ def test_audit_of_a_decision_only_model_comes_close_to_the_honest_one(trained, h
                         apgd_targets=2, min_norm_steps=10, rays_queries=200)
     a = audit_model(DecisionOnly(model), x, y, [0.1], name="decision_only", suite=suite, check_samples=128)
     assert a.gradient_masking.suspected and "zero_gradients" in a.gradient_masking.triggered
-    assert "rays" in a.roles["black_box"]
+    assert "rays" in a.roles.black_box
     assert_not_significantly_more_robust(a, honest_audit, "0.1", margin=0.05)
 
 
@@ -412,12 +412,8 @@ def test_the_far_rule_trusts_the_margins_through_a_saturated_softmax_and_nothing
     """The cascade skips far survivors, and the gradient-free attacks start on a sample, only where
     the margin attacks mean something: a saturated softmax and zero cross-entropy gradients leave the
     margin PGD intact; any other failed mechanism check, BPDA, EOT or zero margin gradients do not."""
-    from lit_defense.audit.spending import (
-        black_box_sampled,
-        far_from_boundary,
-        far_threshold,
-        margins_trusted,
-    )
+    from lit_defense.audit.probe import ModelProbe
+    from lit_defense.audit.spending import far_from_boundary
     from lit_defense.results import Check, PerSample
 
     names = ["probability_outputs", "softmax_saturation", "randomized_outputs", "zero_gradients",
@@ -425,6 +421,20 @@ def test_the_far_rule_trusts_the_margins_through_a_saturated_softmax_and_nothing
 
     def checks(*failed: str, state: str = "fail") -> list[Check]:
         return [Check(n, True, None, "", state=state if n in failed else "pass") for n in names]
+
+    def probe(found: list[Check], masked: bool = False, randomized: bool = False, margin_zero: bool = False
+              ) -> ModelProbe:
+        return ModelProbe(tuple(found), masked=masked, randomized=randomized, margin_zero=margin_zero, num_classes=10)
+
+    def margins_trusted(found: list[Check], **facts: bool) -> bool:
+        return probe(found, **facts).margins_trusted
+
+    def far_threshold(far_margin: float, norm: str, found: list[Check], masked: bool, randomized: bool,
+                      margin_zero: bool) -> float:
+        return probe(found, masked, randomized, margin_zero).far_threshold(far_margin, norm)
+
+    def black_box_sampled(option: bool, found: list[Check], **facts: bool) -> bool:
+        return probe(found, **facts).black_box_sampled(option)
 
     assert margins_trusted(checks(), masked=False, randomized=False, margin_zero=False)
     distilled = checks("softmax_saturation", "zero_gradients")

@@ -228,6 +228,7 @@ def test_a_resumed_randomized_audit_reads_its_expectations_back(tiny, tmp_path):
     """Every judged unit is recorded with its selected and measured expectations: an audit resumed
     from its log attacks nothing again and reports the same numbers; a record without them (an older
     version's) is attacked again rather than read as "not attacked"."""
+    from lit_defense.audit import AuditRuntime
     from lit_defense.audit.plan import audit_model
     from lit_defense.audit.progress import ProgressLog
     from lit_defense.audit.suite import AttackSuite
@@ -237,7 +238,7 @@ def test_a_resumed_randomized_audit_reads_its_expectations_back(tiny, tmp_path):
 
     def run():
         return audit_model(model, x, y, [0.05], suite=AttackSuite(**SMALL), check_samples=16, keep_examples=0,
-                           log=ProgressLog(tmp_path, 0).load())
+                           runtime=AuditRuntime(log=ProgressLog(tmp_path, 0).load()))
 
     first, again = run(), run()
     assert again.expected == first.expected and again.worst_case == first.worst_case

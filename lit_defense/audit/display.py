@@ -7,10 +7,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-# Typical shares of a model's audit time per stage (measured on the quick models of `make run`):
-# the estimate of the time left weighs finished stages by these.
-STAGE_SHARE = {"probe": 0.02, "white_box": 0.25, "cascade": 0.63, "checks": 0.10}
-
 
 def _duration(seconds: float) -> str:
     if seconds < 90:
@@ -45,20 +41,22 @@ class AuditProgress:
         self.share_done = 0.0
         self.model = ""
         self.stage_name = ""
+        self.stage_share = 0.0
         self._stage_start = self.start
         self._bar: Any = None
 
     def time_left(self) -> str:
-        """``about <duration> left`` from the work done so far (weighted by ``STAGE_SHARE``)."""
+        """``about <duration> left`` from the work done so far (finished stages weighted by their ``share``)."""
         fraction = (self.models_done + self.share_done) / self.num_models
         if fraction <= 0:
             return "time left: after the first stage"
         elapsed = time.perf_counter() - self.start
         return f"about {_duration(elapsed / fraction * (1 - fraction))} left"
 
-    def stage(self, model: str, stage: str) -> None:
-        """A stage of ``model`` starts."""
+    def stage(self, model: str, stage: str, share: float = 0.0) -> None:
+        """A stage of ``model`` starts; ``share``: its typical share of a model's audit time."""
         self.model, self.stage_name, self._stage_start = model, stage, time.perf_counter()
+        self.stage_share = share
 
     def attack(self, attack: str, done: int, total: int) -> None:
         """An attack of the current stage has attacked ``done`` of its ``total`` inputs."""
@@ -85,7 +83,7 @@ class AuditProgress:
     def stage_done(self, inputs: int, detail: str = "") -> None:
         """The current stage finished after attacking ``inputs`` inputs."""
         self._close_bar()
-        self.share_done += STAGE_SHARE.get(self.stage_name, 0.0)
+        self.share_done += self.stage_share
         if self.enabled:
             took = time.perf_counter() - self._stage_start
             self.log(f"audit: {self.model}: {self.stage_name} on {inputs} inputs{detail}: {_duration(took)}; "
@@ -97,4 +95,4 @@ class AuditProgress:
         self.share_done = 0.0
 
 
-__all__ = ["STAGE_SHARE", "AuditProgress"]
+__all__ = ["AuditProgress"]

@@ -13,6 +13,7 @@ not options of one audit: ``run_audit`` takes the first two as arguments, ``laun
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -35,7 +36,9 @@ class AuditOptions:
         num_samples: Size of the fixed, seeded subset of the split.
         seed: Seed of the subset and of every attack's random numbers.
         suite: The default attacks' budgets (steps, restarts, queries, targets).
-        transfer: Extra gradient-free attacks, e.g. lit_defense.transfer.Transfer.
+        extra_attacks: Attacks a user adds to the audit: they run after the gradient-free attacks
+            on the survivors (any ``lit_defense.attacks.Attack``, e.g. lit_defense.transfer.Transfer).
+        transfer: Deprecated alias of extra_attacks (removed in the next release).
         check_samples: Inputs of the checklist's own attacks and finite-difference probe.
         thresholds: When a check of the gradient-masking checklist fails.
         output_dir: Where the report and the progress record go. Default: runs/audit/<timestamp>.
@@ -45,6 +48,7 @@ class AuditOptions:
             decide (in run_audit: cuda when there is one).
         tensorboard: Also write TensorBoard runs.
         allow_probabilities: Audit a model that returns probabilities instead of refusing it.
+        keep_examples: Inputs whose adversarial examples the report shows.
     """
 
     eps: list[float] = field(default_factory=lambda: list(DEFAULT_EPS), metadata=IDENTITY)
@@ -53,7 +57,8 @@ class AuditOptions:
     num_samples: int = field(default=1000, metadata=IDENTITY)
     seed: int = field(default=0, metadata=IDENTITY)
     suite: AttackSuite = field(default_factory=AttackSuite, metadata=IDENTITY)
-    transfer: list[Attack] = field(default_factory=list, metadata=IDENTITY)
+    extra_attacks: list[Attack] = field(default_factory=list, metadata=IDENTITY)
+    transfer: list[Attack] = field(default_factory=list)
     check_samples: int = field(default=200, metadata=IDENTITY)
     thresholds: MaskingThresholds = field(default_factory=MaskingThresholds)
     output_dir: str | None = None
@@ -62,6 +67,14 @@ class AuditOptions:
     device: str = "auto"
     tensorboard: bool = True
     allow_probabilities: bool = False
+    keep_examples: int = 8
+
+    def __post_init__(self) -> None:
+        if self.transfer:
+            warnings.warn("the audit option `transfer` is now `extra_attacks` (the old name goes in the next "
+                          "release)", DeprecationWarning, stacklevel=3)
+            self.extra_attacks = [*self.extra_attacks, *self.transfer]
+            self.transfer = []
 
     @classmethod
     def names(cls) -> list[str]:

@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 import torch
 
 from lit_defense.attacks import PGD
+from lit_defense.audit.context import AuditRuntime
 from lit_defense.audit.display import AuditProgress
 from lit_defense.audit.models import ModelSpec, check_model_outputs, load_model
 from lit_defense.audit.options import AuditOptions
@@ -201,10 +202,8 @@ def run_audit(
     try:
         for spec, name, model in loaded:
             say(f"audit: {name} ...")
-            audit = audit_model(model, x, y, eps, norm, name=name, source=spec.checkpoint or spec.class_path or "",
-                                suite=opts.suite, thresholds=opts.thresholds, transfer=opts.transfer,
-                                batch_size=opts.batch_size, check_samples=opts.check_samples, seed=seed, collective=collective, log=progress_log,
-                                progress=progress)
+            audit = audit_model(model, x, y, name=name, source=spec.checkpoint or spec.class_path or "",
+                                options=opts, runtime=AuditRuntime(collective, progress_log, progress))
             progress.model_done()
             audits.append(audit)
             summary = ", ".join(f"{k} {v:.3f}" for k, v in audit_metrics_summary(audit).items() if v is not None)
@@ -231,7 +230,7 @@ def run_audit(
 def audit_metrics_summary(audit: ModelAudit) -> dict[str, float | None]:
     """Compact numbers for logs: clean, naive and worst-case accuracy at each eps."""
     out: dict[str, float | None] = {"clean": num(audit.clean_accuracy)}
-    naive = audit.curve(audit.roles["naive"])
+    naive = audit.curve(audit.roles.naive)
     for e in audit.eps:
         out[f"naive@{eps_key(e)}"] = num(naive.get(e))
         out[f"worst@{eps_key(e)}"] = num(audit.worst_case[eps_key(e)])

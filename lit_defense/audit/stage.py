@@ -50,17 +50,26 @@ def default_fill(values: torch.Tensor) -> bool | float:
 
 
 class Stage:
-    """One stage of the plan: shard its inputs, attack, gather (one collective), show progress."""
+    """The run of one stage of the plan: shard its inputs, attack (recorded), gather (one collective), show progress.
+
+    Args:
+        name: the stage's name (its record in the progress log, its line in the report).
+        model_name: the audited model's name.
+        collective: the processes and their collectives.
+        log: the resumable record (``None``: not resumable).
+        progress: what the audit shows while it runs.
+        share: the stage's typical share of a model's audit time (the estimate of the time left).
+    """
 
     def __init__(self, name: str, model_name: str, collective: Collective, log: ProgressLog | None,
-                 progress: AuditProgress) -> None:
-        self.name, self.model_name = name, model_name
+                 progress: AuditProgress, share: float = 0.0) -> None:
+        self.name, self.model_name, self.share = name, model_name, share
         self.collective, self.log, self.progress = collective, log, progress
         self.info: dict[str, Any] = {}
 
     def pool(self, ids: torch.Tensor) -> torch.Tensor:
         """This process's share of the stage's inputs (ids, on the CPU)."""
-        self.progress.stage(self.model_name, self.name)
+        self.progress.stage(self.model_name, self.name, self.share)
         return shard(ids.cpu(), self.collective.rank, self.collective.world_size)
 
     def record(self) -> Any:
@@ -91,7 +100,6 @@ class Stage:
                      "collectives": self.collective.calls[self.name] - before}
         self.progress.stage_done(sum(sizes), detail)
         return merge(parts, n, default_fill)
-
 
     def cascade(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks: Sequence[Attack],
                 eps: Sequence[float], batch_size: int, alive: dict[str, torch.Tensor],

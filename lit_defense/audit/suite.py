@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from lit_defense.attacks import (
     APGD,
@@ -18,6 +17,7 @@ from lit_defense.attacks import (
     RayS,
     Square,
 )
+from lit_defense.roles import AttackRoles
 
 # The default eps grid of ``lit-defense audit`` (L-inf on [0, 1] pixels, Fashion-MNIST/MNIST scale).
 DEFAULT_EPS = (0.05, 0.1, 0.2)
@@ -131,13 +131,14 @@ def _dlr_or_margin(num_classes: int, targeted: bool) -> str:
 
 
 def default_attacks(norm: str, suite: AttackSuite, masked: bool, randomized: bool, seed: int = 0,
-                    transfer: Sequence[Attack] = (), broken_gradients: bool = False,
-                    num_classes: int = 10) -> dict[str, Any]:
-    """The attack roles.
+                    extra: Sequence[Attack] = (), broken_gradients: bool = False,
+                    num_classes: int = 10) -> AttackRoles[Attack]:
+    """The attacks by role (``AttackRoles``).
 
-    ``one_step``, ``naive``, ``adaptive`` (list) run side by side, then the ``cascade`` (list:
-    APGD-CE, APGD-T, FMN) and ``black_box`` (list) on the survivors; ``refine`` (list) on the survivors
-    near the boundary (FMN norm within ``refine_radius`` x eps). The DLR loss needs the third
+    ``one_step``, ``naive``, ``adaptive`` run side by side, then the ``cascade`` (APGD-CE, APGD-T,
+    FMN) and ``black_box`` (the gradient-free attacks, then the ``extra`` attacks a user adds) on
+    the survivors; ``refine`` on the survivors near the boundary (FMN norm within ``refine_radius``
+    x eps). The DLR loss needs the third
     largest logit (targeted: the fourth); with fewer classes APGD takes the margin loss instead.
 
     A randomized model is judged in expectation (``lit_defense.judge``), and so are the attacks'
@@ -195,26 +196,10 @@ def default_attacks(norm: str, suite: AttackSuite, masked: bool, randomized: boo
         black.append(Square(norm=norm, n_queries=queries * factor, seed=seed, **draws))
     if suite.rays_queries and norm == "linf" and broken_gradients:
         black.append(RayS(norm=norm, queries=suite.rays_queries * factor, seed=seed))
-    black.extend(transfer)
-    return {
-        "one_step": FGSM(norm=norm),
-        # the naive attack stays as a naive evaluation runs it (it does not know the model is random)
-        "naive": PGD(norm=norm, steps=suite.steps, loss="ce", seed=seed),
-        "adaptive": wrapped,
-        "cascade": cascade,
-        "black_box": black,
-        "refine": refine,
-    }
+    black.extend(extra)
+    # the naive attack stays as a naive evaluation runs it (it does not know the model is random)
+    return AttackRoles(FGSM(norm=norm), PGD(norm=norm, steps=suite.steps, loss="ce", seed=seed), wrapped,
+                       cascade, black, refine)
 
 
-def role_names(roles: dict[str, Any]) -> dict[str, Any]:
-    """The attack names of each role (for the report)."""
-    return {
-        "one_step": roles["one_step"].name, "naive": roles["naive"].name,
-        "adaptive": [a.name for a in roles["adaptive"]], "cascade": [a.name for a in roles["cascade"]],
-        "black_box": [a.name for a in roles["black_box"]], "refine": [a.name for a in roles["refine"]],
-    }
-
-
-
-__all__ = ["DEFAULT_EPS", "AttackSuite", "default_attacks", "role_names"]
+__all__ = ["DEFAULT_EPS", "AttackSuite", "default_attacks"]

@@ -26,6 +26,7 @@ from lit_defense.diagnostics.outcome import (
 )
 from lit_defense.diagnostics.thresholds import MaskingThresholds
 from lit_defense.results import Check, PerSample
+from lit_defense.roles import AttackRoles
 from lit_defense.stats import decide_proportion
 from lit_defense.threat import check_eps
 
@@ -91,18 +92,17 @@ class ChecklistAttacks:
         ]
 
 
-def outcome_checks(res: PerSample, eps: Sequence[float], roles: Mapping[str, Any], random: Sequence[str],
+def outcome_checks(res: PerSample, eps: Sequence[float], roles: AttackRoles[str], random: Sequence[str],
                    thresholds: MaskingThresholds, black_box_on: Mapping[float, torch.Tensor] | None = None
                    ) -> list[Check]:
     """The outcome checks of an audit, from its per-sample results alone.
 
-    ``roles`` holds the attack names per role (``one_step``, ``naive``, ``adaptive``, ``cascade``,
-    ``black_box``), ``random`` the black-box attacks that sample the ball at random. ``res`` must
+    ``roles`` holds the attack names per role (``AttackRoles``), ``random`` the black-box attacks that sample the ball at random. ``res`` must
     have folded the attacks in the plan's order: white box, cascade, black box (then refine).
     ``black_box_on`` (eps -> per input): the inputs the black-box attacks ran on, where that was a
     seeded sample of the survivors (``--suite.black_box_sample``).
     """
-    one_step, naive, adaptive = roles["one_step"], roles["naive"], list(roles["adaptive"])
+    one_step, naive, adaptive = roles.one_step, roles.naive, list(roles.adaptive)
     # per input, robust (a deterministic model) or the expected accuracy (a randomized one: every
     # comparison is then between expectations on the same inputs, ``stats.paired``)
     own = {a: {e: res.expected_to(a, e) for e in eps} for a in (one_step, naive, *adaptive)}  # each alone
@@ -111,9 +111,9 @@ def outcome_checks(res: PerSample, eps: Sequence[float], roles: Mapping[str, Any
         check_adaptive_vs_naive(own[naive], {a: own[a] for a in adaptive}, thresholds, naive),
         check_monotone({**own, "worst": {e: res.expected_to(None, e) for e in eps}}, res.expected_clean(), thresholds),
     ]
-    last_gradient = (list(roles["cascade"]) or [one_step, naive, *adaptive])[-1]
+    last_gradient = (list(roles.cascade) or roles.white_box)[-1]
     gradient_robust = {e: res.expected_after(last_gradient, e) for e in eps}
-    others = [a for a in roles["black_box"] if a not in random]
+    others = [a for a in roles.black_box if a not in random]
     if random:
         checks.append(check_extra_found("random_sampling_beats_attacks", "Random sampling in the ball",
                                         gradient_robust, {e: res.expected_after(random[-1], e) for e in eps},
