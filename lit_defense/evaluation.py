@@ -17,12 +17,10 @@ different processes add up exactly (DDP), then turned into a JSON-serialisable d
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 import torch
 from torch import nn
@@ -31,81 +29,8 @@ from lit_defense.attacks.base import Attack, GridResult, fooled_by, margin_loss
 from lit_defense.diagnostics import MaskingThresholds, check_one_step_vs_iterative
 from lit_defense.errors import ConfigError
 from lit_defense.judge import Judge
-from lit_defense.results import Check, accuracy_metrics, eps_key
-from lit_defense.stats import Estimate
+from lit_defense.results import WORST, Check, RobustnessCounts, RobustnessResult, eps_key
 from lit_defense.threat import check_eps, per_sample
-
-WORST = "worst"
-
-
-@dataclass
-class RobustnessResult:
-    """Plain result of ``evaluate_robustness``: serialises to JSON with ``to_json``."""
-
-    norm: str
-    eps: list[float]
-    attacks: list[str]
-    num_samples: int
-    clean_accuracy: float
-    robust_accuracy: dict[str, dict[str, float]]  # attack name (or "worst") -> eps_key -> accuracy
-    cascade: bool = True
-    seconds: float = 0.0
-
-    def metrics(self, prefix: str = "adv", intervals: bool = False) -> dict[str, float]:
-        """``{"adv/<attack>/eps=<eps>/acc": value}`` for every attack and ``worst``.
-
-        With ``intervals``, each accuracy also gets its exact 95% interval as ``.../ci_low`` and
-        ``.../ci_high``, and the clean accuracy is included (``adv/clean/acc`` and its interval).
-        """
-        curves = {name: {key: Estimate.of(value, self.num_samples) for key, value in per_eps.items()}
-                  for name, per_eps in self.robust_accuracy.items()}
-        clean = Estimate.of(self.clean_accuracy, self.num_samples) if intervals else None
-        return accuracy_metrics(curves, clean, prefix, intervals)
-
-    def worst(self, eps: float) -> float:
-        """Worst-case robust accuracy at ``eps``."""
-        return self.robust_accuracy[WORST][eps_key(eps)]
-
-    def to_dict(self) -> dict:
-        """Plain data (JSON-ready)."""
-        return asdict(self)
-
-    def to_json(self, **kwargs: Any) -> str:
-        """The result as JSON (``kwargs`` go to ``json.dumps``)."""
-        return json.dumps(self.to_dict(), **kwargs)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> RobustnessResult:
-        """The result back from ``to_dict``'s output."""
-        return cls(**data)
-
-
-@dataclass
-class RobustnessCounts:
-    """Integer counts (tensors) that add across shards (``lit_defense.metrics.RobustAccuracy`` sums them).
-
-    ``n``, ``clean``, ``robust[attack, eps]``, ``worst[eps]``.
-    """
-
-    n: torch.Tensor
-    clean: torch.Tensor
-    robust: torch.Tensor
-    worst: torch.Tensor
-
-    def to_result(self, attacks: Sequence[Attack], eps: Sequence[float], norm: str, cascade: bool,
-                  seconds: float = 0.0) -> RobustnessResult:
-        """Accuracies from the counts, per attack and eps, plus the worst case."""
-        n = max(int(self.n), 1)
-        acc = {
-            a.name: {eps_key(e): int(self.robust[i, j]) / n for j, e in enumerate(eps)}
-            for i, a in enumerate(attacks)
-        }
-        acc[WORST] = {eps_key(e): int(self.worst[j]) / n for j, e in enumerate(eps)}
-        return RobustnessResult(
-            norm=norm, eps=[float(e) for e in eps], attacks=[a.name for a in attacks],
-            num_samples=int(self.n), clean_accuracy=int(self.clean) / n,
-            robust_accuracy=acc, cascade=cascade, seconds=seconds,
-        )
 
 
 def check_attacks(attacks: Sequence[Attack], eps: Sequence[float]) -> str:
@@ -444,3 +369,7 @@ def evaluate_robustness(
     start = time.perf_counter()
     counts, _ = robustness_counts(model, x, y, attacks, eps, batch_size, cascade)
     return counts.to_result(attacks, eps, check_attacks(attacks, eps), cascade, time.perf_counter() - start)
+
+
+__all__ = ["WORST", "RobustnessCounts", "RobustnessResult", "UnitRecord", "cheap_attack_check", "check_attacks",
+           "evaluate_robustness", "robustness_counts", "unit_name"]

@@ -10,6 +10,7 @@ other.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -17,13 +18,9 @@ from typing import Any, Literal
 
 import torch
 
+from lit_defense.per_sample import PerSample, eps_key
 from lit_defense.roles import AttackRoles
 from lit_defense.stats import Estimate, MeanEstimate, State
-
-
-def eps_key(eps: float) -> str:
-    """How an eps appears in metric names: ``adv/<attack>/eps=<eps_key>/acc``."""
-    return f"{eps:.6g}"
 
 
 def num(value: Any, digits: int = 6) -> float | None:
@@ -156,200 +153,6 @@ def attack_curve(results: Sequence[dict[str, Any]], attack: str) -> dict[float, 
 
 
 @dataclass
-class PerSample:
-    """Every input's outcome over the same ``n`` inputs: the type an audit's results travel in.
-
-    Paired statistics need nothing else: two attacks, two eps or two models compared input by input
-    (``lit_defense.stats.paired(a.robust_to(...), b.robust_to(...))``).
-
-    Attributes:
-        clean: per input, classified correctly (bool ``(n,)``).
-        fooled_by: attack -> eps key (``eps_key``) -> per input, fooled by that attack at that
-            eps (among the inputs it attacked).
-        robust: eps key -> per input, correct and fooled by no attack folded in so far.
-        min_norm: attack -> per input, the smallest adversarial perturbation it found (``inf``: none).
-        draws: passes per judgement (``lit_defense.judge``): 1 for a deterministic model; more for
-            a randomized one, which is judged in expectation over its own randomness. Then
-            ``clean`` and ``robust`` say whether some *selection* draw was right (which inputs are
-            still attacked), ``fooled_by`` that none was, and the numbers come from the
-            expectations below.
-        clean_selected, clean_measured: (randomized) per input, the expected accuracy at the clean
-            point, from two independent sets of draws.
-        selected_by, measured_by: (randomized) attack -> eps key -> per input, the same at the
-            attack's point (non-finite where it did not attack the input).
-    """
-
-    clean: torch.Tensor
-    fooled_by: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
-    robust: dict[str, torch.Tensor] = field(default_factory=dict)
-    min_norm: dict[str, torch.Tensor] = field(default_factory=dict)
-    draws: int = 1
-    clean_selected: torch.Tensor | None = None
-    clean_measured: torch.Tensor | None = None
-    selected_by: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
-    measured_by: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
-
-    @classmethod
-    def start(cls, clean: torch.Tensor, eps: Sequence[float], draws: int = 1,
-              clean_selected: torch.Tensor | None = None, clean_measured: torch.Tensor | None = None) -> PerSample:
-        """Before any attack: every correct input is robust at every eps.
-
-        A randomized model (``draws`` > 1) also takes the clean points' two expected accuracies.
-        """
-        clean = clean.bool()
-        if draws > 1 and (clean_selected is None or clean_measured is None):
-            raise ValueError("a randomized model's results need the clean points' selected and measured expectations")
-        return cls(clean=clean, robust={eps_key(e): clean.clone() for e in eps}, draws=draws,
-                   clean_selected=None if draws == 1 else clean_selected.float().cpu(),  # type: ignore[union-attr]
-                   clean_measured=None if draws == 1 else clean_measured.float().cpu())  # type: ignore[union-attr]
-
-    @property
-    def randomized(self) -> bool:
-        """Whether the results are expectations over the model's randomness (more than one draw)."""
-        return self.draws > 1
-
-    def _pick(self, names: Sequence[str], key: str) -> torch.Tensor:
-        """Per input, the measured expectation at the point (clean, or one of ``names``') with the lowest selected one.
-
-        The selection and the measurement use independent draws, so taking the lowest of many
-        noisy estimates does not bias the number reported (ties keep the earlier point).
-        """
-        best_sel = self.clean_selected.clone()  # type: ignore[union-attr]
-        best = self.clean_measured.clone()  # type: ignore[union-attr]
-        for name in names:
-            sel = self.selected_by.get(name, {}).get(key)
-            if sel is None:
-                continue
-            sel = torch.where(torch.isfinite(sel), sel, torch.full_like(sel, math.inf))
-            better = sel < best_sel
-            best_sel = torch.where(better, sel, best_sel)
-            best = torch.where(better, self.measured_by[name][key], best)
-        return best
-
-    def expected_clean(self) -> torch.Tensor:
-        """Per input, the expected accuracy at the clean point (a deterministic model: correct or not)."""
-        return self.clean_measured if self.randomized else self.clean  # type: ignore[return-value]
-
-    def expected_to(self, attack: str | None, eps: float) -> torch.Tensor:
-        """``robust_to`` as an expectation: per input, the expected accuracy at ``attack``'s point (``None``: the worst).
-
-        A deterministic model: ``robust_to`` itself (boolean). A randomized one: the measured
-        expectation at the attack's point, or at the worst point of all attacks (selected on
-        other draws, ``_pick``); an input the attack did not attack keeps its clean one.
-        """
-        if not self.randomized:
-            return self.robust_to(attack, eps)
-        key = eps_key(eps)
-        if attack is None:
-            return self._pick(list(self.selected_by), key)
-        return self._pick([attack], key) if attack in self.selected_by else self.clean_measured.clone()  # type: ignore[union-attr]
-
-    def expected_after(self, attack: str, eps: float) -> torch.Tensor:
-        """``robust_after`` as an expectation: the worst point of ``attack`` and every attack folded in before it."""
-        if not self.randomized:
-            return self.robust_after(attack, eps)
-        names = list(self.selected_by)
-        return self._pick(names[:names.index(attack) + 1] if attack in names else names, eps_key(eps))
-
-    @property
-    def n(self) -> int:
-        """The number of inputs."""
-        return int(self.clean.numel())
-
-    def robust_to(self, attack: str | None, eps: float) -> torch.Tensor:
-        """Per input: correct and not fooled by ``attack`` at ``eps`` (``None``: by any attack)."""
-        key = eps_key(eps)
-        if attack is None:
-            return self.robust[key]
-        return self.clean & ~self.fooled_by[attack][key]
-
-    def robust_after(self, attack: str, eps: float) -> torch.Tensor:
-        """Per input: correct and fooled by neither ``attack`` nor any attack folded in before it."""
-        key, out = eps_key(eps), self.clean.clone()
-        for name, by_eps in self.fooled_by.items():
-            out &= ~by_eps[key]
-            if name == attack:
-                return out
-        raise KeyError(f"no attack {attack!r} was folded in; these were: {list(self.fooled_by)}")
-
-    def fold(self, fooled: dict[str, dict[str, torch.Tensor]], attacks: Sequence[str], eps: Sequence[float],
-             selected: dict[str, dict[str, torch.Tensor]] | None = None,
-             measured: dict[str, dict[str, torch.Tensor]] | None = None) -> dict[str, dict[float, torch.Tensor]]:
-        """Fold attacks' results in, in order (in place).
-
-        Each joins ``fooled_by`` and removes the inputs it fooled from ``robust``; an attack missing
-        from ``fooled`` (it ran nowhere) fooled nothing. A randomized model's results also take
-        each attack's ``selected`` and ``measured`` expectations (attack -> eps key -> per input).
-        Returns, per attack and eps, what is left after it and everything before: the inputs still
-        robust (deterministic; the cumulative robust accuracy is its mean), or the expected
-        accuracy at the worst point so far (randomized).
-        """
-        after: dict[str, dict[float, torch.Tensor]] = {}
-        for name in attacks:
-            by_eps = fooled.get(name) or {}
-            self.fooled_by[name] = {eps_key(e): by_eps.get(eps_key(e), torch.zeros(self.n, dtype=torch.bool))
-                                    for e in eps}
-            if self.randomized:
-                missing = torch.full((self.n,), math.nan)
-                self.selected_by[name] = {eps_key(e): (selected or {}).get(name, {}).get(eps_key(e), missing).float().cpu()
-                                          for e in eps}
-                self.measured_by[name] = {eps_key(e): (measured or {}).get(name, {}).get(eps_key(e), missing).float().cpu()
-                                          for e in eps}
-            for e in eps:
-                self.robust[eps_key(e)] = self.robust[eps_key(e)] & ~self.fooled_by[name][eps_key(e)]
-            after[name] = {e: self.expected_to(None, e) if self.randomized else self.robust[eps_key(e)].clone()
-                           for e in eps}
-        return after
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain lists (``per_sample.json``).
-
-        Keys ``clean_correct``, ``robust``, ``fooled_by`` and ``min_norm`` (``None``: no norm found).
-        """
-        out = {
-            "clean_correct": self.clean.tolist(),
-            "robust": {key: mask.tolist() for key, mask in self.robust.items()},
-            "fooled_by": {name: {key: m.tolist() for key, m in by_eps.items()} for name, by_eps in self.fooled_by.items()},
-            "min_norm": {name: [None if not math.isfinite(v) else round(v, 6) for v in norms.tolist()]
-                         for name, norms in self.min_norm.items()},
-        }
-        if self.randomized:
-            def values(t: torch.Tensor) -> list[float | None]:
-                return [None if not math.isfinite(v) else round(v, 6) for v in t.tolist()]
-
-            out["expected"] = {
-                "draws": self.draws, "clean_selected": values(self.clean_selected),  # type: ignore[arg-type]
-                "clean_measured": values(self.clean_measured),  # type: ignore[arg-type]
-                "selected_by": {a: {k: values(t) for k, t in by.items()} for a, by in self.selected_by.items()},
-                "measured_by": {a: {k: values(t) for k, t in by.items()} for a, by in self.measured_by.items()},
-            }
-        return out
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> PerSample:
-        """The results back from ``to_dict``'s output (one model of ``per_sample.json``)."""
-        def mask(values: list[bool]) -> torch.Tensor:
-            return torch.tensor(values, dtype=torch.bool)
-
-        def floats(values: list[float | None]) -> torch.Tensor:
-            return torch.tensor([math.nan if v is None else v for v in values], dtype=torch.float32)
-
-        exp = data.get("expected") or {}
-        return cls(
-            clean=mask(data["clean_correct"]),
-            fooled_by={name: {key: mask(m) for key, m in by_eps.items()} for name, by_eps in data.get("fooled_by", {}).items()},
-            robust={key: mask(m) for key, m in data.get("robust", {}).items()},
-            min_norm={name: torch.tensor([math.inf if v is None else v for v in norms], dtype=torch.float32)
-                      for name, norms in data.get("min_norm", {}).items()},
-            draws=int(exp.get("draws", 1)),
-            clean_selected=floats(exp["clean_selected"]) if exp else None,
-            clean_measured=floats(exp["clean_measured"]) if exp else None,
-            selected_by={a: {k: floats(v) for k, v in by.items()} for a, by in exp.get("selected_by", {}).items()},
-            measured_by={a: {k: floats(v) for k, v in by.items()} for a, by in exp.get("measured_by", {}).items()},
-        )
-
-
-@dataclass
 class ModelAudit:
     """The audit of one model.
 
@@ -467,5 +270,79 @@ def value_of(number: Any) -> float:
     return float(number["value"]) if isinstance(number, dict) else float(number)
 
 
-__all__ = ["Check", "CheckKind", "MaskingVerdict", "ModelAudit", "PerSample", "accuracy_metrics", "attack_curve", "eps_key", "interval_metrics", "num",
+WORST = "worst"
+
+
+@dataclass
+class RobustnessResult:
+    """Plain result of ``evaluate_robustness``: serialises to JSON with ``to_json``."""
+
+    norm: str
+    eps: list[float]
+    attacks: list[str]
+    num_samples: int
+    clean_accuracy: float
+    robust_accuracy: dict[str, dict[str, float]]  # attack name (or "worst") -> eps_key -> accuracy
+    cascade: bool = True
+    seconds: float = 0.0
+
+    def metrics(self, prefix: str = "adv", intervals: bool = False) -> dict[str, float]:
+        """``{"adv/<attack>/eps=<eps>/acc": value}`` for every attack and ``worst``.
+
+        With ``intervals``, each accuracy also gets its exact 95% interval as ``.../ci_low`` and
+        ``.../ci_high``, and the clean accuracy is included (``adv/clean/acc`` and its interval).
+        """
+        curves = {name: {key: Estimate.of(value, self.num_samples) for key, value in per_eps.items()}
+                  for name, per_eps in self.robust_accuracy.items()}
+        clean = Estimate.of(self.clean_accuracy, self.num_samples) if intervals else None
+        return accuracy_metrics(curves, clean, prefix, intervals)
+
+    def worst(self, eps: float) -> float:
+        """Worst-case robust accuracy at ``eps``."""
+        return self.robust_accuracy[WORST][eps_key(eps)]
+
+    def to_dict(self) -> dict:
+        """Plain data (JSON-ready)."""
+        return asdict(self)
+
+    def to_json(self, **kwargs: Any) -> str:
+        """The result as JSON (``kwargs`` go to ``json.dumps``)."""
+        return json.dumps(self.to_dict(), **kwargs)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> RobustnessResult:
+        """The result back from ``to_dict``'s output."""
+        return cls(**data)
+
+
+@dataclass
+class RobustnessCounts:
+    """Integer counts (tensors) that add across shards (``lit_defense.metrics.RobustAccuracy`` sums them).
+
+    ``n``, ``clean``, ``robust[attack, eps]``, ``worst[eps]``.
+    """
+
+    n: torch.Tensor
+    clean: torch.Tensor
+    robust: torch.Tensor
+    worst: torch.Tensor
+
+    def to_result(self, attacks: Sequence[Any], eps: Sequence[float], norm: str, cascade: bool,
+                  seconds: float = 0.0) -> RobustnessResult:
+        """Accuracies from the counts, per attack and eps, plus the worst case."""
+        n = max(int(self.n), 1)
+        acc = {
+            a.name: {eps_key(e): int(self.robust[i, j]) / n for j, e in enumerate(eps)}
+            for i, a in enumerate(attacks)
+        }
+        acc[WORST] = {eps_key(e): int(self.worst[j]) / n for j, e in enumerate(eps)}
+        return RobustnessResult(
+            norm=norm, eps=[float(e) for e in eps], attacks=[a.name for a in attacks],
+            num_samples=int(self.n), clean_accuracy=int(self.clean) / n,
+            robust_accuracy=acc, cascade=cascade, seconds=seconds,
+        )
+
+
+
+__all__ = ["WORST", "Check", "RobustnessCounts", "RobustnessResult", "CheckKind", "MaskingVerdict", "ModelAudit", "PerSample", "accuracy_metrics", "attack_curve", "eps_key", "interval_metrics", "num",
            "rerun_hint", "value_of", "verdict"]
