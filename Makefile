@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test test-numeric-path install data lint bench clean
+.PHONY: run test test-numeric-path install data lint bench docs clean
 
 # (Re)create the virtual environment and install the package with its dev tools whenever
 # pyproject.toml or constraints.txt changes: pyproject.toml says which versions work (ranges),
@@ -53,8 +53,13 @@ test-numeric-path: install
 lint: install
 	$(BIN)/ruff check lit_defense callbacks tests benchmarks
 
+# The documentation site (docs/ and the API reference from the docstrings) into site/; a warning
+# (a broken link, a page missing from the nav, a reference to code that is gone) fails the build.
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
+
 bench: install data
 	$(BIN)/python benchmarks/train_throughput.py
 
 clean:
-	rm -rf $(VENV) runs *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) runs site *.egg-info .pytest_cache .ruff_cache
