@@ -182,8 +182,8 @@ def fit_readout(inner: torch.Tensor, boundary: torch.Tensor, steps: int = 100) -
 def fit_discriminant(inner: torch.Tensor, boundary: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The readout for a randomized model: ``(w, b)`` from expected features (means over draws).
 
-    Logistic regression on noisy means fits the noise (on the quick random resize-pad model a fresh
-    set of draws put 19 of 20 boundary points back in the clean class). The direction here is
+    Logistic regression on noisy means fits the noise: a fresh set of draws puts the boundary
+    points back in the clean class. The direction here is
     Fisher's discriminant with a ridge, ``w = (cov(inner) + lam I)^-1 (mean(boundary) - mean(inner))``;
     the threshold lies halfway between the lowest boundary score and the highest inner one, and
     the score is scaled as ``fit_readout`` scales it.

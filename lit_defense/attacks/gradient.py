@@ -59,9 +59,8 @@ class PGD(GradientAttack):
         restarts: independent runs; each later run attacks only the points not yet fooled.
         early_stop_every: every this many steps, drop the points already fooled from the batch
             (they keep the adversarial point found). The steps in between run without any host
-            sync; ``0`` disables it. Every step by default: on the quick Fashion-MNIST models
-            (1000 images, eps 0.1) a 20-step PGD then costs 6.0-6.1 passes per image on the
-            non-robust ones instead of 8.1-8.3 every 5 steps, with the same inputs fooled.
+            sync; ``0`` disables it. Every step by default: fooled inputs leave the batch at once,
+            which saves passes and fools the same inputs (``benchmarks/attack_speed.py``).
         keep_first_adversarial: return the first misclassified iterate (evaluation: no adversarial
             point found is lost). ``False`` returns the last iterate, the maximum of the loss, as
             adversarial training wants (and disables early stopping).

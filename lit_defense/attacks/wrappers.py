@@ -166,9 +166,8 @@ class EOT(_Wrapper):
 
     The inner attack runs as its ``for_eot(samples)`` copy says: a ``PGD`` or ``APGD`` then runs
     every step and returns its last (or highest-loss) iterate: against a randomized model, "fooled
-    by the mean of K draws" is not "fooled", so the attack keeps climbing the expected loss.
-    Measured on Fashion-MNIST random resize-and-pad at eps 0.1 (300 images, EOT-10 PGD-20): the
-    first fooled iterate left 41% of the images correctly classified, the last iterate 6%.
+    by the mean of K draws" is not "fooled", so the attack keeps climbing the expected loss
+    (evidence: ``benchmarks/results/make_run_quick_randomized_expected.json``).
     """
 
     def __init__(self, attack: Attack, samples: int = 10, name: str | None = None) -> None:

@@ -28,10 +28,8 @@ def epoch_attacks() -> list[Attack]:
 
     FGSM and APGD-CE are the naive view (more steps do not help a CE attack whose gradient is
     zero); APGD on the margin loss sees through saturated softmax. As a cascade, each attack only
-    runs on the points the earlier ones missed. ``benchmarks/callback_suite.py`` chose it: on the
-    quick-profile teacher, T=100 teacher and student (500 images, eps 0.1) it lands 2.2, 1.2 and
-    2.4 points above the audit's worst case at 0.84-0.96 of the former PGD default's time, where
-    targeted APGD-10 on the DLR loss (one target) stayed 3.2, 6.4 and 8.6 points above.
+    runs on the points the earlier ones missed. ``benchmarks/callback_suite.py`` chose it (closest
+    to the audit's worst case for its time; docs: "Contributing", benchmarks).
     """
     return [FGSM(), APGD(steps=5, loss="ce"), APGD(steps=10, loss="margin")]
 
@@ -45,17 +43,14 @@ class AttackSuite:
         eot_samples: EOT samples per gradient for randomized models.
         square_queries: Square attack queries per input at L-inf (0 disables Square at both norms).
         square_queries_l2: Square's queries per input at L2 (AutoAttack's 5000; 0 disables it at
-            L2). On the quick adversarially trained model (eps 1.0) 1000 L2 queries fooled none of
-            the 5 inputs AutoAttack fooled and the audit missed, 5000 fooled 3 of them.
+            L2): fewer queries missed inputs AutoAttack's Square fooled
+            (``benchmarks/results/vs_autoattack_l2_1.0.json``).
         random_samples: random points of the ball per input (0 disables random sampling).
         restarts: PGD restarts of the adaptive (margin-loss) attack.
         apgd_steps: APGD-CE iterations in the cascade (0 disables APGD-CE and APGD-T).
         apgd_targets: target classes of APGD-T (AutoAttack: all 9 of 10 classes; 0 disables it).
-            4, ranked by ``apgd_ranking``: on the quick adversarially trained model (1000 images,
-            eps 0.1, the 645 inputs white-box PGD and APGD-CE left) APGD-T over 9 targets fooled 4
-            inputs with the linear ranking (3 with AutoAttack's), all with its first two targets;
-            on the quick distilled model 3 inputs fell only to the logit ranking's second class,
-            which the linear one put fourth (``benchmarks/results/vs_autoattack_linf_0.1_before.json``).
+            4, ranked by ``apgd_ranking``: the inputs AutoAttack's 9 targets fool fall to the first
+            few (``benchmarks/results/vs_autoattack_linf_0.1_before.json``).
         apgd_ranking: how APGD-T ranks its targets: ``mixed`` (the two below interleaved: with 4
             targets, the first two of each), ``linear`` (nearest first-order boundary, MALT) or
             ``logit`` (most likely wrong class, AutoAttack).
@@ -63,12 +58,10 @@ class AttackSuite:
             inputs FMN places near eps get 100 and every target in the refine stage.
         min_norm_steps: FMN iterations (0 disables the minimum-norm attack).
         min_norm_targets: at L2, FMN runs once per target class, this many of the likeliest
-            (AutoAttack's FAB-T plays this role), and keeps each input's smallest norm. On the quick
-            adversarially trained model (eps 1.0) the untargeted FMN placed three inputs that FAB-T
-            fooled at 1.53 and 1.97 x eps or found nothing, and targeted runs over all 9 classes
-            reached 0.84-0.93 x eps. At L-inf FMN stays untargeted: refine's APGD-T over every class
-            takes the near inputs, and AutoAttack's FAB-T took no image the audit missed (4 models,
-            1000 images, eps 0.1). 0: untargeted at L2 too.
+            (AutoAttack's FAB-T plays this role), and keeps each input's smallest norm: the untargeted
+            FMN can place an input far beyond its boundary at L2. At L-inf FMN stays untargeted
+            (refine's APGD-T over every class takes the near inputs). 0: untargeted at L2 too.
+            Evidence: ``benchmarks/results/vs_autoattack_l2_1.0.json``, ``vs_autoattack_linf_0.1.json``.
         rays_queries: RayS queries per input (L-inf), run when the gradients are unusable;
             multiplied by ``escalation`` like the other gradient-free budgets (0 disables it).
         escalation: when the model checks find the gradients themselves unusable (zero margin
@@ -76,23 +69,21 @@ class AttackSuite:
             forward pass) and the model declares no module BPDA could route around, the
             gradient-free attacks are the main line: their query and sample budgets are
             multiplied by this.
-        black_box_sample: the gradient-free attacks (random sampling, Square, RayS, transfer) first
+        black_box_sample: the gradient-free attacks (random sampling, Square, RayS, extra attacks) first
             run on a seeded sample of the inputs the gradient attacks left robust, just large
             enough that a rate at the black-box checks' thresholds would show in it with
             probability 1 - alpha (``spending.black_box_sample_size``). They go on to the other
             survivors when the sample yields an adversarial point, and run on all of them at once
             when a model check failed (masked, randomized or unusable gradients), but not for a
             saturated softmax and zero cross-entropy gradients alone, which the margin attacks see
-            through (``spending.black_box_sampled``). ``False``: always on all survivors.
+            through (``ModelProbe.black_box_sampled``). ``False``: always on all survivors.
         far_margin: the gradient cascade (APGD-CE, APGD-T, FMN) skips the inputs the white-box
             attacks left with more than this fraction of their clean logit margin (far from the
             boundary; A3's discarding, Liu et al. 2022). Never when a mechanism check failed, but
             for the two that concern the cross-entropy alone, a saturated softmax and zero CE
-            gradients (``spending.margins_trusted``). L-inf only: at L2 it skipped inputs
-            AutoAttack fooled (``spending.far_threshold``). 0: none is skipped. On the quick
-            adversarially trained model (1000 images, eps 0.1) the 6 inputs APGD-CE and APGD-T
-            fooled after the white-box attacks had at most 0.26 of their margin left; 0.5 skips
-            557 of the 647 survivors.
+            gradients (``ModelProbe.margins_trusted``). L-inf only: at L2 it skipped inputs
+            AutoAttack fooled (``ModelProbe.far_threshold``). 0: none is skipped. Evidence:
+            ``benchmarks/results/vs_autoattack_linf_0.1.json``.
         refine_radius: inputs still robust whose minimum-norm (FMN) perturbation is within this
             factor of eps sit near the boundary, where one random start finds an adversarial
             point and another misses it: they get AutoAttack's budget and fresh starts (targeted
