@@ -96,7 +96,7 @@ class RobustAccuracy(Metric):
         counts, examples = robustness_counts(model, x, y, self.attacks, self.eps, self.batch_size, self.cascade,
                                              keep_examples=keep_examples)
         if keep_examples:
-            self.examples = examples
+            self.examples = examples.examples
         self.add_counts(counts)
 
     def add_counts(self, counts: RobustnessCounts) -> None:

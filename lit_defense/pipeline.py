@@ -295,8 +295,8 @@ def measure_for_claims(profile: Profile, folder: Path, batch_size: int = 1000) -
         if stage.name in ("teacher", "distilled"):
             _, ex = robustness_counts(model, x, y, attacks, [eps], batch_size, cascade=False)
             out["attacks"]["models"][stage.name] = {
-                "clean_correct": ex["clean_correct"].tolist(),
-                "robust": {a.name: (ex["clean_correct"] & ~ex["fooled"][a.name][eps_key(eps)]).tolist()
+                "clean_correct": ex.clean_correct.tolist(),
+                "robust": {a.name: (ex.clean_correct & ~ex.fooled[a.name][eps_key(eps)]).tolist()
                            for a in attacks}}
     (folder / "test_split.json").write_text(json.dumps(out) + "\n")
     report_path = folder / "report.json"

@@ -344,5 +344,49 @@ class RobustnessCounts:
 
 
 
-__all__ = ["WORST", "Check", "RobustnessCounts", "RobustnessResult", "CheckKind", "MaskingVerdict", "ModelAudit", "PerSample", "accuracy_metrics", "attack_curve", "eps_key", "interval_metrics", "num",
+@dataclass
+class AttackOutcome:
+    """What one ``evaluation.robustness_counts`` run found, per input (tensors over its inputs, on their device).
+
+    Attributes:
+        clean_correct: the clean prediction's correctness, as the attacks saw it (a randomized
+            model: some selection draw was right).
+        clean_margin: the clean logit margin (true logit minus the largest other).
+        fooled: attack -> eps key -> fooled by that attack (of the inputs it attacked).
+        margin: attack -> eps key -> the margin it left (NaN where it did not run or kept none).
+        robust: eps key -> fooled by no attack.
+        min_norm: minimum-norm attack -> the smallest adversarial norm found (``inf``: none).
+        examples: with ``keep_examples=k``: ``x``, ``y`` of the first k inputs and, per eps key,
+            their worst-case adversarial input ``adv`` and its prediction ``pred``.
+        clean_selected, clean_measured, selected, measured: judged in expectation (a randomized
+            model, ``lit_defense.judge``): the clean points' and each attack's points' selected and
+            measured expected accuracy (NaN where the attack did not run); empty otherwise.
+    """
+
+    clean_correct: torch.Tensor
+    clean_margin: torch.Tensor
+    fooled: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
+    margin: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
+    robust: dict[str, torch.Tensor] = field(default_factory=dict)
+    min_norm: dict[str, torch.Tensor] = field(default_factory=dict)
+    examples: dict[str, Any] = field(default_factory=dict)
+    clean_selected: torch.Tensor | None = None
+    clean_measured: torch.Tensor | None = None
+    selected: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
+    measured: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
+
+    @property
+    def judged(self) -> bool:
+        """Whether the points were judged in expectation (a randomized model)."""
+        return self.clean_measured is not None
+
+    def expectations(self) -> dict[str, Any]:
+        """The expected accuracies by name (``clean_selected``, ``clean_measured``, ``selected``, ``measured``), if judged."""
+        if not self.judged:
+            return {}
+        return {"clean_selected": self.clean_selected, "clean_measured": self.clean_measured,
+                "selected": self.selected, "measured": self.measured}
+
+
+__all__ = ["WORST", "AttackOutcome", "Check", "RobustnessCounts", "RobustnessResult", "CheckKind", "MaskingVerdict", "ModelAudit", "PerSample", "accuracy_metrics", "attack_curve", "eps_key", "interval_metrics", "num",
            "rerun_hint", "value_of", "verdict"]

@@ -165,7 +165,7 @@ def test_fmn_gives_each_input_its_smallest_perturbation_and_every_eps_at_once(tr
         assert int(counts.worst[j]) / len(y) == pytest.approx(single)
     with torch.no_grad():
         correct = model(x).argmax(1) == y
-    assert torch.allclose(examples["min_norm"]["fmn"][correct & found], norms[correct & found], atol=1e-4)
+    assert torch.allclose(examples.min_norm["fmn"][correct & found], norms[correct & found], atol=1e-4)
     # and it is a real attack: its robust accuracy is close to a strong fixed-budget one
     apgd = evaluate_robustness(model, x, y, [APGD(steps=50, loss="dlr", targets=3)], eps=[0.05]).worst(0.05)
     assert int(counts.worst[1]) / len(y) <= apgd + 0.1

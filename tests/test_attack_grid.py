@@ -80,13 +80,13 @@ def test_a_wrapped_minimum_norm_attack_runs_once_for_the_whole_grid_and_keeps_it
     with mock.patch.object(MinNormAttack, "min_norms", spy):
         _, ex = robustness_counts(target, x, y, [BPDA(FMN(steps=10))], EPS, batch_size=64)
     assert calls == ["fmn"]  # one run answers the three budgets
-    norms = ex["min_norm"]["bpda_fmn"]
+    norms = ex.min_norm["bpda_fmn"]
     assert norms.shape == (32,) and torch.isfinite(norms).any()
     for e in EPS:
         key = eps_key(e)
         # fooled where the norm found lies inside the budget (among the points attacked)
-        inside = ex["clean_correct"] & (norms <= e * (1 + 1e-5) + 1e-7)
-        assert torch.equal(ex["fooled"]["bpda_fmn"][key] & ex["clean_correct"], inside), e
+        inside = ex.clean_correct & (norms <= e * (1 + 1e-5) + 1e-7)
+        assert torch.equal(ex.fooled["bpda_fmn"][key] & ex.clean_correct, inside), e
 
 
 def test_the_audit_refines_behind_bpda_on_a_masked_model(trained):

@@ -162,8 +162,8 @@ def _unbounded_check(model, x, y):
     """The audit's unbounded attack as a unit, then the check as a function of its per-sample results."""
     plan = ChecklistAttacks.build(PGD(steps=10), PGD(steps=10, loss="margin"), x[0].numel())
     _, ex = robustness_counts(model, x, y, [plan.unbounded], [plan.unbounded.eps], cascade=False)
-    fooled = ex["fooled"][plan.unbounded.name][eps_key(plan.unbounded.eps)]
-    return check_unbounded(plan.unbounded.name, plan.unbounded.eps, fooled[ex["clean_correct"]])
+    fooled = ex.fooled[plan.unbounded.name][eps_key(plan.unbounded.eps)]
+    return check_unbounded(plan.unbounded.name, plan.unbounded.eps, fooled[ex.clean_correct])
 
 
 def test_randomized_model_is_flagged_and_fd_check_holds_its_noise_fixed(trained):
@@ -263,7 +263,7 @@ def test_silent_success_counts_points_a_last_iterate_attack_loses(trained):
     # a huge step makes PGD bounce: it meets adversarial points it then leaves
     plan = ChecklistAttacks.build(PGD(), PGD(eps=0.3, steps=10, step_size=0.3, loss="ce"), x[0].numel())
     _, ex = robustness_counts(model, x, y, [plan.first, plan.last], [0.3], cascade=False)
-    check = check_silent_success(plan.probe.name, ex["fooled"][plan.first.name]["0.3"], ex["fooled"][plan.last.name]["0.3"])
+    check = check_silent_success(plan.probe.name, ex.fooled[plan.first.name]["0.3"], ex.fooled[plan.last.name]["0.3"])
     assert check.advisory
     ev = check.evidence
     assert ev["met_along_path"] >= ev["kept_at_last_iterate"] - 1e-9

@@ -63,9 +63,9 @@ def test_shard_counts_add_up_to_the_whole(trained):
 def test_examples_are_the_worst_case_inputs(trained):
     model, x, y = trained
     counts, ex = robustness_counts(model, x[:16], y[:16], [PGD(steps=5, loss="margin")], [1.0], keep_examples=4)
-    adv = ex["adv"][eps_key(1.0)]
+    adv = ex.examples["adv"][eps_key(1.0)]
     assert adv.shape == (4, 1, 28, 28)
-    assert torch.equal(ex["pred"][eps_key(1.0)] != ex["y"], torch.ones(4, dtype=torch.bool))
+    assert torch.equal(ex.examples["pred"][eps_key(1.0)] != ex.examples["y"], torch.ones(4, dtype=torch.bool))
 
 
 def test_points_outside_the_threat_model_do_not_count():
@@ -154,10 +154,10 @@ def test_nested_cascade_skips_inputs_fooled_at_a_smaller_eps_and_keeps_the_worst
     _, nested = robustness_counts(model, x, y, attacks, eps, cascade=True, nested=True)
     for small, big in zip(eps, eps[1:], strict=False):
         # every input fooled at the smaller eps is fooled at the larger one
-        assert not bool((~nested["robust"][eps_key(small)] & nested["clean_correct"]
-                         & nested["robust"][eps_key(big)]).any())
+        assert not bool((~nested.robust[eps_key(small)] & nested.clean_correct
+                         & nested.robust[eps_key(big)]).any())
     for e in eps:  # never weaker than the plain cascade
-        assert int(nested["robust"][eps_key(e)].sum()) <= int(plain["robust"][eps_key(e)].sum())
+        assert int(nested.robust[eps_key(e)].sum()) <= int(plain.robust[eps_key(e)].sum())
     # at the larger eps the attack skipped the inputs it had fooled at a smaller one
     attacked = lambda seen, e: sum(n for s, n in seen if s == e)  # noqa: E731
     assert attacked(_CountingPGD.seen, 0.1) < attacked(plain_seen, 0.1)

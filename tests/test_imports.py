@@ -118,9 +118,12 @@ def test_the_core_never_imports_the_callbacks():
 
 def test_result_types_sit_below_producers_and_reporters():
     graph = import_graph()
-    # the ground floor: the result types read only the statistics, which read nothing of the package
-    assert graph["lit_defense.results"] == {"lit_defense.stats"}
-    assert graph["lit_defense.stats"] == set()
+    # the ground floor: the result types read only the statistics, the per-sample outcome and the
+    # roles, which read nothing of the package but the binomial tails
+    assert graph["lit_defense.results"] == {"lit_defense.stats", "lit_defense.per_sample", "lit_defense.roles"}
+    assert graph["lit_defense.stats"] == {"lit_defense.binomial"}
+    for module in ("lit_defense.binomial", "lit_defense.per_sample", "lit_defense.roles"):
+        assert graph[module] == set(), module
     for module in ("lit_defense.report", "lit_defense.plots"):
         assert not any(d.startswith("lit_defense.audit") for d in graph[module]), f"{module} imports the audit"
     # the checklist reads results: it runs no attack and imports neither the attacks' runner nor the audit

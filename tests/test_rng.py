@@ -56,10 +56,10 @@ def test_sharded_evaluation_equals_the_whole_one(trained):
     ids = torch.arange(40)
     parts = [robustness_counts(model, x[r::3], y[r::3], attacks, [0.05, 0.1], batch_size=5, ids=ids[r::3])[1]
              for r in range(3)]
-    for key, mask in whole["robust"].items():
+    for key, mask in whole.robust.items():
         merged = torch.zeros(40, dtype=torch.bool)
         for r, part in enumerate(parts):
-            merged[r::3] = part["robust"][key]
+            merged[r::3] = part.robust[key]
         assert torch.equal(merged, mask)
 
 

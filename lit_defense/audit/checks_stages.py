@@ -124,17 +124,17 @@ class ChecksStage(AuditStage):
         big_key, probe_key = eps_key(plan.unbounded.eps), eps_key(ctx.main_eps)
         white_fooled = ctx.res.fooled_by[ctx.roles.margin.name][probe_key][ids.cpu()].to(ctx.x.device) \
             if reused else None
-        out = {"clean": ex_probe["clean_correct"],
-               "fooled": {plan.unbounded.name: ex_big["fooled"][plan.unbounded.name][big_key],
-                          **{a.name: ex_probe["fooled"][a.name][probe_key] for a in run},
+        out = {"clean": ex_probe.clean_correct,
+               "fooled": {plan.unbounded.name: ex_big.fooled[plan.unbounded.name][big_key],
+                          **{a.name: ex_probe.fooled[a.name][probe_key] for a in run},
                           **{a.name: white_fooled for a in reused}}}
         if ctx.judge.randomized:  # the expected accuracy at each attack's point (at most the clean one's)
-            clean_exp = ex_probe["clean_measured"]
+            clean_exp = ex_probe.clean_measured
             out["clean_expected"] = clean_exp
             out["expected"] = {
-                plan.unbounded.name: torch.minimum(ex_big["measured"][plan.unbounded.name][big_key].nan_to_num(1.0),
+                plan.unbounded.name: torch.minimum(ex_big.measured[plan.unbounded.name][big_key].nan_to_num(1.0),
                                                    clean_exp),
-                **{a.name: torch.minimum(ex_probe["measured"][a.name][probe_key].nan_to_num(1.0), clean_exp)
+                **{a.name: torch.minimum(ex_probe.measured[a.name][probe_key].nan_to_num(1.0), clean_exp)
                    for a in run}}
         return out
 

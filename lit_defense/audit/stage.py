@@ -121,8 +121,8 @@ class Stage:
                                       alive={k: m[pool].to(x.device) for k, m in alive.items()}, ids=on,
                                       record=self.record(), on_progress=self.progress.attack, nested=True,
                                       judge=judge)
-            return {"fooled": ex["fooled"], "min_norm": ex["min_norm"],
-                    **{k: ex[k] for k in ("selected", "measured") if k in ex}}
+            return {"fooled": ex.fooled, "min_norm": ex.min_norm,
+                    **({"selected": ex.selected, "measured": ex.measured} if ex.judged else {})}
 
         return self.run(pool, work, x.shape[0], f" ({', '.join(a.name for a in attacks)})")
 

@@ -140,12 +140,6 @@ class ProbeStage(AuditStage):
         return Judge(int(draws))
 
 
-def expectations(ex: dict[str, Any]) -> dict[str, Any]:
-    """The expected accuracies of a ``robustness_counts`` run that judged in expectation (else nothing)."""
-    keys = ("clean_selected", "clean_measured", "selected", "measured")
-    return {k: ex[k] for k in keys if k in ex}
-
-
 class WhiteBoxStage(AuditStage):
     """The white-box attacks side by side, each on every clean-correct input: the per-sample outcome starts here."""
 
@@ -157,10 +151,10 @@ class WhiteBoxStage(AuditStage):
         _, ex = robustness_counts(ctx.model, ctx.x[ids], ctx.y[ids], white, ctx.eps, opts.batch_size, cascade=False,
                                   ids=ids, record=record, on_progress=ctx.runtime.progress.attack, judge=ctx.judge)
         # per eps, the smallest margin any white-box attack left (NaN-free: a missing one is +inf)
-        left = {k: torch.stack([ex["margin"][a.name][k].nan_to_num(float("inf")) for a in white]).amin(0)
-                for k in ex["margin"][white[0].name]}
-        return {"clean": ex["clean_correct"], "fooled": ex["fooled"], "margin_left": left,
-                "clean_margin": ex["clean_margin"], **expectations(ex)}
+        left = {k: torch.stack([ex.margin[a.name][k].nan_to_num(float("inf")) for a in white]).amin(0)
+                for k in ex.margin[white[0].name]}
+        return {"clean": ex.clean_correct, "fooled": ex.fooled, "margin_left": left,
+                "clean_margin": ex.clean_margin, **ex.expectations()}
 
     def fold(self, ctx: AuditContext, found: dict[str, Any]) -> dict[str, Any]:
         """Start the per-sample outcome; each attack's own accuracy (robust = fooled by none of them)."""
@@ -244,4 +238,4 @@ class RefineStage(AuditStage):
 
 
 __all__ = ["AuditStage", "BlackBoxStage", "CascadeStage", "ProbeStage", "RefineStage", "WhiteBoxStage",
-           "expectations"]
+           ]
