@@ -21,11 +21,15 @@ from torch import nn
 from typing_extensions import override
 
 from lit_defense.errors import ConfigError
+from lit_defense.init_args import RecordsInitArgs
 from lit_defense.naming import class_path, resolve_class
 
 
-class InputDefense(nn.Module):
-    """Base class: a [0, 1] -> [0, 1] image transformation with declared gradient properties."""
+class InputDefense(RecordsInitArgs, nn.Module):
+    """Base class: a [0, 1] -> [0, 1] image transformation with declared gradient properties.
+
+    Its constructor arguments are recorded (``init_args``): they rebuild it from a checkpoint.
+    """
 
     differentiable: bool = True
     randomized: bool = False
@@ -272,14 +276,7 @@ DEFENSES = {
 
 def defense_spec(defense: InputDefense) -> dict:
     """``{"class_path", "init_args"}`` of a defense: plain data, safe in a checkpoint."""
-    import inspect
-
-    args = {
-        name: getattr(defense, name)
-        for name in inspect.signature(type(defense).__init__).parameters
-        if name != "self" and hasattr(defense, name)
-    }
-    return {"class_path": class_path(defense), "init_args": args}
+    return {"class_path": class_path(defense), "init_args": defense.init_args}
 
 
 def build_defense(spec: InputDefense | dict | str) -> InputDefense:

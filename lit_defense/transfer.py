@@ -75,6 +75,6 @@ class Transfer(FixedBudgetAttack):
         other = copy.copy(self)
         other.threat = ThreatModel(self.norm, eps)
         other.attack = self.attack.with_eps(eps)
-        other._init_args = {**self._init_args, "eps": eps, "attack": other.attack}
+        other._record_init_args(eps=eps, attack=other.attack)
         return other
 

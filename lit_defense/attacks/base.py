@@ -28,7 +28,6 @@ live on ``ThreatModel``.
 from __future__ import annotations
 
 import abc
-import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
@@ -40,6 +39,7 @@ from typing_extensions import override
 
 from lit_defense.errors import ConfigError
 from lit_defense.gradients import input_gradient
+from lit_defense.init_args import RecordsInitArgs
 from lit_defense.rng import SampleRNG
 from lit_defense.threat import Norm, ThreatModel, per_sample
 
@@ -160,7 +160,7 @@ def _judge(model: nn.Module, threat: ThreatModel, x_adv: torch.Tensor, x: torch.
         return (logits.argmax(1) != y) & threat.contains(x_adv, x), -margin_loss(logits, y)
 
 
-class Attack(abc.ABC):
+class Attack(RecordsInitArgs, abc.ABC):
     """Abstract base of every attack: ``attack(model, x, y) -> x_adv`` (see module doc).
 
     Subclasses implement ``perturb``. The constructor's arguments are recorded, so ``replace``
@@ -178,22 +178,6 @@ class Attack(abc.ABC):
     uses_gradients = True
     #: one run answers every budget of a grid (``attack_grid`` is not a loop over ``with_eps``)
     answers_grid = False
-
-    @override
-    def __new__(cls, *args: Any, **kwargs: Any) -> Attack:
-        self = super().__new__(cls)
-        try:
-            bound = inspect.signature(cls.__init__).bind(self, *args, **kwargs)
-        except TypeError:  # copy/pickle call __new__ without arguments; __init__ reports bad ones
-            return self
-        bound.apply_defaults()
-        params = dict(bound.arguments)
-        params.pop("self")
-        for pname, param in inspect.signature(cls.__init__).parameters.items():
-            if param.kind is inspect.Parameter.VAR_KEYWORD:
-                params.update(params.pop(pname, {}))
-        self._init_args = params
-        return self
 
     def __init__(self, eps: float = 0.1, norm: Norm = "linf", seed: int = 0, name: str | None = None) -> None:
         if norm not in self.norms:
@@ -226,11 +210,6 @@ class Attack(abc.ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, norm={self.norm!r}, eps={self.eps})"
-
-    @property
-    def init_args(self) -> dict[str, Any]:
-        """The constructor arguments this attack was built with."""
-        return dict(self._init_args)
 
     def replace(self: A, **changes: Any) -> A:
         """A copy of this attack built with other constructor arguments (``attack.replace(steps=40)``)."""
