@@ -238,6 +238,34 @@ class AdequacyResult:
                 "features": self.features, "note": self.note}
 
 
+@dataclass(frozen=True)
+class BinarizationSettings:
+    """How many points the binarization test draws per input, and its seed.
+
+    Args:
+        inner_points: random points inside the ball (radius ``inner_ratio`` x eps), the clean class.
+        boundary_points: points on the ball's surface, the other class.
+        inner_ratio: the inner points' radius as a fraction of eps.
+        validation_points: fresh points inside and on the ball that must not solve the task.
+        draws: a randomized model's passes per point (its features and scores are means).
+        seed: the test's random numbers (with each input's id).
+    """
+
+    inner_points: int = 1000
+    boundary_points: int = 1
+    inner_ratio: float = 0.95
+    validation_points: int = 100
+    draws: int = 16
+    seed: int = 0
+
+    def check(self) -> None:
+        """One clear error for counts the test cannot use."""
+        if not (1 <= self.inner_points < _MAX_POINTS and 1 <= self.boundary_points < _MAX_POINTS
+                and 0 <= self.validation_points < _MAX_POINTS and 0 < self.inner_ratio < 1):
+            raise ConfigError(f"the binarization test needs 1 <= inner_points, boundary_points < {_MAX_POINTS}, "
+                              f"0 <= validation_points < {_MAX_POINTS} and 0 < inner_ratio < 1.")
+
+
 def binarization_test(
     model: nn.Module,
     x: torch.Tensor,
@@ -246,12 +274,7 @@ def binarization_test(
     eps: float,
     norm: str = "linf",
     ids: torch.Tensor | None = None,
-    inner_points: int = 1000,
-    boundary_points: int = 1,
-    inner_ratio: float = 0.95,
-    validation_points: int = 100,
-    draws: int = 16,
-    seed: int = 0,
+    settings: BinarizationSettings | None = None,
     readout: Readout | None = None,
     on_input: Callable[[int, bool, bool, str], None] | None = None,
 ) -> AdequacyResult:
@@ -262,6 +285,7 @@ def binarization_test(
     randomized, num_classes=2))`` (``lit_defense.audit.suite``: BPDA when ``masked``, EOT when
     ``randomized``), which is what ``--suite.adequacy_samples`` runs. ``ids`` key each input's random
     numbers (default ``0..n-1``), so an input is tested the same in any batch or process.
+    ``settings``: the points per input and the seed (``BinarizationSettings``).
     A randomized model (two passes on the same input differ) is judged in expectation: its readout
     is fitted on features averaged over ``draws`` passes (32 x as many for the boundary point) by
     ``fit_discriminant``; separation, triviality and the attacks' points are judged by the mean
@@ -269,16 +293,14 @@ def binarization_test(
     ``inner_points`` cost ``draws`` passes each: the audit gives it fewer.
     ``on_input(id, valid, passed, reason)`` is called after each input. The model is used as it is.
     """
+    settings = settings or BinarizationSettings()
     if x.shape[0] != y.shape[0]:
         raise ConfigError(f"x and y disagree: {x.shape[0]} inputs, {y.shape[0]} labels.")
     if not (eps > 0 and math.isfinite(eps)):
         raise ConfigError(f"eps must be a positive number, got {eps}.")
     if norm not in ("linf", "l2"):
         raise ConfigError(f"norm must be 'linf' or 'l2', got {norm!r}.")
-    if not (1 <= inner_points < _MAX_POINTS and 1 <= boundary_points < _MAX_POINTS and 0 <= validation_points < _MAX_POINTS
-            and 0 < inner_ratio < 1):
-        raise ConfigError(f"the binarization test needs 1 <= inner_points, boundary_points < {_MAX_POINTS}, "
-                          f"0 <= validation_points < {_MAX_POINTS} and 0 < inner_ratio < 1.")
+    settings.check()
     ids = torch.arange(x.shape[0]) if ids is None else ids.cpu()
     if x.shape[0] == 0:
         return AdequacyResult(eps, [], [], [], [], note="no input to test")
@@ -289,53 +311,12 @@ def binarization_test(
     res = AdequacyResult(eps, ids.tolist(), [], [], [], features=readout.kind, note=readout.note)
     with torch.no_grad():
         randomized = not torch.equal(model(x[:1]), model(x[:1]))
-    k = max(1, draws) if randomized else 1
-    zero = torch.zeros(1, dtype=torch.long, device=x.device)
+    test = _OneInput(model, attacks, eps, norm, readout, settings, randomized,
+                     max(1, settings.draws) if randomized else 1)
     with torch.inference_mode(False):
         for i in range(x.shape[0]):
-            xi, sid = x[i], int(ids[i])
-
-            def points(count: int, radius: float, boundary: bool, stream: int, xi: torch.Tensor = xi,
-                       sid: int = sid) -> torch.Tensor:
-                # per input and point, on the test's own streams: the same in any batch, process or device
-                rng = SampleRNG(seed * 4 + stream + 7919, sid * _MAX_POINTS + torch.arange(count))
-                return ball_points(xi, radius, norm, rng, boundary)
-
-            inner = torch.cat([xi.unsqueeze(0), points(inner_points, inner_ratio * eps, False, 0)])
-            bound = points(boundary_points, eps, True, 1)
-            # the task is trivial when random points of the ball, inside or on its surface, solve it
-            fresh = torch.cat([points(validation_points, eps, False, 2), points(validation_points, eps, True, 3)]) \
-                if validation_points else inner[:0]
-            if randomized:  # expected features: k draws per inner point, _BOUNDARY_DRAWS x k for the boundary
-                w, b = fit_discriminant(_expected(readout, model, inner, k),
-                                        _expected(readout, model, bound, k * _BOUNDARY_DRAWS))
-            else:
-                f_in, f_bd = _expected(readout, model, torch.cat([inner, bound]), 1).split([len(inner), len(bound)])
-                w, b = fit_readout(f_in, f_bd)
-            binarized = Binarized(model, readout, w, b)
-
-            def score(pts: torch.Tensor, draws: int = k, binarized: Binarized = binarized) -> torch.Tensor:
-                with torch.no_grad():  # fresh draws: a randomized model must be fooled in expectation
-                    return torch.stack([binarized.score(pts) for _ in range(draws)]).mean(0)
-
-            valid, passed, reason, by = True, False, "", ""
-            # the boundary point first (one point, more draws: it carries the proof that the example exists);
-            # a deterministic model's training points are scored on the features it was fitted on
-            if randomized:
-                separated = bool((score(bound, k * 4) > 0).all()) and bool((score(inner) < 0).all())
-            else:
-                separated = bool((f_bd @ w + b > 0).all()) and bool((f_in @ w + b < 0).all())
-            if not separated:
-                valid, reason = False, "not_separable"
-            elif len(fresh) and bool((score(fresh) >= 0).any()):
-                valid, reason = False, "trivial"
-            else:
-                alive = torch.tensor([sid], device=x.device)
-                for attack in attacks:
-                    found = attack.attack_grid(binarized, xi.unsqueeze(0), zero, [eps], alive)
-                    if bool((score(found.points[0]) > 0).all()):
-                        passed, by = True, attack.name
-                        break
+            sid = int(ids[i])
+            valid, passed, reason, by = test(x[i], sid)
             res.valid.append(valid)
             res.passed.append(passed)
             res.reason.append(reason)
@@ -345,10 +326,66 @@ def binarization_test(
     return res
 
 
+@dataclass
+class _OneInput:
+    """The binarization test of one input: build the task, check it is valid, run the attacks on it."""
+
+    model: nn.Module
+    attacks: Sequence[Attack]
+    eps: float
+    norm: str
+    readout: Readout
+    settings: BinarizationSettings
+    randomized: bool
+    k: int  # passes per point
+
+    def points(self, xi: torch.Tensor, sid: int, count: int, radius: float, boundary: bool, stream: int
+               ) -> torch.Tensor:
+        """Points of the ball around ``xi``, per input and point on the test's own streams (any batch, process or device)."""
+        rng = SampleRNG(self.settings.seed * 4 + stream + 7919, sid * _MAX_POINTS + torch.arange(count))
+        return ball_points(xi, radius, self.norm, rng, boundary)
+
+    def __call__(self, xi: torch.Tensor, sid: int) -> tuple[bool, bool, str, str]:
+        """``(valid, passed, reason, attack that passed)`` for the input ``xi`` with id ``sid``."""
+        s, model, readout, k, eps = self.settings, self.model, self.readout, self.k, self.eps
+        inner = torch.cat([xi.unsqueeze(0), self.points(xi, sid, s.inner_points, s.inner_ratio * eps, False, 0)])
+        bound = self.points(xi, sid, s.boundary_points, eps, True, 1)
+        # the task is trivial when random points of the ball, inside or on its surface, solve it
+        fresh = torch.cat([self.points(xi, sid, s.validation_points, eps, False, 2),
+                           self.points(xi, sid, s.validation_points, eps, True, 3)]) if s.validation_points else inner[:0]
+        if self.randomized:  # expected features: k draws per inner point, _BOUNDARY_DRAWS x k for the boundary
+            w, b = fit_discriminant(_expected(readout, model, inner, k), _expected(readout, model, bound, k * _BOUNDARY_DRAWS))
+        else:
+            f_in, f_bd = _expected(readout, model, torch.cat([inner, bound]), 1).split([len(inner), len(bound)])
+            w, b = fit_readout(f_in, f_bd)
+        binarized = Binarized(model, readout, w, b)
+
+        def score(pts: torch.Tensor, draws: int = k) -> torch.Tensor:
+            with torch.no_grad():  # fresh draws: a randomized model must be fooled in expectation
+                return torch.stack([binarized.score(pts) for _ in range(draws)]).mean(0)
+
+        # the boundary point first (one point, more draws: it carries the proof that the example exists);
+        # a deterministic model's training points are scored on the features it was fitted on
+        if self.randomized:
+            separated = bool((score(bound, k * 4) > 0).all()) and bool((score(inner) < 0).all())
+        else:
+            separated = bool((f_bd @ w + b > 0).all()) and bool((f_in @ w + b < 0).all())
+        if not separated:
+            return False, False, "not_separable", ""
+        if len(fresh) and bool((score(fresh) >= 0).any()):
+            return False, False, "trivial", ""
+        alive, zero = torch.tensor([sid], device=xi.device), torch.zeros(1, dtype=torch.long, device=xi.device)
+        for attack in self.attacks:
+            found = attack.attack_grid(binarized, xi.unsqueeze(0), zero, [eps], alive)
+            if bool((score(found.points[0]) > 0).all()):
+                return True, True, "", attack.name
+        return True, False, "", ""
+
+
 def suite_attacks(roles: AttackRoles[Attack]) -> list[Attack]:
     """The attacks of an audit's roles that the control runs, in cascade order (refine needs norms: left out)."""
     return [roles.naive, *roles.adaptive, *roles.cascade, *roles.black_box]
 
 
-__all__ = ["AdequacyResult", "Binarized", "Readout", "ball_points", "binarization_test", "find_readout",
+__all__ = ["AdequacyResult", "BinarizationSettings", "Binarized", "Readout", "ball_points", "binarization_test", "find_readout",
            "fit_discriminant", "fit_readout", "suite_attacks"]

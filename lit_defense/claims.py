@@ -63,8 +63,7 @@ def evaluate_claims(report: dict[str, Any], per_sample: dict[str, Any] | None = 
     out: list[dict[str, Any]] = []
 
     def claim(name: str, state: State, text: str, **evidence: Any) -> None:
-        out.append({"claim": name, "state": CLAIM_STATE[state], "holds": state == "pass", "text": text,
-                    "evidence": evidence})
+        out.append(_claim(name, state, text, **evidence))
 
     def acc(name: str, attack: str | None) -> float:  # a randomized model's: its expected accuracy
         return float(per[name].expected_to(attack, eps).double().mean())
@@ -88,17 +87,14 @@ def evaluate_claims(report: dict[str, Any], per_sample: dict[str, Any] | None = 
               teacher=float(t_ok.double().mean()), student=float(s_ok.double().mean()), **_stats(pair, d))
 
         attacked = (test_split or {}).get("attacks", {})
-        if {"teacher", "distilled"} <= set(attacked.get("models", {})) and abs(attacked["eps"] - eps) < 1e-12:
-            # measured on more test images than the audit's, same inputs for both models
-            where = f"{attacked['n']} test images"
+        # measured on more test images than the audit's when the run has them, same inputs for both models
+        more = {"teacher", "distilled"} <= set(attacked.get("models", {})) and abs(attacked["eps"] - eps) < 1e-12
+        where = f"{attacked['n']} test images" if more else "the audited inputs"
 
-            def rob(model: str, attack: str) -> torch.Tensor:
+        def rob(model: str, attack: str) -> torch.Tensor:
+            if more:
                 return torch.tensor(attacked["models"][model]["robust"][attack], dtype=torch.bool)
-        else:
-            where = "the audited inputs"
-
-            def rob(model: str, attack: str) -> torch.Tensor:
-                return per[model].robust_to(attack, eps)
+            return per[model].robust_to(attack, eps)
 
         def acc2(model: str, attack: str) -> float:
             return float(rob(model, attack).double().mean())
@@ -129,35 +125,52 @@ def evaluate_claims(report: dict[str, Any], per_sample: dict[str, Any] | None = 
     for name, m in models.items():
         if name.startswith("masked") and teacher:
             out.append(_masked_claim(name, m, AttackRoles.from_dict(teacher["roles"]).naive, per, eps, alpha))
-    adv = models.get("adv_train")
-    if adv:
-        adv_naive = AttackRoles.from_dict(adv["roles"]).naive
-        fell = paired(per["adv_train"].robust_to(adv_naive, eps), per["adv_train"].robust_to(None, eps))
-        d = [fell.decide(0.05, alpha=alpha, strict=True)]
-        evidence: dict[str, Any] = {"eps": eps, "naive": acc("adv_train", adv_naive), "worst": acc("adv_train", None),
-                                    "naive_minus_worst": _stats(fell, d)}
-        if teacher:
-            gain = paired(per["adv_train"].robust_to(None, eps), per["teacher"].robust_to(None, eps))
-            d.append(gain.decide(0.20, above=False, alpha=alpha, strict=True))
-            evidence["worst_minus_teacher_worst"] = _stats(gain, d[1:])
-        claim("adv_train_does_not_fall", _both(d),
-              f"The adversarially trained model keeps its robustness under every attack: PGD-CE "
-              f"{acc('adv_train', adv_naive):.1%}, worst case {acc('adv_train', None):.1%} at eps={eps:g} (no adaptive "
-              f"attack more than 5 points lower: {fell.difference:.1%}, 95% interval up to {d[0].ci[1]:.1%}"
-              + (f"; at least 20 points above the teacher's worst case: {d[1].value:+.1%}" if teacher else "") + ").",
-              **evidence)
+    if models.get("adv_train"):
+        out.append(_adv_train_claim(per, models["adv_train"], bool(teacher), eps, alpha))
+    out.append(_verdict_claim(models))
+    return out
 
+
+def _claim(name: str, state: State, text: str, **evidence: Any) -> dict[str, Any]:
+    """One claim's record in the report."""
+    return {"claim": name, "state": CLAIM_STATE[state], "holds": state == "pass", "text": text, "evidence": evidence}
+
+
+def _adv_train_claim(per: dict[str, PerSample], adv: dict[str, Any], teacher: bool, eps: float, alpha: float
+                     ) -> dict[str, Any]:
+    """The adversarially trained model keeps its robustness under every attack (and beats the teacher's)."""
+    def acc(attack: str | None) -> float:
+        return float(per["adv_train"].expected_to(attack, eps).double().mean())
+
+    adv_naive = AttackRoles.from_dict(adv["roles"]).naive
+    fell = paired(per["adv_train"].robust_to(adv_naive, eps), per["adv_train"].robust_to(None, eps))
+    d = [fell.decide(0.05, alpha=alpha, strict=True)]
+    evidence: dict[str, Any] = {"eps": eps, "naive": acc(adv_naive), "worst": acc(None),
+                                "naive_minus_worst": _stats(fell, d)}
+    if teacher:
+        gain = paired(per["adv_train"].robust_to(None, eps), per["teacher"].robust_to(None, eps))
+        d.append(gain.decide(0.20, above=False, alpha=alpha, strict=True))
+        evidence["worst_minus_teacher_worst"] = _stats(gain, d[1:])
+    return _claim("adv_train_does_not_fall", _both(d),
+                  f"The adversarially trained model keeps its robustness under every attack: PGD-CE "
+                  f"{acc(adv_naive):.1%}, worst case {acc(None):.1%} at eps={eps:g} (no adaptive "
+                  f"attack more than 5 points lower: {fell.difference:.1%}, 95% interval up to {d[0].ci[1]:.1%}"
+                  + (f"; at least 20 points above the teacher's worst case: {d[1].value:+.1%}" if teacher else "")
+                  + ").", **evidence)
+
+
+def _verdict_claim(models: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The audit flags the distilled, T=100 and masked models, and neither the teacher nor adversarial training."""
     states = {n: m["gradient_masking"].get("state", "suspected" if m["gradient_masking"]["suspected"]
                                            else "not suspected") for n, m in models.items()}
     # the T=100 distillation teacher, deployed at T=1, saturates its softmax just like the student
     should = {n: "suspected" if n.startswith(("distill", "masked")) else "not suspected" for n in states}
     wrong = [n for n in states if states[n] != should[n] and states[n] != "inconclusive"]
     state: State = "fail" if wrong else "inconclusive" if "inconclusive" in states.values() else "pass"
-    claim("audit_verdicts", state,
-          "The audit flags the distilled (and T=100 teacher) and masked models and neither the undefended "
-          "teacher nor the adversarially trained model: " + ", ".join(f"{n} {s}" for n, s in states.items()),
-          verdicts=states, expected=should)
-    return out
+    return _claim("audit_verdicts", state,
+                  "The audit flags the distilled (and T=100 teacher) and masked models and neither the undefended "
+                  "teacher nor the adversarially trained model: " + ", ".join(f"{n} {s}" for n, s in states.items()),
+                  verdicts=states, expected=should)
 
 
 def _masked_claim(name: str, m: dict[str, Any], teacher_naive: str, per: dict[str, PerSample], eps: float, alpha: float

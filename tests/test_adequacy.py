@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from lit_defense.adequacy import Binarized, binarization_test, find_readout
+from lit_defense.adequacy import BinarizationSettings, Binarized, binarization_test, find_readout
 from lit_defense.attacks import BPDA, PGD, masked_modules
 from lit_defense.data import VisionDataModule
 from lit_defense.defenses import BitDepthReduction
@@ -180,7 +180,7 @@ def test_a_randomized_model_is_judged_in_expectation_and_eot_has_teeth():
     for name, attack in (("plain", PGD(norm="linf", steps=20, loss="margin")),
                          ("eot", EOT(PGD(norm="linf", steps=20, loss="margin"), samples=16))):
         torch.manual_seed(0)  # the defence draws from torch's generator
-        results[name] = binarization_test(noisy, x, y, [attack], EPS, inner_points=200, draws=8)
+        results[name] = binarization_test(noisy, x, y, [attack], EPS, settings=BinarizationSettings(inner_points=200, draws=8))
     eot, plain = results["eot"].estimate, results["plain"].estimate
     assert eot.n >= 12 and eot.k == eot.n, results["eot"].to_dict()
     assert plain.n >= 12, results["plain"].to_dict()

@@ -51,7 +51,7 @@ class AdequacyStage(AuditStage):
 
     def work(self, ctx: AuditContext, ids: torch.Tensor, record: Any) -> dict[str, Any]:
         """The test on each of this process's inputs not recorded yet (each finished input is recorded)."""
-        from lit_defense.adequacy import binarization_test, suite_attacks
+        from lit_defense.adequacy import BinarizationSettings, binarization_test, suite_attacks
 
         opts, probe, pool = ctx.options, ctx.probe, ids.cpu()
         roles = default_attacks(opts.norm, opts.suite, probe.masked, probe.randomized, opts.seed, opts.extra_attacks,
@@ -66,9 +66,9 @@ class AdequacyStage(AuditStage):
 
         on = todo.to(ctx.x.device)
         # a randomized model's inner points cost `draws` passes each: 300 (the test then ~2 s an input)
+        settings = BinarizationSettings(inner_points=300 if probe.randomized else 1000, seed=opts.seed)
         binarization_test(ctx.model, ctx.x[on], ctx.y[on], suite_attacks(roles), ctx.main_eps, opts.norm, ids=todo,
-                          seed=opts.seed, readout=ctx.found["adequacy_readout"], on_input=keep,
-                          inner_points=300 if probe.randomized else 1000)
+                          settings=settings, readout=ctx.found["adequacy_readout"], on_input=keep)
         rows = [done[i] for i in pool.tolist()]
         return {"valid": torch.tensor([r["valid"][0] for r in rows], dtype=torch.bool),
                 "passed": torch.tensor([r["passed"][0] for r in rows], dtype=torch.bool),

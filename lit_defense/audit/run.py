@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
+from torch import nn
 
 from lit_defense.attacks import PGD
 from lit_defense.audit.context import AuditRuntime
@@ -116,6 +117,54 @@ def _settings(models: Sequence[ModelSpec], names: Sequence[str], data: Any, opti
     }
 
 
+def _check_request(models: Sequence[ModelSpec], opts: AuditOptions) -> list[str]:
+    """The models' names, after the checks that need no data: one clear error for a bad request."""
+    if not models:
+        raise ConfigError("give at least one model to audit (--checkpoints PATH ... or `models:` in the config).")
+    names = [m.display_name() for m in models]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"model names must be unique (they name report rows and plots), got {names}; set `name:`.")
+    if opts.split not in ("test", "val"):
+        raise ConfigError(f"split must be 'test' or 'val', got {opts.split!r}.")
+    check_attacks([PGD(norm=opts.norm)], opts.eps)
+    if opts.num_samples < 1:
+        raise ConfigError(f"num_samples must be >= 1, got {opts.num_samples}.")
+    return names
+
+
+def _device(device: str | torch.device) -> torch.device:
+    """The device of ``--device`` (``auto``: cuda when there is one)."""
+    if isinstance(device, torch.device):
+        return device
+    return torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
+                        "cpu" if device == "auto" else device)
+
+
+def _audited_inputs(data: Any, opts: AuditOptions, dev: torch.device
+                    ) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+    """The fixed, seeded subset of the split (on ``dev``), and which images it holds."""
+    from lit_defense.data import fixed_subset, fixed_subset_indices
+
+    split = opts.split
+    data.prepare_data()
+    data.setup("test" if split == "test" else "validate")
+    dataset = getattr(data, "test_set" if split == "test" else "val_set", None)
+    if dataset is None:
+        loader = data.test_dataloader() if split == "test" else data.val_dataloader()
+        dataset = loader.dataset
+    x, y = fixed_subset(dataset, opts.num_samples, opts.seed)
+    samples = {"index": fixed_subset_indices(len(dataset), opts.num_samples, opts.seed), "label": y.tolist()}
+    return x.to(dev), y.to(dev), samples
+
+
+def _load(spec: ModelSpec, name: str, x: torch.Tensor, num_classes: int, allow_probabilities: bool) -> nn.Module:
+    """One model on ``x``'s device, checked on ``x`` (our own copy: attacks need input gradients only)."""
+    model = load_model(spec).to(x.device)
+    model.requires_grad_(False)
+    check_model_outputs(model, x, num_classes, name, allow_probabilities)
+    return model
+
+
 def run_audit(
     models: Sequence[ModelSpec],
     data: Any,
@@ -135,55 +184,27 @@ def run_audit(
     after a crash resumes, a call with other settings is refused (``overwrite=True`` starts over).
     """
     from lit_defense import __version__
-    from lit_defense.data import fixed_subset, fixed_subset_indices
     from lit_defense.report import write_report
 
     if options is not None and not isinstance(options, AuditOptions):
         raise ConfigError(f"run_audit's third argument is an AuditOptions, got {type(options).__name__}; "
                           "pass options by name, e.g. run_audit(models, data, eps=[0.1], num_samples=200).")
     opts = (options or AuditOptions()).replace(**changes)
-    eps, norm, split, num_samples, seed = opts.eps, opts.norm, opts.split, opts.num_samples, opts.seed
-    device, overwrite = opts.device, opts.overwrite
+    overwrite = opts.overwrite
     collective = Collective()
     main = collective.is_main
     say = log if main else (lambda line: None)
-    if not models:
-        raise ConfigError("give at least one model to audit (--checkpoints PATH ... or `models:` in the config).")
-    names = [m.display_name() for m in models]
-    if len(set(names)) != len(names):
-        raise ConfigError(f"model names must be unique (they name report rows and plots), got {names}; set `name:`.")
-    if split not in ("test", "val"):
-        raise ConfigError(f"split must be 'test' or 'val', got {split!r}.")
-    check_attacks([PGD(norm=norm)], eps)
-    if num_samples < 1:
-        raise ConfigError(f"num_samples must be >= 1, got {num_samples}.")
+    names = _check_request(models, opts)
     out = Path(opts.output_dir) if opts.output_dir else Path("runs") / "audit" / time.strftime("%Y%m%d-%H%M%S")
     out = Path(collective.broadcast(str(out), "setup"))  # one folder, whatever each process's clock says
     if (out / "report.json").exists() and not overwrite:
         raise ConfigError(f"{out} already holds a report; choose another --output_dir or pass --overwrite true.")
-    if isinstance(device, torch.device):
-        dev = device
-    else:
-        dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                           "cpu" if device == "auto" else device)
-
-    data.prepare_data()
-    data.setup("test" if split == "test" else "validate")
-    dataset = getattr(data, "test_set" if split == "test" else "val_set", None)
-    if dataset is None:
-        loader = data.test_dataloader() if split == "test" else data.val_dataloader()
-        dataset = loader.dataset
-    x, y = fixed_subset(dataset, num_samples, seed)
-    samples = {"index": fixed_subset_indices(len(dataset), num_samples, seed), "label": y.tolist()}
-    x, y = x.to(dev), y.to(dev)
+    dev = _device(opts.device)
+    x, y, samples = _audited_inputs(data, opts, dev)
     num_classes = int(getattr(data, "num_classes", int(y.max()) + 1))
 
-    loaded = []
-    for spec, name in zip(models, names, strict=True):  # load and check all before the long part
-        model = load_model(spec).to(dev)
-        model.requires_grad_(False)  # our own copy: attacks need input gradients only
-        check_model_outputs(model, x, num_classes, name, opts.allow_probabilities)
-        loaded.append((spec, name, model))
+    loaded = [(spec, name, _load(spec, name, x, num_classes, opts.allow_probabilities))  # all before the long part
+              for spec, name in zip(models, names, strict=True)]
 
     settings = _settings(models, names, data, opts, int(x.shape[0]))
     resume = not overwrite and ProgressLog.check_settings(out, settings)  # every process refuses alike
@@ -206,25 +227,31 @@ def run_audit(
                                 options=opts, runtime=AuditRuntime(collective, progress_log, progress))
             progress.model_done()
             audits.append(audit)
-            summary = ", ".join(f"{k} {v:.3f}" for k, v in audit_metrics_summary(audit).items() if v is not None)
-            v = audit.gradient_masking
-            masking = f"suspected ({', '.join(v.triggered)})" if v.suspected else \
-                f"inconclusive ({', '.join(v.inconclusive)})" if v.state == "inconclusive" else "not suspected"
-            say(f"audit: {name}: {summary}; gradient masking {masking}; {audit.seconds:.0f} s")
+            say(_summary_line(audit))
     except KeyboardInterrupt:
         raise ConfigError(f"audit interrupted; the same command with --output_dir {out} resumes it.") from None
     finally:
         progress_log.close()
     paths: dict[str, Path] = {}
     if main:
-        meta = {"version": __version__, "data": getattr(data, "dataset", type(data).__name__), "split": split,
-                "num_samples": int(x.shape[0]), "norm": norm, "eps": sorted(float(e) for e in eps), "seed": seed,
+        meta = {"version": __version__, "data": getattr(data, "dataset", type(data).__name__), "split": opts.split,
+                "num_samples": int(x.shape[0]), "norm": opts.norm, "eps": sorted(float(e) for e in opts.eps),
+                "seed": opts.seed,
                 "device": str(dev), "processes": collective.world_size,
                 "class_names": [str(c) for c in getattr(data, "class_names", ())]}
         paths = write_report(audits, out, meta, tensorboard=opts.tensorboard, samples=samples)
         say(f"audit: report written to {paths['markdown']} and {paths['json']}")
     collective.barrier("report")
     return audits, paths
+
+
+def _summary_line(audit: ModelAudit) -> str:
+    """One line per audited model: its numbers, its verdict and the time it took."""
+    summary = ", ".join(f"{k} {v:.3f}" for k, v in audit_metrics_summary(audit).items() if v is not None)
+    v = audit.gradient_masking
+    masking = f"suspected ({', '.join(v.triggered)})" if v.suspected else \
+        f"inconclusive ({', '.join(v.inconclusive)})" if v.state == "inconclusive" else "not suspected"
+    return f"audit: {audit.name}: {summary}; gradient masking {masking}; {audit.seconds:.0f} s"
 
 
 def audit_metrics_summary(audit: ModelAudit) -> dict[str, float | None]:
