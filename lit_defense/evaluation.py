@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from lit_defense.attacks.base import Attack, fooled_by, margin_loss
-from lit_defense.diagnostics import MaskingThresholds, check_one_step_vs_iterative
+from lit_defense.diagnostics import MaskingThresholds, check_one_step_beats_iterative
 from lit_defense.errors import ConfigError
 from lit_defense.judge import Judge
 from lit_defense.recorded import UnitRecord, attack_chunk, clean_expected, grid_run, unit_name
@@ -72,6 +72,25 @@ def _clean(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int) 
         return logits.argmax(1) == y, -margin_loss(logits, y)
 
 
+@dataclass(frozen=True)
+class Tracking:
+    """Where one ``robustness_counts`` call sits in a larger run (the audit's stages; all optional).
+
+    ``ids`` (default ``0..n-1``) name the samples: they key each sample's random numbers, so a
+    sample is attacked the same whatever shard or batch it is in. ``record`` keeps each batch's
+    results as it finishes and supplies those already recorded (resuming). ``on_progress(attack,
+    done, total)`` is called as an attack's batches finish (inputs attacked over all eps).
+    ``judge`` (``lit_defense.judge.Judge``) judges a randomized model in expectation. ``alive``
+    (eps key -> mask) restricts the attacks to the points an earlier evaluation left robust.
+    """
+
+    ids: torch.Tensor | None = None
+    record: UnitRecord | None = None
+    on_progress: Callable[[str, int, int], None] | None = None
+    judge: Judge | None = None
+    alive: dict[str, torch.Tensor] | None = None
+
+
 def robustness_counts(
     model: nn.Module,
     x: torch.Tensor,
@@ -81,12 +100,8 @@ def robustness_counts(
     batch_size: int = 256,
     cascade: bool = True,
     keep_examples: int = 0,
-    alive: dict[str, torch.Tensor] | None = None,
-    ids: torch.Tensor | None = None,
-    record: UnitRecord | None = None,
-    on_progress: Callable[[str, int, int], None] | None = None,
     nested: bool = False,
-    judge: Judge | None = None,
+    tracking: Tracking | None = None,
 ) -> tuple[RobustnessCounts, AttackOutcome]:
     """Counts of robust points for every attack and eps (see module doc), and the per-input outcome.
 
@@ -94,27 +109,25 @@ def robustness_counts(
     ``AttackOutcome`` (per input: clean correctness and margin, fooled and margin left per attack
     and eps, robust per eps, minimum norms). ``keep_examples=k`` also keeps, for the first k inputs
     and every eps, the worst-case adversarial input (the first attack output that fooled the
-    model, else the clean input) in ``outcome.examples``. ``alive`` (eps_key -> mask) restricts
-    the attacks to the points an earlier evaluation left robust. A minimum-norm attack runs once for
-    the whole grid, on every point still robust at some eps. The model is used as it is (its
+    model, else the clean input) in ``outcome.examples``. A minimum-norm attack runs once for the
+    whole grid, on every point still robust at some eps. The model is used as it is (its
     train/eval state is not changed).
 
     ``nested=True`` (with ``cascade``): an input an attack fooled at a smaller eps is fooled at every
     larger one (its point lies inside the larger ball too), so the attacks at the larger eps skip
     it and it is counted fooled there, credited to the attack that reached that eps first.
 
-    ``ids`` (default ``0..n-1``) name the samples: they key each sample's random numbers, so a
-    sample is attacked the same whatever shard or batch it is in. ``record`` keeps each batch's
-    results as it finishes and supplies those already recorded (resuming). ``on_progress(attack,
-    done, total)`` is called as an attack's batches finish (inputs attacked over all eps).
-
-    ``judge`` (``lit_defense.judge.Judge``) with more than one draw judges a randomized model in
+    ``tracking`` (``Tracking``) says where the call sits in a larger run: which inputs these are,
+    what is recorded, whom to tell of progress, how a randomized model is judged and which points
+    are still alive. ``tracking.judge`` with more than one draw judges a randomized model in
     expectation: every point, the clean ones included, gets a *selected* and a *measured* estimate
     of its expected accuracy (``outcome.selected``/``measured``, NaN where the attack did not run;
     ``outcome.clean_selected``/``clean_measured``). An input counts as
     correct while some selection draw classifies it correctly, and as fooled when none does.
     """
     check_attacks(attacks, eps)
+    t = tracking or Tracking()
+    alive, ids, record, judge = t.alive, t.ids, t.record, t.judge
     with torch.inference_mode(False):
         x, y = x.detach().clone(), y.detach().clone()
         dev = x.device
@@ -126,7 +139,7 @@ def robustness_counts(
             out.clean_correct = clean_ok = out.clean_selected > 0
         start = [clean_ok & alive[eps_key(e)] if alive is not None else clean_ok.clone() for e in eps]
         run = _Run(model, x, y, eps, batch_size, ids, record, judge, start, [m.clone() for m in start],
-                   min(keep_examples, x.shape[0]), cascade, nested and cascade, on_progress, out)
+                   min(keep_examples, x.shape[0]), cascade, nested and cascade, t.on_progress, out)
         robust = torch.zeros(len(attacks), len(eps), dtype=torch.long, device=dev)
         for i, attack in enumerate(attacks):
             robust[i] = run.attack(attack)
@@ -233,8 +246,8 @@ def cheap_attack_check(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: 
 
     fgsm, pgd = FGSM(eps=eps, norm=norm), PGD(eps=eps, norm=norm, steps=steps)
     robust = [~fooled_by(model, a.threat, a(model, x, y), x, y).cpu() for a in (fgsm, pgd)]
-    return check_one_step_vs_iterative({eps: robust[0]}, {eps: robust[1]}, thresholds or MaskingThresholds(),
-                                       (fgsm.name, f"pgd{steps}_ce"), samples_option="num_samples")
+    return check_one_step_beats_iterative({eps: robust[0]}, {eps: robust[1]}, thresholds or MaskingThresholds(),
+                                          (fgsm.name, f"pgd{steps}_ce"), samples_option="num_samples")
 
 
 def evaluate_robustness(
@@ -252,5 +265,5 @@ def evaluate_robustness(
     return counts.to_result(attacks, eps, check_attacks(attacks, eps), cascade, time.perf_counter() - start)
 
 
-__all__ = ["WORST", "RobustnessCounts", "RobustnessResult", "UnitRecord", "cheap_attack_check", "check_attacks",
+__all__ = ["WORST", "RobustnessCounts", "RobustnessResult", "Tracking", "UnitRecord", "cheap_attack_check", "check_attacks",
            "evaluate_robustness", "robustness_counts", "unit_name"]

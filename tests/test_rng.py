@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from lit_defense.attacks import APGD, PGD, RandomSampling, Square
-from lit_defense.evaluation import robustness_counts
+from lit_defense.evaluation import Tracking, robustness_counts
 from lit_defense.rng import SampleRNG
 
 
@@ -54,7 +54,8 @@ def test_sharded_evaluation_equals_the_whole_one(trained):
     x, y = x[:40], y[:40]
     _, whole = robustness_counts(model, x, y, attacks, [0.05, 0.1], batch_size=7)
     ids = torch.arange(40)
-    parts = [robustness_counts(model, x[r::3], y[r::3], attacks, [0.05, 0.1], batch_size=5, ids=ids[r::3])[1]
+    parts = [robustness_counts(model, x[r::3], y[r::3], attacks, [0.05, 0.1], batch_size=5,
+                              tracking=Tracking(ids=ids[r::3]))[1]
              for r in range(3)]
     for key, mask in whole.robust.items():
         merged = torch.zeros(40, dtype=torch.bool)

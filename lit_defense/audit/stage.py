@@ -12,7 +12,7 @@ from lit_defense.attacks import Attack
 from lit_defense.audit.display import AuditProgress
 from lit_defense.audit.progress import ProgressLog
 from lit_defense.audit.sharding import Collective, attempt, raise_failures, shard
-from lit_defense.evaluation import robustness_counts
+from lit_defense.evaluation import Tracking, robustness_counts
 from lit_defense.judge import Judge
 
 
@@ -117,10 +117,9 @@ class Stage:
             if not pool.numel():
                 return {"fooled": {a.name: {} for a in attacks}, "min_norm": {}}
             on = pool.to(x.device)
-            _, ex = robustness_counts(model, x[on], y[on], attacks, eps, batch_size, cascade=True,
-                                      alive={k: m[pool].to(x.device) for k, m in alive.items()}, ids=on,
-                                      record=self.record(), on_progress=self.progress.attack, nested=True,
-                                      judge=judge)
+            _, ex = robustness_counts(model, x[on], y[on], attacks, eps, batch_size, cascade=True, nested=True,
+                                      tracking=Tracking(on, self.record(), self.progress.attack, judge,
+                                                        {k: m[pool].to(x.device) for k, m in alive.items()}))
             return {"fooled": ex.fooled, "min_norm": ex.min_norm,
                     **({"selected": ex.selected, "measured": ex.measured} if ex.judged else {})}
 

@@ -33,7 +33,7 @@ from lit_defense.audit.sharding import attempt, raise_failures
 from lit_defense.audit.spending import black_box, far_from_boundary
 from lit_defense.audit.suite import default_attacks
 from lit_defense.diagnostics import model_checks
-from lit_defense.evaluation import check_attacks, robustness_counts
+from lit_defense.evaluation import Tracking, check_attacks, robustness_counts
 from lit_defense.judge import Judge
 from lit_defense.results import Check, PerSample, eps_key
 
@@ -105,7 +105,7 @@ class ProbeStage(AuditStage):
         rt, opts = ctx.runtime, ctx.options
         stored = rt.log.blob(ctx.name, self.name) if rt.log is not None else None
         if stored is not None:
-            return [Check(**c) for c in stored]
+            return [Check.from_dict(c) for c in stored]
 
         def run_checks() -> list[Check]:
             return model_checks(ctx.model, ctx.x, ctx.y, opts.thresholds, fd_samples=opts.check_samples,
@@ -149,7 +149,7 @@ class WhiteBoxStage(AuditStage):
         """Every white-box attack at every eps on this process's inputs, and the margins they left."""
         white, opts = ctx.roles.white_box, ctx.options
         _, ex = robustness_counts(ctx.model, ctx.x[ids], ctx.y[ids], white, ctx.eps, opts.batch_size, cascade=False,
-                                  ids=ids, record=record, on_progress=ctx.runtime.progress.attack, judge=ctx.judge)
+                                  tracking=Tracking(ids, record, ctx.runtime.progress.attack, ctx.judge))
         # per eps, the smallest margin any white-box attack left (NaN-free: a missing one is +inf)
         left = {k: torch.stack([ex.margin[a.name][k].nan_to_num(float("inf")) for a in white]).amin(0)
                 for k in ex.margin[white[0].name]}
