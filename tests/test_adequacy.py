@@ -165,7 +165,7 @@ def test_a_randomized_model_is_judged_in_expectation_and_eot_has_teeth():
     from lit_defense.attacks import EOT
     from lit_defense.defenses import GaussianNoise
     from lit_defense.diagnostics import MaskingThresholds
-    from lit_defense.diagnostics.checklist import check_attack_adequacy
+    from lit_defense.diagnostics.checklist import check_attack_inadequate
 
     dm = VisionDataModule("synthetic", synthetic_test_size=64, synthetic_train_size=512, val_size=64,
                           synthetic_noise=0.3)
@@ -184,5 +184,5 @@ def test_a_randomized_model_is_judged_in_expectation_and_eot_has_teeth():
     eot, plain = results["eot"].estimate, results["plain"].estimate
     assert eot.n >= 12 and eot.k == eot.n, results["eot"].to_dict()
     assert plain.n >= 12, results["plain"].to_dict()
-    check = check_attack_adequacy(results["plain"].to_dict(), MaskingThresholds())
+    check = check_attack_inadequate(results["plain"].to_dict(), MaskingThresholds())
     assert check.state == "fail", (check.summary, results["plain"].to_dict())

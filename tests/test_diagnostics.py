@@ -15,16 +15,16 @@ from lit_defense.attacks import PGD
 from lit_defense.audit import AttackSuite, audit_model
 from lit_defense.diagnostics import (
     MaskingThresholds,
-    check_adaptive_vs_naive,
-    check_gradient_vs_finite_differences,
+    check_adaptive_beats_naive,
+    check_gradient_mismatch,
     check_inference_time_optimisation,
-    check_logit_saturation,
-    check_monotone,
-    check_one_step_vs_iterative,
+    check_not_monotone_in_eps,
+    check_one_step_beats_iterative,
     check_probability_outputs,
     check_randomized_outputs,
     check_silent_success,
-    check_unbounded,
+    check_softmax_saturation,
+    check_unbounded_attack_fails,
     check_zero_gradients,
     model_checks,
     verdict,
@@ -127,21 +127,21 @@ def test_honest_model_passes_every_model_check(trained):
 def test_scaled_logits_are_saturated_and_have_zero_ce_gradients(trained, scale):
     model, x, y = trained
     scaled = ScaledLogits(model, scale)
-    sat = check_logit_saturation(scaled(x).detach())
+    sat = check_softmax_saturation(scaled(x).detach())
     zero = check_zero_gradients(scaled, x, y)
     assert not sat.passed and sat.value > 0.5
     assert not zero.passed
     # the CE gradient vanishes, the margin gradient does not: both are in the evidence
     assert zero.evidence["ce"]["vanishing"] > 0.5
     assert zero.evidence["margin"]["vanishing"] == 0.0
-    assert check_gradient_vs_finite_differences(scaled, x[:64], y[:64]).passed  # margin gradient is right
+    assert check_gradient_mismatch(scaled, x[:64], y[:64]).passed  # margin gradient is right
 
 
 def test_tiny_logits_and_ties_give_finite_evidence(trained):
     model, x, y = trained
     tiny = ScaledLogits(model, 1e-6)
     checks = model_checks(tiny, x[:64], y[:64])
-    ties = check_logit_saturation(torch.zeros(64, 10))
+    ties = check_softmax_saturation(torch.zeros(64, 10))
     text = json.dumps([c.to_dict() for c in [*checks, ties]], allow_nan=False)  # no NaN/inf anywhere
     assert "NaN" not in text and ties.passed
 
@@ -151,7 +151,7 @@ def test_undeclared_quantisation_has_zero_gradients(trained):
     checks = by_name(model_checks(Quantized(model), x, y))
     assert not checks["zero_gradients"].passed
     assert checks["zero_gradients"].evidence["margin"]["zero"] > 0.9
-    assert not check_gradient_vs_finite_differences(Quantized(model), x[:64], y[:64], h=0.02).passed
+    assert not check_gradient_mismatch(Quantized(model), x[:64], y[:64], h=0.02).passed
     assert not _unbounded_check(Quantized(model), x[:64], y[:64]).passed
     # all 128 inputs: the ~50 correct ones among the first 64 cannot tell 100% success from the 95%
     # threshold (the exact interval of 50 of 50 reaches down to 92.9%)
@@ -163,7 +163,7 @@ def _unbounded_check(model, x, y):
     plan = ChecklistAttacks.build(PGD(steps=10), PGD(steps=10, loss="margin"), x[0].numel())
     _, ex = robustness_counts(model, x, y, [plan.unbounded], [plan.unbounded.eps], cascade=False)
     fooled = ex.fooled[plan.unbounded.name][eps_key(plan.unbounded.eps)]
-    return check_unbounded(plan.unbounded.name, plan.unbounded.eps, fooled[ex.clean_correct])
+    return check_unbounded_attack_fails(plan.unbounded.name, plan.unbounded.eps, fooled[ex.clean_correct])
 
 
 def test_randomized_model_is_flagged_and_fd_check_holds_its_noise_fixed(trained):
@@ -173,13 +173,13 @@ def test_randomized_model_is_flagged_and_fd_check_holds_its_noise_fixed(trained)
     assert not check.passed and check.evidence["max_relative_logit_change"] > 1e-3
     assert check_randomized_outputs(model, x[:64]).passed
     # randomness is not shattering: with common random numbers the gradient is right
-    assert check_gradient_vs_finite_differences(noisy, x[:64], y[:64]).passed
+    assert check_gradient_mismatch(noisy, x[:64], y[:64]).passed
     assert torch.is_grad_enabled()
 
 
 def test_fake_backward_disagrees_with_finite_differences(trained):
     model, x, y = trained
-    check = check_gradient_vs_finite_differences(FakeGradient(model), x[:64], y[:64])
+    check = check_gradient_mismatch(FakeGradient(model), x[:64], y[:64])
     assert not check.passed and check.value < 0.8
     assert check.evidence["pairs"] > 0
 
@@ -209,17 +209,17 @@ def test_attack_comparison_checks_on_per_sample_outcomes():
     t = MaskingThresholds()
     n = 400
     # FGSM leaves 80 robust, PGD 240 of the same inputs: significantly stronger one-step attack
-    bad = check_one_step_vs_iterative({0.1: _mask(n, 80)}, {0.1: _mask(n, 240)}, t)
+    bad = check_one_step_beats_iterative({0.1: _mask(n, 80)}, {0.1: _mask(n, 240)}, t)
     assert bad.state == "fail" and bad.kind == "signature" and bad.evidence["discordant"] == [160, 0]
     assert bad.evidence["p_value"] < 1e-10 and bad.evidence["n"] == n
-    assert check_one_step_vs_iterative({0.1: _mask(n, 240)}, {0.1: _mask(n, 220)}, t).state == "pass"
-    big = check_adaptive_vs_naive({0.1: _mask(n, 320)}, {"pgd_margin": {0.1: _mask(n, 20)}}, t)
+    assert check_one_step_beats_iterative({0.1: _mask(n, 240)}, {0.1: _mask(n, 220)}, t).state == "pass"
+    big = check_adaptive_beats_naive({0.1: _mask(n, 320)}, {"pgd_margin": {0.1: _mask(n, 20)}}, t)
     assert big.state == "fail" and big.kind == "outcome"
-    ok = check_adaptive_vs_naive({0.1: _mask(n, 160)}, {"pgd_margin": {0.1: _mask(n, 152)}}, t)
+    ok = check_adaptive_beats_naive({0.1: _mask(n, 160)}, {"pgd_margin": {0.1: _mask(n, 152)}}, t)
     assert ok.passed and math.isclose(ok.value, 0.02)
-    rising = check_monotone({"pgd_ce": {0.05: _mask(n, 120), 0.1: _mask(n, 200)}}, clean=_mask(n, 360), thresholds=t)
+    rising = check_not_monotone_in_eps({"pgd_ce": {0.05: _mask(n, 120), 0.1: _mask(n, 200)}}, clean=_mask(n, 360), thresholds=t)
     assert rising.state == "fail" and rising.evidence["where"][0] == "pgd_ce"
-    assert check_monotone({"pgd_ce": {0.05: _mask(n, 200), 0.1: _mask(n, 120)}}, clean=_mask(n, 360),
+    assert check_not_monotone_in_eps({"pgd_ce": {0.05: _mask(n, 200), 0.1: _mask(n, 120)}}, clean=_mask(n, 360),
                           thresholds=t).passed
 
 
@@ -228,16 +228,16 @@ def test_a_gap_near_its_threshold_is_inconclusive_and_says_how_many_inputs_decid
     t = MaskingThresholds()
     n = 128
     naive, adaptive = _mask(n, 60), _mask(n, 44)  # 16 of 128 discordant: a gap of 12.5 points
-    check = check_adaptive_vs_naive({0.1: naive}, {"pgd_margin": {0.1: adaptive}}, t)
+    check = check_adaptive_beats_naive({0.1: naive}, {"pgd_margin": {0.1: adaptive}}, t)
     assert check.state == "inconclusive" and not check.passed
     assert n < check.evidence["inputs_to_resolve"] <= 20 * n  # and 20 times the inputs do decide it
     lo, hi = check.evidence["ci"]
     assert lo < t.adaptive_gap < hi
     # with 20 times the inputs and the same rates the gap is significant
-    many = check_adaptive_vs_naive({0.1: naive.repeat(20)}, {"pgd_margin": {0.1: adaptive.repeat(20)}}, t)
+    many = check_adaptive_beats_naive({0.1: naive.repeat(20)}, {"pgd_margin": {0.1: adaptive.repeat(20)}}, t)
     assert many.state == "fail"
     # a deciding check that is inconclusive makes the verdict inconclusive, never "suspected"
-    unbounded = check_unbounded("pgd_ce", 1.0, _mask(n, 120))  # 93.8% against 95%
+    unbounded = check_unbounded_attack_fails("pgd_ce", 1.0, _mask(n, 120))  # 93.8% against 95%
     assert unbounded.state == "inconclusive"
     v = verdict([unbounded])
     assert v.state == "inconclusive" and not v.suspected and v.inconclusive == ["unbounded_attack_fails"]
@@ -247,12 +247,12 @@ def test_a_gap_near_its_threshold_is_inconclusive_and_says_how_many_inputs_decid
 def test_outcome_checks_corroborate_but_never_flag_alone():
     t = MaskingThresholds()
     n = 400
-    weak_naive = check_adaptive_vs_naive({0.1: _mask(n, 200)}, {"pgd_margin": {0.1: _mask(n, 20)}}, t)
+    weak_naive = check_adaptive_beats_naive({0.1: _mask(n, 200)}, {"pgd_margin": {0.1: _mask(n, 20)}}, t)
     assert weak_naive.state == "fail"
     alone = verdict([weak_naive])
     assert alone.state == "not suspected" and not alone.suspected and alone.triggered == []
     assert "naive attack is weak" in alone.explain()
-    saturated = check_logit_saturation(torch.tensor([[100.0, 0.0]]).repeat(n, 1), t)
+    saturated = check_softmax_saturation(torch.tensor([[100.0, 0.0]]).repeat(n, 1), t)
     assert saturated.state == "fail" and saturated.kind == "mechanism"
     both = verdict([saturated, weak_naive])
     assert both.suspected and both.triggered == ["softmax_saturation", "adaptive_beats_naive"]
@@ -381,7 +381,7 @@ def test_an_undertrained_honest_model_whose_naive_attack_lags_is_not_called_mask
 def test_black_box_check_on_a_sample_of_the_survivors():
     """Sampled: the survivors' rate is scaled by their share; a clean sample of the planned size passes."""
     from lit_defense.audit.spending import black_box_sample_size
-    from lit_defense.diagnostics import check_extra_found
+    from lit_defense.diagnostics import check_random_sampling_beats_attacks
 
     n, thresholds = 1000, MaskingThresholds()
     before = torch.zeros(n, dtype=torch.bool)
@@ -391,19 +391,15 @@ def test_black_box_check_on_a_sample_of_the_survivors():
     assert (1 - thresholds.random_gap * n / 600) ** m <= thresholds.alpha < (1 - thresholds.random_gap * n / 600) ** (m - 1)
     attacked = torch.zeros(n, dtype=torch.bool)
     attacked[:m] = True
-    clean = check_extra_found("random_sampling_beats_attacks", "Random sampling", {0.1: before}, {0.1: before.clone()},
-                              thresholds.random_gap, ["random"], attacked={0.1: attacked})
+    clean = check_random_sampling_beats_attacks({0.1: before}, {0.1: before.clone()}, ["random"], thresholds, attacked={0.1: attacked})
     assert clean.passed and clean.evidence["sampled"] == m and clean.evidence["survivor_share"] == 0.6
     after = before.clone()
     after[:20] = False  # the sample finds 20 of its m: 20/m of the survivors, times 0.6 of all inputs
-    found = check_extra_found("random_sampling_beats_attacks", "Random sampling", {0.1: before}, {0.1: after},
-                              thresholds.random_gap, ["random"], attacked={0.1: attacked})
+    found = check_random_sampling_beats_attacks({0.1: before}, {0.1: after}, ["random"], thresholds, attacked={0.1: attacked})
     assert found.state == "fail" and found.value == pytest.approx(20 / m * 0.6, abs=1e-4)
     # a sample that covers every survivor is the plain test over all inputs
-    full = check_extra_found("random_sampling_beats_attacks", "Random sampling", {0.1: before}, {0.1: after},
-                             thresholds.random_gap, ["random"], attacked={0.1: before.clone()})
-    plain = check_extra_found("random_sampling_beats_attacks", "Random sampling", {0.1: before}, {0.1: after},
-                              thresholds.random_gap, ["random"])
+    full = check_random_sampling_beats_attacks({0.1: before}, {0.1: after}, ["random"], thresholds, attacked={0.1: before.clone()})
+    plain = check_random_sampling_beats_attacks({0.1: before}, {0.1: after}, ["random"], thresholds)
     assert full.to_dict() == plain.to_dict() and plain.value == pytest.approx(0.02)
     assert black_box_sample_size(0, n, 0.01, 0.05) == 0 and black_box_sample_size(5, n, 0.01, 0.05) == 1
 

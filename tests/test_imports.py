@@ -118,9 +118,11 @@ def test_the_core_never_imports_the_callbacks():
 
 def test_result_types_sit_below_producers_and_reporters():
     graph = import_graph()
-    # the ground floor: the result types read only the statistics, the per-sample outcome and the
-    # roles, which read nothing of the package but the binomial tails
-    assert graph["lit_defense.results"] == {"lit_defense.stats", "lit_defense.per_sample", "lit_defense.roles"}
+    # the ground floor: the result types read only the statistics, the per-sample outcome, the
+    # roles and the checklist's verdict, which read nothing of the package but the binomial tails
+    assert graph["lit_defense.results"] == {"lit_defense.stats", "lit_defense.per_sample", "lit_defense.roles",
+                                            "lit_defense.verdict"}
+    assert graph["lit_defense.verdict"] == {"lit_defense.stats"}
     assert graph["lit_defense.stats"] == {"lit_defense.binomial"}
     for module in ("lit_defense.binomial", "lit_defense.per_sample", "lit_defense.roles"):
         assert graph[module] == set(), module
@@ -128,6 +130,7 @@ def test_result_types_sit_below_producers_and_reporters():
         assert not any(d.startswith("lit_defense.audit") for d in graph[module]), f"{module} imports the audit"
     # the checklist reads results: it runs no attack and imports neither the attacks' runner nor the audit
     checklist = [m for m in graph if m == "lit_defense.diagnostics" or m.startswith("lit_defense.diagnostics.")]
-    assert {"lit_defense.diagnostics.mechanism", "lit_defense.diagnostics.outcome"} <= set(checklist)
+    assert {"lit_defense.diagnostics.mechanism", "lit_defense.diagnostics.outcome",
+            "lit_defense.diagnostics.registry"} <= set(checklist)
     for module in checklist:
         assert not {"lit_defense.evaluation", "lit_defense.audit"} & graph[module], module

@@ -20,10 +20,10 @@ from lit_defense.audit.stages import AuditStage
 from lit_defense.audit.suite import default_attacks
 from lit_defense.diagnostics.checklist import (
     ChecklistAttacks,
-    check_attack_adequacy,
+    check_attack_inadequate,
     outcome_checks,
 )
-from lit_defense.evaluation import robustness_counts
+from lit_defense.evaluation import Tracking, robustness_counts
 from lit_defense.results import eps_key
 
 
@@ -116,8 +116,7 @@ class ChecksStage(AuditStage):
         """The unbounded attack at its eps, the others at the middle eps; reused outcomes from the white box."""
         plan, reused = self._plan(ctx)
         run = [a for a in plan.at_probe_eps() if a not in reused]
-        common = {"cascade": False, "ids": ids, "record": record, "on_progress": ctx.runtime.progress.attack,
-                  "judge": ctx.judge}
+        common = {"cascade": False, "tracking": Tracking(ids, record, ctx.runtime.progress.attack, ctx.judge)}
         x, y, bs = ctx.x[ids], ctx.y[ids], ctx.options.batch_size
         _, ex_big = robustness_counts(ctx.model, x, y, [plan.unbounded], [plan.unbounded.eps], bs, **common)
         _, ex_probe = robustness_counts(ctx.model, x, y, run, [ctx.main_eps], bs, **common)
@@ -152,7 +151,7 @@ class ChecksStage(AuditStage):
         else:
             ctx.checks += plan.checks(found["clean"], found["fooled"], opts.thresholds)
         if "adequacy" in ctx.found:
-            ctx.checks.append(check_attack_adequacy(ctx.found["adequacy"], opts.thresholds))
+            ctx.checks.append(check_attack_inadequate(ctx.found["adequacy"], opts.thresholds))
 
 
 def _head(tree: Any, k: int) -> Any:

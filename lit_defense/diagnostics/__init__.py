@@ -19,40 +19,79 @@ Two families, a module each:
   much stronger than the naive one, and two checks of the evaluation itself (advisory: they say the
   numbers may be loose, not that gradients are masked): incomplete optimisation and silent success.
 
+Each check is one function ``check_<name>`` registered with its kind and threshold
+(``diagnostics.registry``: ``CHECKS``); a new check is one function with one decorator.
+
 Numbers are computed in float64 where logits may be huge (T=100 distillation, x1e4) or tiny, and
 every number in the evidence is a finite float or ``None``, so reports never carry NaN or inf.
 """
 
 from __future__ import annotations
 
-from lit_defense.diagnostics.checklist import ChecklistAttacks, outcome_checks
+import warnings
+from typing import Any
+
+from lit_defense.diagnostics.checklist import (
+    ChecklistAttacks,
+    check_attack_inadequate,
+    outcome_checks,
+)
 from lit_defense.diagnostics.mechanism import (
-    check_gradient_vs_finite_differences,
+    check_gradient_mismatch,
     check_inference_time_optimisation,
-    check_logit_saturation,
     check_probability_outputs,
     check_randomized_outputs,
+    check_softmax_saturation,
     check_zero_gradients,
     looks_like_probabilities,
     model_checks,
 )
 from lit_defense.diagnostics.outcome import (
-    check_adaptive_vs_naive,
-    check_extra_found,
+    check_adaptive_beats_naive,
+    check_black_box_beats_white_box,
     check_incomplete_optimisation,
-    check_monotone,
-    check_one_step_vs_iterative,
+    check_not_monotone_in_eps,
+    check_one_step_beats_iterative,
+    check_random_sampling_beats_attacks,
     check_silent_success,
-    check_unbounded,
+    check_unbounded_attack_fails,
 )
+from lit_defense.diagnostics.registry import CHECKS, CheckSpec, conclude, register_check
 from lit_defense.diagnostics.thresholds import DEFAULT_THRESHOLDS, MaskingThresholds
 from lit_defense.results import Check, MaskingVerdict, num, verdict
 
+# The names the check functions had before each was named after the check it returns (one release).
+_RENAMED = {
+    "check_adaptive_vs_naive": "check_adaptive_beats_naive",
+    "check_attack_adequacy": "check_attack_inadequate",
+    "check_gradient_vs_finite_differences": "check_gradient_mismatch",
+    "check_logit_saturation": "check_softmax_saturation",
+    "check_monotone": "check_not_monotone_in_eps",
+    "check_one_step_vs_iterative": "check_one_step_beats_iterative",
+    "check_unbounded": "check_unbounded_attack_fails",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name == "check_extra_found":  # one function for two checks, now one function each
+        warnings.warn("lit_defense.diagnostics.check_extra_found is now two checks: "
+                      "check_random_sampling_beats_attacks and check_black_box_beats_white_box; the old "
+                      "name goes in the next release.", DeprecationWarning, stacklevel=2)
+        from lit_defense.diagnostics.outcome import _extra_found
+        return _extra_found
+    if name in _RENAMED:
+        warnings.warn(f"lit_defense.diagnostics.{name} is now {_RENAMED[name]} (named after the check it "
+                      "returns); the old name goes in the next release.", DeprecationWarning, stacklevel=2)
+        return globals()[_RENAMED[name]]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
-    "DEFAULT_THRESHOLDS", "Check", "ChecklistAttacks", "MaskingThresholds", "MaskingVerdict", "check_adaptive_vs_naive",
-    "check_extra_found", "check_gradient_vs_finite_differences", "check_incomplete_optimisation",
-    "check_inference_time_optimisation", "check_logit_saturation", "check_monotone",
-    "check_one_step_vs_iterative", "check_probability_outputs", "check_randomized_outputs",
-    "check_silent_success", "check_unbounded", "check_zero_gradients", "looks_like_probabilities",
-    "model_checks", "num", "outcome_checks", "verdict",
+    "CHECKS", "DEFAULT_THRESHOLDS", "Check", "CheckSpec", "ChecklistAttacks", "MaskingThresholds", "MaskingVerdict",
+    "check_adaptive_beats_naive", "check_attack_inadequate", "check_black_box_beats_white_box",
+    "check_gradient_mismatch", "check_incomplete_optimisation", "check_inference_time_optimisation",
+    "check_not_monotone_in_eps", "check_one_step_beats_iterative", "check_probability_outputs",
+    "check_random_sampling_beats_attacks", "check_randomized_outputs", "check_silent_success",
+    "check_softmax_saturation", "check_unbounded_attack_fails", "check_zero_gradients", "conclude",
+    "looks_like_probabilities", "model_checks", "num", "outcome_checks", "register_check", "verdict",
 ]

@@ -16,15 +16,17 @@ import torch
 
 from lit_defense.attacks.base import Attack
 from lit_defense.diagnostics.outcome import (
-    check_adaptive_vs_naive,
-    check_extra_found,
+    check_adaptive_beats_naive,
+    check_black_box_beats_white_box,
     check_incomplete_optimisation,
-    check_monotone,
-    check_one_step_vs_iterative,
+    check_not_monotone_in_eps,
+    check_one_step_beats_iterative,
+    check_random_sampling_beats_attacks,
     check_silent_success,
-    check_unbounded,
+    check_unbounded_attack_fails,
 )
-from lit_defense.diagnostics.thresholds import MaskingThresholds
+from lit_defense.diagnostics.registry import conclude, register_check
+from lit_defense.diagnostics.thresholds import DEFAULT_THRESHOLDS, MaskingThresholds
 from lit_defense.results import Check, PerSample
 from lit_defense.roles import AttackRoles
 from lit_defense.stats import decide_proportion
@@ -85,7 +87,7 @@ class ChecklistAttacks:
             on = correct.bool() if correct is not None else clean > 0
             unbounded = (fooled[self.unbounded.name][on] / clean[on].clamp_min(1e-12)).clamp(0, 1)
         return [
-            check_unbounded(self.unbounded.name, self.unbounded.eps, unbounded, thresholds),
+            check_unbounded_attack_fails(self.unbounded.name, self.unbounded.eps, unbounded, thresholds),
             check_incomplete_optimisation(self.probe.name, self.probe.steps, self.longer.steps, self.probe.eps,
                                           robust[self.probe.name], robust[self.longer.name], thresholds),
             check_silent_success(self.probe.name, fooled[self.first.name], fooled[self.last.name], thresholds),
@@ -107,26 +109,27 @@ def outcome_checks(res: PerSample, eps: Sequence[float], roles: AttackRoles[str]
     # comparison is then between expectations on the same inputs, ``stats.paired``)
     own = {a: {e: res.expected_to(a, e) for e in eps} for a in (one_step, naive, *adaptive)}  # each alone
     checks = [
-        check_one_step_vs_iterative(own[one_step], own[naive], thresholds, (one_step, naive)),
-        check_adaptive_vs_naive(own[naive], {a: own[a] for a in adaptive}, thresholds, naive),
-        check_monotone({**own, "worst": {e: res.expected_to(None, e) for e in eps}}, res.expected_clean(), thresholds),
+        check_one_step_beats_iterative(own[one_step], own[naive], thresholds, (one_step, naive)),
+        check_adaptive_beats_naive(own[naive], {a: own[a] for a in adaptive}, thresholds, naive),
+        check_not_monotone_in_eps({**own, "worst": {e: res.expected_to(None, e) for e in eps}}, res.expected_clean(),
+                                  thresholds),
     ]
     last_gradient = (list(roles.cascade) or roles.white_box)[-1]
     gradient_robust = {e: res.expected_after(last_gradient, e) for e in eps}
     others = [a for a in roles.black_box if a not in random]
     if random:
-        checks.append(check_extra_found("random_sampling_beats_attacks", "Random sampling in the ball",
-                                        gradient_robust, {e: res.expected_after(random[-1], e) for e in eps},
-                                        thresholds.random_gap, list(random), thresholds.alpha, black_box_on))
+        checks.append(check_random_sampling_beats_attacks(
+            gradient_robust, {e: res.expected_after(random[-1], e) for e in eps}, list(random), thresholds,
+            black_box_on))
     if others:
         base = {e: res.expected_after(random[-1], e) for e in eps} if random else gradient_robust
-        checks.append(check_extra_found("black_box_beats_white_box", "Gradient-free attacks", base,
-                                        {e: res.expected_after(others[-1], e) for e in eps},
-                                        thresholds.black_box_gap, others, thresholds.alpha, black_box_on))
+        checks.append(check_black_box_beats_white_box(
+            base, {e: res.expected_after(others[-1], e) for e in eps}, others, thresholds, black_box_on))
     return checks
 
 
-def check_attack_adequacy(adequacy: Mapping[str, Any], thresholds: MaskingThresholds) -> Check:
+@register_check("attack_inadequate", "signature", "adequacy_rate", samples_option="--suite.adequacy_samples")
+def check_attack_inadequate(adequacy: Mapping[str, Any], thresholds: MaskingThresholds = DEFAULT_THRESHOLDS) -> Check:
     """``attack_inadequate``: the attacks fail the binarization test (``lit_defense.adequacy``).
 
     ``adequacy``: the report's entry (``valid`` tasks, ``passed`` of them). Fails when the pass rate
@@ -138,19 +141,19 @@ def check_attack_adequacy(adequacy: Mapping[str, Any], thresholds: MaskingThresh
     if valid == 0:
         why = "no input was robust" if not adequacy.get("samples") else \
             f"none of the {adequacy['samples']} tested inputs made a valid task ({adequacy.get('dropped', {})})"
-        return Check("attack_inadequate", True, None, f"Not applicable: {why}, so the positive control "
-                     "(binarization test) could not run.", {**adequacy, "applicable": False}, kind="signature")
+        na = f"Not applicable: {why}, so the positive control (binarization test) could not run."
+        return conclude("attack_inadequate", "pass", None, {**adequacy, "applicable": False}, fail=na, ok=na)
     decision = decide_proportion(passed, valid, thresholds.adequacy_rate, above=False, alpha=thresholds.alpha)
     rate = passed / valid
-    summary = (f"The attacks found the adversarial example that surely exists in only {passed} of {valid} "
-               f"binarization tests at eps={eps:g} ({rate:.0%}, below {thresholds.adequacy_rate:.0%}): they are too "
-               "weak for this model and its worst case overstates robustness." if decision.state == "fail" else
-               f"The attacks passed {passed} of {valid} binarization tests at eps={eps:g} ({rate:.0%}), which "
-               f"{valid} tests cannot tell from {thresholds.adequacy_rate:.0%}." if decision.state == "inconclusive" else
-               f"The attacks passed {passed} of {valid} binarization tests at eps={eps:g} (positive control).")
-    return Check("attack_inadequate", decision.state == "pass", rate, summary,
-                 {**adequacy, "applicable": True, **decision.evidence(), "samples_option": "--suite.adequacy_samples"},
-                 state=decision.state, kind="signature")
+    return conclude(
+        "attack_inadequate", decision.state, rate, {**adequacy, "applicable": True, **decision.evidence()},
+        fail=f"The attacks found the adversarial example that surely exists in only {passed} of {valid} "
+             f"binarization tests at eps={eps:g} ({rate:.0%}, below {thresholds.adequacy_rate:.0%}): they are too "
+             "weak for this model and its worst case overstates robustness.",
+        unsure=f"The attacks passed {passed} of {valid} binarization tests at eps={eps:g} ({rate:.0%})",
+        n=valid, counted="tests", thresholds=thresholds,
+        ok=f"The attacks passed {passed} of {valid} binarization tests at eps={eps:g} (positive control).",
+    )
 
 
-__all__ = ["check_attack_adequacy", "ChecklistAttacks", "outcome_checks"]
+__all__ = ["check_attack_inadequate", "ChecklistAttacks", "outcome_checks"]

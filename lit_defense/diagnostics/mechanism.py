@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from lit_defense.attacks.base import ce_loss, margin_loss
+from lit_defense.diagnostics.registry import conclude, register_check
 from lit_defense.diagnostics.thresholds import (
     DEFAULT_THRESHOLDS,
     SATURATION_GAP,
@@ -49,21 +50,23 @@ def looks_like_probabilities(logits: torch.Tensor, atol: float = 1e-3) -> bool:
 
 
 # --------------------------------------------------------------------------------- model checks
+@register_check("probability_outputs", "mechanism", samples_option=None)
 def check_probability_outputs(logits: torch.Tensor) -> Check:
     """Flags a model that returns probabilities: a margin or CE loss on them saturates."""
     probs = looks_like_probabilities(logits)
     sums = logits.detach().double().sum(1)
-    return Check(
-        "probability_outputs", not probs, float(probs),
-        "The model returns probabilities, not logits: the cross-entropy of probabilities has "
-        "tiny, flat gradients, so gradient attacks on it are weak; attack the logits."
-        if probs else "The model returns logits (not rows of probabilities).",
+    return conclude(
+        "probability_outputs", "fail" if probs else "pass", float(probs),
         {"min_output": num(logits.min()), "max_output": num(logits.max()),
          "mean_row_sum": num(sums.mean()), "looks_like_probabilities": probs},
+        fail="The model returns probabilities, not logits: the cross-entropy of probabilities has "
+             "tiny, flat gradients, so gradient attacks on it are weak; attack the logits.",
+        ok="The model returns logits (not rows of probabilities).",
     )
 
 
-def check_logit_saturation(logits: torch.Tensor, thresholds: MaskingThresholds = DEFAULT_THRESHOLDS) -> Check:
+@register_check("softmax_saturation", "mechanism", "saturated_fraction")
+def check_softmax_saturation(logits: torch.Tensor, thresholds: MaskingThresholds = DEFAULT_THRESHOLDS) -> Check:
     """Flags logits whose top-two gap saturates softmax (defensive distillation's ~T-fold logits)."""
     z = logits.detach().double()
     top = z.topk(2, dim=1).values if z.shape[1] > 1 else torch.cat([z, z], 1)
@@ -72,23 +75,20 @@ def check_logit_saturation(logits: torch.Tensor, thresholds: MaskingThresholds =
     frac = saturated.double().mean()
     decision = decide_proportion(int(saturated.sum()), int(saturated.numel()), thresholds.saturated_fraction,
                                  alpha=thresholds.alpha)
-    state = decision.state
-    return Check(
-        "softmax_saturation", state == "pass", num(frac),
-        f"The softmax is saturated on {frac:.1%} of inputs (top-2 logit gap > {SATURATION_GAP:g}, "
-        f"median gap {gap.median():.3g}, mean max logit {top[:, 0].mean():.3g}): cross-entropy "
-        "gradients underflow to zero, the signature of defensive distillation; use a margin loss."
-        if state == "fail" else
-        f"The softmax is saturated on {frac:.1%} of inputs, which {decision.n} inputs cannot tell from the "
-        f"{thresholds.saturated_fraction:.0%} threshold." if state == "inconclusive" else
-        f"Softmax not saturated ({frac:.1%} of inputs with top-2 logit gap > {SATURATION_GAP:g}).",
+    return conclude(
+        "softmax_saturation", decision.state, num(frac),
         {"saturated_fraction": num(frac), "median_top2_gap": num(gap.median()),
          "mean_max_logit": num(top[:, 0].mean()), "logit_std": num(z.std()) if z.numel() > 1 else None,
-         "gap_threshold": SATURATION_GAP, **decision.evidence(), "samples_option": "--num_samples"},
-        state=state,
+         "gap_threshold": SATURATION_GAP, **decision.evidence()},
+        fail=f"The softmax is saturated on {frac:.1%} of inputs (top-2 logit gap > {SATURATION_GAP:g}, "
+             f"median gap {gap.median():.3g}, mean max logit {top[:, 0].mean():.3g}): cross-entropy "
+             "gradients underflow to zero, the signature of defensive distillation; use a margin loss.",
+        unsure=f"The softmax is saturated on {frac:.1%} of inputs", n=decision.n, thresholds=thresholds,
+        ok=f"Softmax not saturated ({frac:.1%} of inputs with top-2 logit gap > {SATURATION_GAP:g}).",
     )
 
 
+@register_check("randomized_outputs", "mechanism", "randomized_tolerance", samples_option=None)
 def check_randomized_outputs(model: nn.Module, x: torch.Tensor, repeats: int = 4,
                              thresholds: MaskingThresholds = DEFAULT_THRESHOLDS) -> Check:
     """Flags a model whose outputs differ between passes on the same input (EOT needed)."""
@@ -97,16 +97,16 @@ def check_randomized_outputs(model: nn.Module, x: torch.Tensor, repeats: int = 4
     rel = max(float((o - outs[0]).abs().max() / scale) for o in outs[1:])
     preds = torch.stack([o.argmax(1) for o in outs])
     disagree = (preds != preds[0]).any(0).double().mean()
-    passed = not (rel > thresholds.randomized_tolerance)
-    return Check(
-        "randomized_outputs", passed, num(rel),
-        f"Repeated forward passes disagree (relative logit change {rel:.3g}; predictions differ on "
-        f"{disagree:.1%} of inputs): gradients are stochastic, use EOT." if not passed else
-        "The model is deterministic (repeated forward passes agree).",
+    return conclude(
+        "randomized_outputs", "fail" if rel > thresholds.randomized_tolerance else "pass", num(rel),
         {"max_relative_logit_change": num(rel), "prediction_disagreement": num(disagree), "repeats": len(outs)},
+        fail=f"Repeated forward passes disagree (relative logit change {rel:.3g}; predictions differ on "
+             f"{disagree:.1%} of inputs): gradients are stochastic, use EOT.",
+        ok="The model is deterministic (repeated forward passes agree).",
     )
 
 
+@register_check("zero_gradients", "mechanism", "zero_gradient_fraction")
 def check_zero_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                          thresholds: MaskingThresholds = DEFAULT_THRESHOLDS,
                          logits: torch.Tensor | None = None) -> Check:
@@ -134,25 +134,22 @@ def check_zero_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     state = worst_state([d.state for d in decisions.values()])
     worst = max(fractions["ce"]["zero"] or 0.0, fractions["margin"]["zero"] or 0.0)
     which = [k for k in ("ce", "margin") if decisions[k].state == state]
-    return Check(
-        "zero_gradients", state == "pass", num(worst),
-        f"Input gradients are exactly zero for {worst:.1%} of correctly classified inputs "
-        f"(loss: {', '.join(which)}): gradient attacks on that loss do not move."
-        if state == "fail" else
-        f"Input gradients are exactly zero for {worst:.1%} of correctly classified inputs, which "
-        f"{int(xs.shape[0])} inputs cannot tell from the {thresholds.zero_gradient_fraction:.0%} threshold."
-        if state == "inconclusive" else
-        f"Input gradients are non-zero (exactly zero on {worst:.1%} of inputs, CE and margin).",
+    return conclude(
+        "zero_gradients", state, num(worst),
         {"samples": int(xs.shape[0]), "ce": fractions["ce"], "margin": fractions["margin"],
-         "vanishing_below": VANISHING_GRADIENT, **decisions[which[0] if which else "ce"].evidence(),
-         "samples_option": "--num_samples"},
-        state=state,
+         "vanishing_below": VANISHING_GRADIENT, **decisions[which[0] if which else "ce"].evidence()},
+        fail=f"Input gradients are exactly zero for {worst:.1%} of correctly classified inputs "
+             f"(loss: {', '.join(which)}): gradient attacks on that loss do not move.",
+        unsure=f"Input gradients are exactly zero for {worst:.1%} of correctly classified inputs",
+        n=int(xs.shape[0]), thresholds=thresholds,
+        ok=f"Input gradients are non-zero (exactly zero on {worst:.1%} of inputs, CE and margin).",
     )
 
 
-def check_gradient_vs_finite_differences(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-                                         directions: int = 4, h: float = 1e-3, seed: int = 0,
-                                         thresholds: MaskingThresholds = DEFAULT_THRESHOLDS) -> Check:
+@register_check("gradient_mismatch", "mechanism", "gradient_correlation", samples_option=None)
+def check_gradient_mismatch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, directions: int = 4,
+                            h: float = 1e-3, seed: int = 0,
+                            thresholds: MaskingThresholds = DEFAULT_THRESHOLDS) -> Check:
     """Autograd's directional derivative of the margin loss vs a central finite difference.
 
     Along random sign directions. Shattered (non-differentiable preprocessing) or fake (custom backward)
@@ -195,15 +192,14 @@ def check_gradient_vs_finite_differences(model: nn.Module, x: torch.Tensor, y: t
         corr = float(torch.corrcoef(torch.stack([a, b]))[0, 1])
     rel = ((a - b).abs() / torch.maximum(a.abs(), b.abs()).clamp_min(1e-30)).median() if a.numel() else torch.tensor(0.0)
     corr = corr if math.isfinite(corr) else 0.0
-    passed = corr >= thresholds.gradient_correlation
-    return Check(
-        "gradient_mismatch", passed, num(corr),
-        f"Autograd gradients disagree with finite differences of the forward pass (correlation "
-        f"{corr:.2f}, median relative error {float(rel):.2f}): the gradients are shattered or fake; "
-        "use BPDA or a gradient-free attack." if not passed else
-        f"Autograd gradients match finite differences (correlation {corr:.2f}).",
+    return conclude(
+        "gradient_mismatch", "pass" if corr >= thresholds.gradient_correlation else "fail", num(corr),
         {"correlation": num(corr), "median_relative_error": num(rel), "pairs": int(a.numel()),
          "step": h, "directions": directions, "loss": "margin"},
+        fail=f"Autograd gradients disagree with finite differences of the forward pass (correlation "
+             f"{corr:.2f}, median relative error {float(rel):.2f}): the gradients are shattered or fake; "
+             "use BPDA or a gradient-free attack.",
+        ok=f"Autograd gradients match finite differences (correlation {corr:.2f}).",
     )
 
 
@@ -231,6 +227,7 @@ def _autograd_call_counter() -> Iterator[list[str]]:
         torch.autograd.grad, torch.autograd.backward, torch.Tensor.backward = originals
 
 
+@register_check("inference_time_optimisation", "mechanism", samples_option=None)
 def check_inference_time_optimisation(model: nn.Module, x: torch.Tensor) -> Check:
     """Does the forward pass itself run autograd (an inner optimisation, e.g. a purifier)?
 
@@ -239,14 +236,13 @@ def check_inference_time_optimisation(model: nn.Module, x: torch.Tensor) -> Chec
     with torch.inference_mode(False), torch.no_grad(), _autograd_call_counter() as calls:
         out = model(x[:8].detach().clone())
     grad_inside = bool(getattr(out, "requires_grad", False))
-    passed = not calls and not grad_inside
-    return Check(
-        "inference_time_optimisation", passed, float(len(calls) + grad_inside),
-        f"The forward pass runs its own optimisation ({len(calls)} autograd calls"
-        f"{', and re-enables gradients under no_grad' if grad_inside else ''}): its gradient is not "
-        "that of the function it computes; attack it with BPDA." if not passed else
-        "The forward pass does not call autograd.",
+    return conclude(
+        "inference_time_optimisation", "fail" if calls or grad_inside else "pass", float(len(calls) + grad_inside),
         {"autograd_calls": len(calls), "calls": sorted(set(calls)), "enables_grad_in_no_grad": grad_inside},
+        fail=f"The forward pass runs its own optimisation ({len(calls)} autograd calls"
+             f"{', and re-enables gradients under no_grad' if grad_inside else ''}): its gradient is not "
+             "that of the function it computes; attack it with BPDA.",
+        ok="The forward pass does not call autograd.",
     )
 
 
@@ -257,17 +253,16 @@ def model_checks(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     logits = _logits(model, x)
     return [
         check_probability_outputs(logits),
-        check_logit_saturation(logits, thresholds),
+        check_softmax_saturation(logits, thresholds),
         check_randomized_outputs(model, x[:fd_samples], thresholds=thresholds),
         check_zero_gradients(model, x, y, thresholds, logits=logits),
-        check_gradient_vs_finite_differences(model, x[:fd_samples], y[:fd_samples], seed=seed,
-                                             thresholds=thresholds),
+        check_gradient_mismatch(model, x[:fd_samples], y[:fd_samples], seed=seed, thresholds=thresholds),
         check_inference_time_optimisation(model, x),
     ]
 
 
 __all__ = [
-    "check_gradient_vs_finite_differences", "check_inference_time_optimisation", "check_logit_saturation",
+    "check_gradient_mismatch", "check_inference_time_optimisation", "check_softmax_saturation",
     "check_probability_outputs", "check_randomized_outputs", "check_zero_gradients", "looks_like_probabilities",
     "model_checks",
 ]
