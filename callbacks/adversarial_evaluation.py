@@ -5,8 +5,9 @@ processes, attacks it into a ``lit_defense.metrics.RobustAccuracy`` (a torchmetr
 logs. All attack logic lives in ``lit_defense``.
 
 Logged: ``adv/<attack>/eps=<eps>/acc`` and ``adv/worst/eps=<eps>/acc`` (cascade semantics: see
-``lit_defense.evaluation``), plus, on a TensorBoard logger, an image grid (clean / worst-case
-adversarial / perturbation amplified to the full range) and a robust-accuracy-vs-eps figure.
+``lit_defense.evaluation``), plus, on a TensorBoard logger, the examples per eps (clean with
+their class / worst-case adversarial with the prediction, red when wrong / perturbation amplified
+to the full range; ``lit_defense.plots.draw_examples``) and a robust-accuracy-vs-eps figure.
 Under DDP each rank attacks its own shard and the metric's integer counts are summed over ranks, so
 the numbers equal a single-process run on the same subset.
 """
@@ -24,10 +25,9 @@ from typing_extensions import override
 
 from lit_defense.attacks import Attack
 from lit_defense.audit.suite import epoch_attacks
-from lit_defense.data import class_label
 from lit_defense.evaluation import RobustnessResult, check_attacks
 from lit_defense.metrics import RobustAccuracy
-from lit_defense.threat import per_sample
+from lit_defense.results import Examples, eps_key
 
 from ._common import ValidationShard, due
 
@@ -111,48 +111,25 @@ class AdversarialEvaluation(L.Callback):
             self._log_visuals(trainer, result, examples)
 
     # ------------------------------------------------------------------------------- visuals
-    def _log_visuals(self, trainer: L.Trainer, result: RobustnessResult, examples: dict) -> None:
-        loggers = [lg for lg in trainer.loggers if hasattr(getattr(lg, "experiment", None), "add_image")]
+    def _log_visuals(self, trainer: L.Trainer, result: RobustnessResult, examples: Examples | None) -> None:
+        loggers = [lg for lg in trainer.loggers if hasattr(getattr(lg, "experiment", None), "add_figure")]
         if not loggers:
             return
-        from torchvision.utils import make_grid
+        from lit_defense.plots import draw_examples, robust_accuracy_figure
 
-        from lit_defense.plots import robust_accuracy_figure
-
-        step = trainer.global_step
-        experiment = loggers[0].experiment
-        x = examples["x"].detach().cpu()
-        for key, adv in examples["adv"].items():
-            adv = adv.detach().cpu()
-            delta = adv - x
-            scale = per_sample(delta.flatten(1).abs().amax(1).clamp_min(1e-12), delta)
-            amplified = 0.5 + 0.5 * delta / scale
-            grid = make_grid(torch.cat([x, adv, amplified]), nrow=x.shape[0], padding=2, pad_value=1.0)
-            experiment.add_image(f"adv/examples/eps={key}", grid, step)
-            if hasattr(experiment, "add_text"):  # the grid's columns, by class name
-                experiment.add_text(f"adv/examples/eps={key}/labels", _grid_labels(
-                    examples["y"], examples["pred"][key], _class_names(trainer)), step)
+        step, experiment, names = trainer.global_step, loggers[0].experiment, _class_names(trainer)
         try:
+            for e in result.eps if examples is not None else ():
+                fig = draw_examples([("model", examples, e)], names, perturbation=True)
+                experiment.add_figure(f"adv/examples/eps={eps_key(e)}", fig, step, close=True)
             fig = robust_accuracy_figure({"model": result}, title=f"robust accuracy ({result.norm})")
             experiment.add_figure("adv/robust_accuracy_vs_eps", fig, step, close=True)
         except Exception as err:  # a plotting problem must never stop training
-            rank_zero_warn(f"AdversarialEvaluation could not draw its figure: {err}")
+            rank_zero_warn(f"AdversarialEvaluation could not draw its figures: {err}")
 
 
 def _class_names(trainer: L.Trainer) -> list[str]:
     return [str(c) for c in getattr(trainer.datamodule, "class_names", None) or ()]
-
-
-def _grid_labels(y: torch.Tensor, pred: torch.Tensor, names: list[str]) -> str:
-    """A Markdown table naming each column of the example grid: true class, prediction after attack."""
-    cols = range(len(y))
-    return "\n".join([
-        "| row | " + " | ".join(str(i + 1) for i in cols) + " |",
-        "|---|" + "---|" * len(y),
-        "| clean (true class) | " + " | ".join(class_label(int(y[i]), names) for i in cols) + " |",
-        "| adversarial (prediction) | " + " | ".join(
-            class_label(int(pred[i]), names) + ("" if int(pred[i]) == int(y[i]) else " ✗") for i in cols) + " |",
-    ])
 
 
 __all__ = ["AdversarialEvaluation"]

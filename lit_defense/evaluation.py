@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -27,6 +27,7 @@ from torch import nn
 from lit_defense.attacks.base import Attack, fooled_by, margin_loss
 from lit_defense.diagnostics import MaskingThresholds, check_one_step_beats_iterative
 from lit_defense.errors import ConfigError
+from lit_defense.examples import build_examples
 from lit_defense.judge import Judge
 from lit_defense.recorded import UnitRecord, attack_chunk, clean_expected, grid_run, unit_name
 from lit_defense.results import (
@@ -37,7 +38,7 @@ from lit_defense.results import (
     RobustnessResult,
     eps_key,
 )
-from lit_defense.threat import check_eps, per_sample
+from lit_defense.threat import check_eps
 
 
 def check_attacks(attacks: Sequence[Attack], eps: Sequence[float]) -> str:
@@ -56,11 +57,6 @@ def check_attacks(attacks: Sequence[Attack], eps: Sequence[float]) -> str:
     for e in eps:
         check_eps(norm, e)
     return norm
-
-
-def _predict(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
-    with torch.no_grad():
-        return torch.cat([model(xb).argmax(1) for xb in x.split(batch_size)])
 
 
 def _clean(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -109,9 +105,9 @@ def robustness_counts(
     ``AttackOutcome`` (per input: clean correctness and margin, fooled and margin left per attack
     and eps, robust per eps, minimum norms). ``keep_examples=k`` also keeps, for the first k inputs
     and every eps, the worst-case adversarial input (the first attack output that fooled the
-    model, else the clean input) in ``outcome.examples``. A minimum-norm attack runs once for the
-    whole grid, on every point still robust at some eps. The model is used as it is (its
-    train/eval state is not changed).
+    model, else the clean input) in ``outcome.examples`` (``lit_defense.examples``). A
+    minimum-norm attack runs once for the whole grid, on every point still robust at some eps. The
+    model is used as it is (its train/eval state is not changed).
 
     ``nested=True`` (with ``cascade``): an input an attack fooled at a smaller eps is fooled at every
     larger one (its point lies inside the larger ball too), so the attacks at the larger eps skip
@@ -139,16 +135,15 @@ def robustness_counts(
             out.clean_correct = clean_ok = out.clean_selected > 0
         start = [clean_ok & alive[eps_key(e)] if alive is not None else clean_ok.clone() for e in eps]
         run = _Run(model, x, y, eps, batch_size, ids, record, judge, start, [m.clone() for m in start],
-                   min(keep_examples, x.shape[0]), cascade, nested and cascade, t.on_progress, out)
+                   cascade, nested and cascade, t.on_progress, out)
         robust = torch.zeros(len(attacks), len(eps), dtype=torch.long, device=dev)
         for i, attack in enumerate(attacks):
             robust[i] = run.attack(attack)
         worst = torch.stack([m.sum() for m in run.still]) if eps else torch.zeros(0, dtype=torch.long, device=dev)
         out.robust = {eps_key(e): run.still[j] for j, e in enumerate(eps)}
-        if run.k:
-            out.examples = {"x": x[:run.k].clone(), "y": y[:run.k].clone(),
-                            "adv": {eps_key(e): run.adv_k[j] for j, e in enumerate(eps)},
-                            "pred": {eps_key(e): _predict(model, run.adv_k[j], batch_size) for j, e in enumerate(eps)}}
+        if keep_examples:
+            out.examples = build_examples(model, x, y, eps, attacks, out.fooled, clean_ok, keep_examples,
+                                          batch_size, ids)
     counts = RobustnessCounts(n=torch.tensor(x.shape[0], device=dev), clean=clean_ok.sum(), robust=robust, worst=worst)
     return counts, out
 
@@ -167,15 +162,10 @@ class _Run:
     judge: Judge | None
     start: list[torch.Tensor]  # per eps: the inputs the attacks may attack
     still: list[torch.Tensor]  # per eps: not fooled so far
-    k: int  # examples kept for the first k inputs
     cascade: bool
     nested: bool
     on_progress: Callable[[str, int, int], None] | None
     out: AttackOutcome
-    adv_k: list[torch.Tensor] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        self.adv_k = [self.x[:self.k].clone() for _ in self.eps]
 
     def attack(self, attack: Attack) -> torch.Tensor:
         """Run ``attack`` at every eps; returns the robust count per eps (its own, or cumulative in a cascade)."""
@@ -209,25 +199,19 @@ class _Run:
             if chunk.numel() == 0:  # an empty pool splits into one empty chunk
                 continue
             if grid is not None:
-                result, computed, grid_judged = grid
+                result, _, grid_judged = grid
                 hit = result.fooled[j][chunk]
-                x_adv = result.points[j][chunk] if bool(computed[chunk].all()) else None
                 if result.margins is not None:
                     margin[chunk] = result.margins[j][chunk]
                 if grid_judged is not None:
                     judged[0][chunk], judged[1][chunk] = grid_judged[0][j][chunk], grid_judged[1][j][chunk]
             else:
-                hit, x_adv, margin[chunk], sel_meas = attack_chunk(
+                hit, _, margin[chunk], sel_meas = attack_chunk(
                     self.model, attack, e, self.x[chunk], self.y[chunk], self.ids[chunk], unit_name(attack, e),
                     self.record, self.judge)
                 if sel_meas is not None:
                     judged[0][chunk], judged[1][chunk] = sel_meas
             fooled[chunk] |= hit
-            if self.k and x_adv is not None:
-                first = chunk < self.k
-                sel = chunk[first]
-                newly = hit[first] & self.still[j][sel]
-                self.adv_k[j][sel] = torch.where(per_sample(newly, x_adv), x_adv[first], self.adv_k[j][sel])
             self.done += chunk.numel()
             if self.on_progress is not None:
                 self.on_progress(attack.name, self.done, total)

@@ -41,6 +41,7 @@ from lit_defense.evaluation import (
     check_attacks,
     robustness_counts,
 )
+from lit_defense.results import Examples
 
 
 class RobustAccuracy(Metric):
@@ -83,7 +84,7 @@ class RobustAccuracy(Metric):
         self.add_state("robust", torch.zeros(len(self.attacks), len(self.eps), dtype=torch.long),
                        dist_reduce_fx="sum")
         self.add_state("worst", torch.zeros(len(self.eps), dtype=torch.long), dist_reduce_fx="sum")
-        self.examples: dict[str, Any] = {}
+        self.examples: Examples | None = None
         self._result: RobustnessResult | None = None
 
     @override

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import matplotlib
@@ -10,7 +10,9 @@ import matplotlib
 matplotlib.use("Agg", force=False)
 import matplotlib.pyplot as plt  # noqa: E402
 
+from lit_defense.data.datasets import class_label  # noqa: E402
 from lit_defense.evaluation import WORST, RobustnessResult, eps_key  # noqa: E402
+from lit_defense.results import Examples  # noqa: E402
 from lit_defense.stats import Estimate  # noqa: E402
 
 if TYPE_CHECKING:
@@ -44,5 +46,44 @@ def robust_accuracy_figure(results: Mapping[str, RobustnessResult], title: str =
     ax.grid(alpha=0.3)
     ax.set_title(title)
     ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    return fig
+
+
+def draw_examples(rows: Sequence[tuple[str, Examples, float]], class_names: Sequence[str] = (),
+                  perturbation: bool = False) -> Figure:
+    """Clean images over their worst-case adversarial versions: the one drawing of ``Examples``.
+
+    ``rows``: (label, examples, eps) per block of rows (a model in a report, an eps in training).
+    Each clean image is titled with its class (``class_names`` when given) and each adversarial one
+    with the model's prediction, in red when it is wrong; ``perturbation`` adds a row with each
+    perturbation, amplified to the full grey range (0.5 is no change).
+    """
+    rows = [(label, ex.cpu(), e) for label, ex, e in rows if ex is not None and len(ex)]
+    per = 3 if perturbation else 2
+    k = max((len(ex) for _, ex, _ in rows), default=1)
+    n_rows = max(per * len(rows), 1)
+    fig, axes = plt.subplots(n_rows, k, figsize=(1.1 * k, 1.25 * n_rows), dpi=100, squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for r, (label, ex, e) in enumerate(rows):
+        key = eps_key(e)
+        adv, pred = ex.adv[key], ex.pred[key]
+        delta = adv - ex.x
+        scale = delta.flatten(1).abs().amax(1).clamp_min(1e-12).view(-1, *[1] * (delta.dim() - 1))
+        images = [(ex.x, [class_label(int(c), class_names) for c in ex.y], f"{label}\nclean"),
+                  (adv, [class_label(int(c), class_names) for c in pred], f"adv eps={e:g}")]
+        if perturbation:
+            images.append((0.5 + 0.5 * delta / scale, ["" for _ in pred], "perturbation\n(amplified)"))
+        for offset, (imgs, titles, row_label) in enumerate(images):
+            row = per * r + offset
+            for i in range(len(ex)):
+                ax = axes[row, i]
+                img = imgs[i].permute(1, 2, 0).clamp(0, 1).numpy()
+                ax.imshow(img.squeeze(-1) if img.shape[-1] == 1 else img, cmap="gray", vmin=0, vmax=1)
+                wrong = offset == 1 and int(pred[i]) != int(ex.y[i])
+                ax.set_title(titles[i], fontsize=6, color="red" if wrong else "black")
+            axes[row, 0].text(-0.1, 0.5, row_label, transform=axes[row, 0].transAxes, ha="right", va="center",
+                              fontsize=6)
     fig.tight_layout()
     return fig

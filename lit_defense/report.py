@@ -17,8 +17,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
-
 from lit_defense.results import ModelAudit, eps_key
 
 if TYPE_CHECKING:
@@ -245,37 +243,12 @@ def examples_figure(audits: Sequence[ModelAudit], eps: float | None = None,
                     class_names: Sequence[str] = ()) -> Figure:
     """For each model, clean images over their worst-case adversarial versions at ``eps``.
 
-    Each image is titled with its class (``class_names``, the DataModule's, when given) and each
-    adversarial one with the model's prediction, in red when it is wrong.
+    ``eps`` defaults to each model's middle eps; drawn by ``lit_defense.plots.draw_examples``.
     """
-    from lit_defense.data import class_label
-    from lit_defense.plots import plt
+    from lit_defense.plots import draw_examples
 
-    rows = [a for a in audits if a.examples.get("x") is not None and len(a.examples["x"])]
-    k = max((len(a.examples["x"]) for a in rows), default=1)
-    fig, axes = plt.subplots(max(2 * len(rows), 1), k, figsize=(1.1 * k, 1.25 * max(2 * len(rows), 1)),
-                             dpi=100, squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
-    for r, a in enumerate(rows):
-        e = eps if eps is not None else a.eps[len(a.eps) // 2]
-        key = eps_key(e)
-        x, adv, pred = a.examples["x"].cpu(), a.examples["adv"][key].cpu(), a.examples["pred"][key].cpu()
-        y = a.examples["y"].cpu()
-        for i in range(x.shape[0]):
-            for row, img, title in ((2 * r, x[i], class_label(int(y[i]), class_names)),
-                                    (2 * r + 1, adv[i], class_label(int(pred[i]), class_names))):
-                ax = axes[row, i]
-                img = img.permute(1, 2, 0).clamp(0, 1).numpy()
-                ax.imshow(img.squeeze(-1) if img.shape[-1] == 1 else img, cmap="gray", vmin=0, vmax=1)
-                wrong = row % 2 == 1 and int(pred[i]) != int(y[i])
-                ax.set_title(title, fontsize=6, color="red" if wrong else "black")
-        axes[2 * r, 0].text(-0.1, 0.5, f"{a.name}\nclean", transform=axes[2 * r, 0].transAxes, ha="right",
-                            va="center", fontsize=6)
-        axes[2 * r + 1, 0].text(-0.1, 0.5, f"adv eps={e:g}", transform=axes[2 * r + 1, 0].transAxes, ha="right",
-                                va="center", fontsize=6)
-    fig.tight_layout()
-    return fig
+    return draw_examples([(a.name, a.examples, eps if eps is not None else a.eps[len(a.eps) // 2])
+                          for a in audits if a.examples is not None], class_names)
 
 
 # --------------------------------------------------------------------------------------- write
@@ -321,6 +294,8 @@ def write_tensorboard(audits: Sequence[ModelAudit], log_dir: Path, figures: dict
     """
     from torch.utils.tensorboard import SummaryWriter
 
+    from lit_defense.plots import draw_examples
+
     for a in audits:
         with SummaryWriter(str(log_dir / _slug(a.name))) as writer:
             for name, value in a.metrics().items():
@@ -328,12 +303,10 @@ def write_tensorboard(audits: Sequence[ModelAudit], log_dir: Path, figures: dict
             fig = (figures or {}).get(a.name)
             writer.add_figure("audit/robust_accuracy_vs_eps", fig if fig is not None else model_figure(a), 0,
                               close=fig is None)
-            if a.examples.get("x") is not None and len(a.examples["x"]):
-                key = eps_key(a.eps[len(a.eps) // 2])
-                grid = torch.cat([a.examples["x"], a.examples["adv"][key]]).cpu()
-                from torchvision.utils import make_grid
-
-                writer.add_image(f"audit/examples/eps={key}", make_grid(grid, nrow=len(a.examples["x"])), 0)
+            if a.examples is not None and len(a.examples):
+                e = a.eps[len(a.eps) // 2]
+                writer.add_figure(f"audit/examples/eps={eps_key(e)}", draw_examples([(a.name, a.examples, e)]), 0,
+                                  close=True)
     return log_dir
 
 

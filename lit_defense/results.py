@@ -32,6 +32,29 @@ def num(value: Any, digits: int = 6) -> float | None:
     return round(value, digits) if math.isfinite(value) else None
 
 
+@dataclass
+class Examples:
+    """Adversarial examples to show (``lit_defense.examples.build_examples`` builds them).
+
+    For ``k`` inputs: the clean images ``x``, their labels ``y``, and per eps key the worst-case
+    adversarial images ``adv`` and the model's predictions ``pred`` on them.
+    """
+
+    x: torch.Tensor
+    y: torch.Tensor
+    adv: dict[str, torch.Tensor] = field(default_factory=dict)
+    pred: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(self.x.shape[0])
+
+    def cpu(self) -> Examples:
+        """The same examples on the CPU (detached), for drawing."""
+        return Examples(self.x.detach().cpu(), self.y.detach().cpu(),
+                        {k: v.detach().cpu() for k, v in self.adv.items()},
+                        {k: v.detach().cpu() for k, v in self.pred.items()})
+
+
 def attack_curve(results: Sequence[dict[str, Any]], attack: str) -> dict[float, float]:
     """Eps -> robust accuracy of one attack, from the audit's result rows."""
     return {r["eps"]: r["robust_accuracy"] for r in results if r["attack"] == attack}
@@ -65,7 +88,7 @@ class ModelAudit:
     gradient_masking: MaskingVerdict
     roles: AttackRoles[str]
     seconds: float
-    examples: dict[str, Any] = field(default_factory=dict, repr=False)
+    examples: Examples | None = field(default=None, repr=False)
     per_sample: PerSample | None = field(default=None, repr=False)
     stages: dict[str, Any] = field(default_factory=dict)
     adequacy: dict[str, Any] | None = None  # the binarization test (``lit_defense.adequacy``), when run
@@ -241,8 +264,8 @@ class AttackOutcome:
         margin: attack -> eps key -> the margin it left (NaN where it did not run or kept none).
         robust: eps key -> fooled by no attack.
         min_norm: minimum-norm attack -> the smallest adversarial norm found (``inf``: none).
-        examples: with ``keep_examples=k``: ``x``, ``y`` of the first k inputs and, per eps key,
-            their worst-case adversarial input ``adv`` and its prediction ``pred``.
+        examples: with ``keep_examples=k``, the first k inputs' worst-case adversarial inputs
+            (``Examples``).
         clean_selected, clean_measured, selected, measured: judged in expectation (a randomized
             model, ``lit_defense.judge``): the clean points' and each attack's points' selected and
             measured expected accuracy (NaN where the attack did not run); empty otherwise.
@@ -254,7 +277,7 @@ class AttackOutcome:
     margin: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
     robust: dict[str, torch.Tensor] = field(default_factory=dict)
     min_norm: dict[str, torch.Tensor] = field(default_factory=dict)
-    examples: dict[str, Any] = field(default_factory=dict)
+    examples: Examples | None = None
     clean_selected: torch.Tensor | None = None
     clean_measured: torch.Tensor | None = None
     selected: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
@@ -273,5 +296,5 @@ class AttackOutcome:
                 "selected": self.selected, "measured": self.measured}
 
 
-__all__ = ["DECIDING", "WORST", "AttackOutcome", "Check", "RobustnessCounts", "RobustnessResult", "CheckKind", "MaskingVerdict", "ModelAudit", "PerSample", "accuracy_metrics", "attack_curve", "eps_key", "interval_metrics", "num",
+__all__ = ["DECIDING", "WORST", "AttackOutcome", "Check", "Examples", "RobustnessCounts", "RobustnessResult", "CheckKind", "MaskingVerdict", "ModelAudit", "PerSample", "accuracy_metrics", "attack_curve", "eps_key", "interval_metrics", "num",
            "rerun_hint", "value_of", "verdict"]

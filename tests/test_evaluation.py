@@ -63,9 +63,9 @@ def test_shard_counts_add_up_to_the_whole(trained):
 def test_examples_are_the_worst_case_inputs(trained):
     model, x, y = trained
     counts, ex = robustness_counts(model, x[:16], y[:16], [PGD(steps=5, loss="margin")], [1.0], keep_examples=4)
-    adv = ex.examples["adv"][eps_key(1.0)]
+    adv = ex.examples.adv[eps_key(1.0)]
     assert adv.shape == (4, 1, 28, 28)
-    assert torch.equal(ex.examples["pred"][eps_key(1.0)] != ex.examples["y"], torch.ones(4, dtype=torch.bool))
+    assert torch.equal(ex.examples.pred[eps_key(1.0)] != ex.examples.y, torch.ones(4, dtype=torch.bool))
 
 
 def test_points_outside_the_threat_model_do_not_count():

@@ -41,7 +41,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from lit_defense.attacks import Attack
 from lit_defense.audit.checks_stages import AdequacyStage, ChecksStage
 from lit_defense.audit.context import AuditContext, AuditRuntime, rate
 from lit_defense.audit.options import AuditOptions
@@ -54,6 +53,7 @@ from lit_defense.audit.stages import (
     WhiteBoxStage,
 )
 from lit_defense.errors import ConfigError
+from lit_defense.examples import build_examples
 from lit_defense.results import ModelAudit, PerSample, eps_key, verdict
 from lit_defense.stats import MeanEstimate
 
@@ -118,8 +118,9 @@ def to_audit(ctx: AuditContext, seconds: float) -> ModelAudit:
     """The ``ModelAudit`` of a context whose plan ran (rank 0 builds the report's examples)."""
     res, roles = ctx.res, ctx.roles
     attacks = [*roles.white_box, *roles.after_white_box, *(roles.refine if "refine" in ctx.stages else [])]
-    examples = build_examples(ctx.model, ctx.x, ctx.y, ctx.eps, attacks, res, ctx.options.keep_examples,
-                              ctx.options.batch_size) if ctx.runtime.collective.is_main else {}
+    examples = build_examples(ctx.model, ctx.x, ctx.y, ctx.eps, attacks, res.fooled_by, res.clean,
+                              ctx.options.keep_examples, ctx.options.batch_size) \
+        if ctx.runtime.collective.is_main and ctx.options.keep_examples else None
     return ModelAudit(
         name=ctx.name, source=ctx.source, norm=ctx.options.norm, eps=ctx.eps, num_samples=ctx.n,
         clean_accuracy=rate(res.expected_clean()), results=ctx.results, worst_case=ctx.worst_case(),
@@ -155,32 +156,4 @@ def _expected_summary(res: PerSample, eps: Sequence[float]) -> dict[str, Any] | 
 
 
 
-def build_examples(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: Sequence[float], attacks: Sequence[Attack],
-              found: PerSample, k: int, batch_size: int) -> dict[str, Any]:
-    """The report's examples: for the first ``k`` inputs and every eps, the first attack output that fooled it.
-
-    Each attack runs again on just those inputs (same ids, so the same random numbers) at the eps
-    where it was the first to fool them; inputs no attack fooled stay clean.
-    """
-    k = min(k, x.shape[0])
-    out: dict[str, Any] = {"x": x[:k].clone(), "y": y[:k].clone(), "adv": {}, "pred": {}}
-    with torch.inference_mode(False):
-        for e in eps:
-            key = eps_key(e)
-            adv = x[:k].clone()
-            taken = ~found.clean[:k].to(x.device)
-            for attack in attacks:
-                mask = found.fooled_by[attack.name][key][:k].to(x.device) & ~taken
-                ids = mask.nonzero().squeeze(1)
-                if ids.numel() == 0:
-                    continue
-                adv[ids] = attack.attack_grid(model, x[ids], y[ids], [e], ids).points[0]
-                taken |= mask
-            out["adv"][key] = adv
-            with torch.no_grad():
-                out["pred"][key] = torch.cat([model(b).argmax(1) for b in adv.split(batch_size)]) if k else \
-                    torch.zeros(0, dtype=torch.long, device=x.device)
-    return out
-
-
-__all__ = ["audit_model", "build_examples", "default_plan", "run_plan", "to_audit"]
+__all__ = ["audit_model", "default_plan", "run_plan", "to_audit"]
