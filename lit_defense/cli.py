@@ -58,6 +58,18 @@ def _condense_parse_error(message: str) -> str:
     return message.strip().splitlines()[0] if message.strip() else "invalid arguments"
 
 
+def _unknown_short_name(message: str) -> str:
+    """Jsonargparse's "Expected a dot import path string: Nope" said as what it means for a short name."""
+    match = re.search(r"Expected a dot import path string: ([A-Za-z_]\w*)$", message)
+    if not match:
+        return message
+    from lit_defense.attacks import list_attacks
+
+    where = message[:message.index("Expected")].rstrip(": ")
+    return (f"{where}: no class is named {match.group(1)!r}; a short class_path names a registered attack "
+            f"({', '.join(list_attacks())}); anything else takes its full dotted path")
+
+
 def _find_own_error(err: BaseException) -> BaseException | None:
     seen = set()
     while err is not None and id(err) not in seen:
@@ -79,7 +91,7 @@ def _one_line(err: BaseException) -> str:
             f"containers, which could execute code (loaded with weights_only=True). {detail}"
         ).strip()
     if isinstance(err, ArgumentError):
-        return _condense_parse_error(str(err)) + " (see `lit-defense <subcommand> --help`)"
+        return _unknown_short_name(_condense_parse_error(str(err))) + " (see `lit-defense <subcommand> --help`)"
     frame = traceback.extract_tb(err.__traceback__)[-1] if err.__traceback__ else None
     where = f" (raised at {Path(frame.filename).name}:{frame.lineno})" if frame else ""
     return f"{type(err).__name__}: {err}{where}"

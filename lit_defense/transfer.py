@@ -18,11 +18,13 @@ from typing_extensions import override
 
 from lit_defense.attacks.base import Attack, FixedBudgetAttack, GridResult
 from lit_defense.attacks.gradient import PGD
+from lit_defense.attacks.registry import register_attack
 from lit_defense.modules.loading import module_from_checkpoint
 from lit_defense.rng import SampleRNG
 from lit_defense.threat import Norm, ThreatModel
 
 
+@register_attack
 class Transfer(FixedBudgetAttack):
     """Adversarial examples crafted on a surrogate model, evaluated on the target.
 

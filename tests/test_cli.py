@@ -209,7 +209,7 @@ def test_every_recipe_runs_fast_dev_run(config, in_tmp):
          "Nope", "fashion_mnist/masked_jpeg.yaml"),
         ("fashion_mnist/teacher.yaml", "max_epochs: 10", "max_epochs: [10", "YAML syntax error at line",
          "fashion_mnist/teacher.yaml"),
-        ("callbacks/masked_bpda.yaml", "lit_defense.attacks.BPDA", "lit_defense.attacks.Nope", "Nope",
+        ("callbacks/masked_bpda.yaml", "class_path: BPDA", "class_path: Nope", "no class is named 'Nope'",
          "fashion_mnist/masked_bit_depth.yaml"),
         ("callbacks/adversarial_evaluation.yaml", "eps: [0.1]", "eps: [-0.1]", "eps=-0.1 is impossible",
          "fashion_mnist/teacher.yaml"),

@@ -31,6 +31,7 @@ from lit_defense.attacks.base import (
     targeted_dlr_loss,
     targeted_margin_loss,
 )
+from lit_defense.attacks.registry import register_attack
 from lit_defense.errors import ConfigError
 from lit_defense.rng import SampleRNG
 from lit_defense.threat import Norm, per_sample
@@ -65,6 +66,7 @@ def interleave(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
     return both[keep].view(n, k)
 
 
+@register_attack
 class APGD(GradientAttack):
     """Auto-PGD (see module doc), L-inf or L2.
 

@@ -13,11 +13,13 @@ from torch import nn
 from typing_extensions import override
 
 from lit_defense.attacks.base import MinNormAttack, margin_loss
+from lit_defense.attacks.registry import register_attack
 from lit_defense.errors import ConfigError
 from lit_defense.rng import SampleRNG
 from lit_defense.threat import per_sample
 
 
+@register_attack
 class CarliniWagnerL2(MinNormAttack):
     """Carlini & Wagner's L2 attack.
 

@@ -26,12 +26,14 @@ from torch import nn
 from typing_extensions import override
 
 from lit_defense.attacks.base import Attack, MinNormAttack, margin_loss
+from lit_defense.attacks.registry import register_attack
 from lit_defense.errors import ConfigError
 from lit_defense.gradients import input_gradient
 from lit_defense.rng import SampleRNG
 from lit_defense.threat import Norm, per_sample
 
 
+@register_attack
 class FMN(MinNormAttack):
     """Fast Minimum-Norm attack (see module doc).
 

@@ -12,6 +12,7 @@ from torch import nn
 from typing_extensions import override
 
 from lit_defense.attacks.base import GradientAttack, LossFn, LossName, get_loss
+from lit_defense.attacks.registry import register_attack
 from lit_defense.errors import ConfigError
 from lit_defense.rng import SampleRNG
 from lit_defense.threat import Norm, per_sample
@@ -22,6 +23,7 @@ def loss_label(loss: LossName | LossFn) -> str:
     return loss if isinstance(loss, str) else getattr(loss, "__name__", "custom")
 
 
+@register_attack
 class FGSM(GradientAttack):
     """Fast gradient sign method (Goodfellow et al. 2015): one step of size eps.
 
@@ -46,6 +48,7 @@ class FGSM(GradientAttack):
         return x + self.eps * self.threat.steepest(grad)
 
 
+@register_attack
 class PGD(GradientAttack):
     """Projected gradient descent (Madry et al. 2018), L-inf or L2.
 

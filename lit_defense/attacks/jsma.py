@@ -18,10 +18,12 @@ from torch import nn
 from typing_extensions import override
 
 from lit_defense.attacks.base import FixedBudgetAttack
+from lit_defense.attacks.registry import register_attack
 from lit_defense.errors import ConfigError
 from lit_defense.rng import SampleRNG
 
 
+@register_attack
 class JSMA(FixedBudgetAttack):
     """Jacobian-based saliency map attack (Papernot et al. 2016), an L0 attack.
 

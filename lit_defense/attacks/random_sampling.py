@@ -13,12 +13,14 @@ from torch import nn
 from typing_extensions import override
 
 from lit_defense.attacks.base import FixedBudgetAttack
+from lit_defense.attacks.registry import register_attack
 from lit_defense.errors import ConfigError
 from lit_defense.judge import Judge
 from lit_defense.rng import SampleRNG
 from lit_defense.threat import Norm, per_sample
 
 
+@register_attack
 class RandomSampling(FixedBudgetAttack):
     """Uniform random points in the eps-ball, keeping the first that fools the model.
 

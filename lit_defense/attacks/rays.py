@@ -21,11 +21,13 @@ from torch import nn
 from typing_extensions import override
 
 from lit_defense.attacks.base import FixedBudgetAttack
+from lit_defense.attacks.registry import register_attack
 from lit_defense.errors import ConfigError
 from lit_defense.rng import SampleRNG
 from lit_defense.threat import per_sample
 
 
+@register_attack
 class RayS(FixedBudgetAttack):
     """RayS (see module doc), L-inf.
 

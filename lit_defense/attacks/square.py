@@ -21,6 +21,7 @@ from torch import nn
 from typing_extensions import override
 
 from lit_defense.attacks.base import FixedBudgetAttack, margin_loss
+from lit_defense.attacks.registry import register_attack
 from lit_defense.errors import ConfigError
 from lit_defense.rng import SampleRNG
 
@@ -81,6 +82,7 @@ def _place(pattern: torch.Tensor, top: torch.Tensor, left: torch.Tensor, h: int,
     return torch.where(inside, values, torch.zeros_like(values)).unsqueeze(1)
 
 
+@register_attack
 class Square(FixedBudgetAttack):
     """Square Attack (Andriushchenko et al. 2020): score-based random search, L-inf or L2.
 

@@ -26,6 +26,7 @@ from torch import nn
 from typing_extensions import override
 
 from lit_defense.attacks.base import Attack, GridResult
+from lit_defense.attacks.registry import register_attack
 from lit_defense.errors import ConfigError
 from lit_defense.rng import SampleRNG
 from lit_defense.threat import ThreatModel
@@ -127,6 +128,7 @@ class _Wrapper(Attack):
         return self(model, x, y, generator.ids)
 
 
+@register_attack
 class BPDA(_Wrapper):
     """Backward-pass differentiable approximation around ``attack`` (see module doc).
 
@@ -161,6 +163,7 @@ class BPDA(_Wrapper):
             return self.attack.attack_grid(model, x, y, eps, ids)
 
 
+@register_attack
 class EOT(_Wrapper):
     """Expectation over Transformation around ``attack``: gradients averaged over ``samples`` draws.
 
