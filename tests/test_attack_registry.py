@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import inspect
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -68,12 +70,22 @@ def test_a_users_attack_registers_with_one_decorator_and_names_stay_unique():
 
 
 def test_a_recipe_names_each_attack_by_its_short_name():
-    """LightningCLI (jsonargparse) resolves ``class_path: <short name>`` to the registered class."""
-    from jsonargparse import ArgumentParser
+    """LightningCLI (jsonargparse) resolves ``class_path: <short name>`` to the registered class.
 
-    parser = ArgumentParser(exit_on_error=False)
-    parser.add_argument("--attacks", type=list[Attack])
-    simple = [n for n in list_attacks() if n not in ("BPDA", "EOT", "Transfer")]  # these wrap another attack
-    cfg = parser.parse_object({"attacks": [{"class_path": n} for n in simple]})
-    built = parser.instantiate(cfg).attacks
-    assert [type(a) for a in built] == [ATTACKS[n] for n in simple]
+    In a fresh process: another test's own class named like a shipped one (``my_pkg.PGD``) would
+    make the short name ambiguous here, as it would in a user's process (jsonargparse then asks for
+    the full path).
+    """
+    code = """
+from jsonargparse import ArgumentParser
+from lit_defense.attacks import ATTACKS, Attack, list_attacks
+parser = ArgumentParser(exit_on_error=False)
+parser.add_argument("--attacks", type=list[Attack])
+simple = [n for n in list_attacks() if n not in ("BPDA", "EOT", "Transfer")]  # these wrap another attack
+built = parser.instantiate(parser.parse_object({"attacks": [{"class_path": n} for n in simple]})).attacks
+assert [type(a) for a in built] == [ATTACKS[n] for n in simple], built
+print(len(built))
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert int(done.stdout.split()[-1]) >= 9

@@ -209,14 +209,17 @@ def test_every_recipe_runs_fast_dev_run(config, in_tmp):
          "Nope", "fashion_mnist/masked_jpeg.yaml"),
         ("fashion_mnist/teacher.yaml", "max_epochs: 10", "max_epochs: [10", "YAML syntax error at line",
          "fashion_mnist/teacher.yaml"),
-        ("callbacks/masked_bpda.yaml", "class_path: BPDA", "class_path: Nope", "no class is named 'Nope'",
+        ("callbacks/masked_bpda.yaml", "lit_defense.attacks.BPDA", "lit_defense.attacks.Nope", "Nope",
          "fashion_mnist/masked_bit_depth.yaml"),
+        ("callbacks/masked_bpda.yaml", "class_path: lit_defense.attacks.BPDA", "class_path: Nope",
+         "no class is named 'Nope'; a short class_path names a registered attack", "fashion_mnist/masked_bit_depth.yaml"),
         ("callbacks/adversarial_evaluation.yaml", "eps: [0.1]", "eps: [-0.1]", "eps=-0.1 is impossible",
          "fashion_mnist/teacher.yaml"),
         ("fashion_mnist/teacher.yaml", "../data/fashion_mnist.yaml", "../data/nope.yaml", "nope.yaml",
          "fashion_mnist/teacher.yaml"),
     ],
-    ids=["impossible-eps", "unknown-defense", "yaml-syntax", "unknown-attack", "negative-eps", "missing-part"],
+    ids=["impossible-eps", "unknown-defense", "yaml-syntax", "unknown-attack", "unknown-short-name", "negative-eps",
+         "missing-part"],
 )
 def test_bad_configs_are_one_line_exit_2(in_tmp, capsys, edit, old, new, needle, recipe):
     """A mistake in a recipe or in a shared part it names: one line on stderr, exit code 2."""

@@ -1,8 +1,8 @@
 """The attacks by short name: one registry, like the backbones' (``register_backbone``).
 
-A recipe names an attack by its short name, the class name (``class_path: PGD``; LightningCLI
-resolves it among the imported ``Attack`` subclasses, and this registry guarantees that every
-registered name means one class). In Python, ``create_attack("pgd", steps=50)`` or
+A recipe may name an attack by its short name, the class name (``class_path: PGD``: LightningCLI
+resolves it among the imported ``Attack`` subclasses; this registry keeps the registered names
+unique, and where a user's own class shares a name the recipe needs the full path). In Python, ``create_attack("pgd", steps=50)`` or
 ``create_attack({"class_path": "EOT", "init_args": {"attack": {"class_path": "PGD"}}})`` builds one
 from its name, in any case. A new attack registers itself with ``@register_attack``.
 """
