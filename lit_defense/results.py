@@ -93,6 +93,7 @@ class ModelAudit:
     stages: dict[str, Any] = field(default_factory=dict)
     adequacy: dict[str, Any] | None = None  # the binarization test (``lit_defense.adequacy``), when run
     expected: dict[str, Any] | None = None  # a randomized model's expectations and their intervals
+    cost: dict[str, Any] | None = None  # rounds and work of this process's model calls, per stage too (``lit_defense.cost``)
 
     def curve(self, attack: str) -> dict[float, float]:
         """Eps -> robust accuracy of one attack."""

@@ -77,8 +77,11 @@ def test_a_stage_from_outside_runs_and_resumes(tmp_path):
     assert sorted(CleanMargin.computed) == first.per_sample.clean.nonzero().squeeze(1).tolist()
     CleanMargin.computed = []
     again = _audit(ProgressLog(tmp_path, 0).load())  # resumed: nothing computed again, same result
+    assert first.cost["stages"]["clean_margin"]["rounds"] == 1
+    assert again.cost["stages"]["clean_margin"] == {"rounds": 0, "work": 0}  # the model is not called again
     assert CleanMargin.computed == [] and again.stages["clean_margin"] == info
     assert again.worst_case == first.worst_case
+    assert again.cost["rounds"] < first.cost["rounds"]  # the other stages' recorded batches are not attacked again
 
 
 def _worker(rank: int, folder: str) -> None:

@@ -20,6 +20,7 @@ from lit_defense.audit.probe import ModelProbe
 from lit_defense.audit.progress import ProgressLog
 from lit_defense.audit.sharding import Collective
 from lit_defense.audit.stage import Stage
+from lit_defense.cost import CostCounter
 from lit_defense.judge import Judge
 from lit_defense.results import Check, PerSample, eps_key
 from lit_defense.roles import AttackRoles
@@ -50,7 +51,8 @@ class AuditContext:
     judged), ``res`` (the per-sample outcome the attacks fold into), ``results`` (one row per
     attack and eps), ``after`` (attack -> eps -> robust after it, as the cascade folds), ``found``
     (what a stage leaves for later ones, by stage name) and ``stages`` (each stage's info for
-    ``report.json``).
+    ``report.json``); ``cost`` counts this process's model calls, ``stage_cost`` their rounds and
+    work per stage of the plan.
     """
 
     model: nn.Module
@@ -69,6 +71,8 @@ class AuditContext:
     after: dict[str, dict[float, torch.Tensor]] = field(default_factory=dict)
     found: dict[str, Any] = field(default_factory=dict)
     stages: dict[str, Any] = field(default_factory=dict)
+    cost: CostCounter = field(default_factory=CostCounter)
+    stage_cost: dict[str, dict[str, int]] = field(default_factory=dict)
 
     @property
     def eps(self) -> list[float]:

@@ -44,6 +44,12 @@ class AuditProgress:
         self.stage_share = 0.0
         self._stage_start = self.start
         self._bar: Any = None
+        self._counter: Any = None
+        self._stage_cost: Any = None
+
+    def count(self, counter: Any) -> None:
+        """Show the rounds and work ``counter`` (``lit_defense.cost.CostCounter``) counts in each stage line."""
+        self._counter = counter
 
     def time_left(self) -> str:
         """``about <duration> left`` from the work done so far (finished stages weighted by their ``share``)."""
@@ -57,6 +63,7 @@ class AuditProgress:
         """A stage of ``model`` starts; ``share``: its typical share of a model's audit time."""
         self.model, self.stage_name, self._stage_start = model, stage, time.perf_counter()
         self.stage_share = share
+        self._stage_cost = self._counter.snapshot() if self._counter is not None else None
 
     def attack(self, attack: str, done: int, total: int) -> None:
         """An attack of the current stage has attacked ``done`` of its ``total`` inputs."""
@@ -86,7 +93,8 @@ class AuditProgress:
         self.share_done += self.stage_share
         if self.enabled:
             took = time.perf_counter() - self._stage_start
-            self.log(f"audit: {self.model}: {self.stage_name} on {inputs} inputs{detail}: {_duration(took)}; "
+            spent = f" ({(self._counter.snapshot() - self._stage_cost).short()})" if self._stage_cost is not None else ""
+            self.log(f"audit: {self.model}: {self.stage_name} on {inputs} inputs{detail}: {_duration(took)}{spent}; "
                      f"{self.time_left()}")
 
     def model_done(self) -> None:

@@ -78,7 +78,10 @@ def run_plan(ctx: AuditContext, plan: Sequence[AuditStage]) -> AuditContext:
     _check_plan(plan)
     for stage in plan:
         if stage.applies(ctx):
+            before = ctx.cost.snapshot()
             stage.run(ctx)
+            spent = ctx.cost.snapshot() - before
+            ctx.stage_cost[stage.name] = {"rounds": spent.rounds, "work": spent.work}
     return ctx
 
 
@@ -104,14 +107,15 @@ def audit_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: Sequenc
     opts = opts.replace(eps=sorted(float(e) for e in (opts.eps if eps is None else eps)),
                         norm=opts.norm if norm is None else norm)
     ctx = AuditContext(model, x, y, name, source, opts, runtime or AuditRuntime())
+    ctx.runtime.progress.count(ctx.cost)
     start = time.perf_counter()
     cuda = [x.device.index or 0] if x.device.type == "cuda" else []
-    with torch.random.fork_rng(devices=cuda):
+    with torch.random.fork_rng(devices=cuda), ctx.cost.attached(model):
         torch.random.default_generator.manual_seed(opts.seed)
         for index in cuda:
             torch.cuda.default_generators[index].manual_seed(opts.seed)
         run_plan(ctx, default_plan() if plan is None else plan)
-    return to_audit(ctx, time.perf_counter() - start)
+        return to_audit(ctx, time.perf_counter() - start)
 
 
 def to_audit(ctx: AuditContext, seconds: float) -> ModelAudit:
@@ -125,7 +129,7 @@ def to_audit(ctx: AuditContext, seconds: float) -> ModelAudit:
         name=ctx.name, source=ctx.source, norm=ctx.options.norm, eps=ctx.eps, num_samples=ctx.n,
         clean_accuracy=rate(res.expected_clean()), results=ctx.results, worst_case=ctx.worst_case(),
         gradient_masking=verdict(ctx.checks), roles=roles.names(), seconds=round(seconds, 2), examples=examples,
-        per_sample=res, stages=ctx.stages, adequacy=ctx.found.get("adequacy"),
+        per_sample=res, stages=ctx.stages, adequacy=ctx.found.get("adequacy"), cost={**ctx.cost.cost.to_dict(), "stages": ctx.stage_cost},
         expected=_expected_summary(res, ctx.eps),
     )
 
