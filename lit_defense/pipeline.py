@@ -287,7 +287,10 @@ def measure_for_claims(profile: Profile, folder: Path, batch_size: int = 1000) -
     for stage in STAGES:
         model = load_model(ModelSpec(name=stage.name, checkpoint=str(_last_ckpt(folder, stage.name))))
         correct: list[bool] = []
-        with torch.no_grad():
+        # a randomized model draws from the global generator: seeded here, so its accuracy does not
+        # depend on what ran before in the process (the caller's generator is left as it was)
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
             for xb, yb, *_ in data.test_dataloader():
                 correct += (model(xb).argmax(1) == yb).tolist()
         out["n"] = len(correct)

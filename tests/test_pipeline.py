@@ -127,3 +127,16 @@ def test_rerun_skips_finished_stages(smoke_run, capsys):
     assert out.count("done already") == len(STAGES) and "training" not in out
     after = {s.name: (smoke_run / s.name / "version_0/checkpoints/last.ckpt").stat().st_mtime_ns for s in STAGES}
     assert before == after
+
+
+def test_the_claims_clean_accuracy_of_a_random_model_does_not_depend_on_what_ran_before(smoke_run):
+    """The test-split pass of the randomized model is seeded: the same numbers after other draws."""
+    import torch
+
+    from lit_defense.pipeline import load_profile, measure_for_claims
+
+    recorded = json.loads((smoke_run / "test_split.json").read_text())["models"]["masked_random_resize_pad"]
+    torch.manual_seed(12345)
+    torch.rand(1000)  # another history of the global generator than the pipeline's
+    again = measure_for_claims(load_profile("smoke"), smoke_run)["models"]["masked_random_resize_pad"]
+    assert again["correct"] == recorded["correct"] and again["accuracy"] == recorded["accuracy"]
