@@ -199,14 +199,14 @@ class _Run:
             if chunk.numel() == 0:  # an empty pool splits into one empty chunk
                 continue
             if grid is not None:
-                result, _, grid_judged = grid
+                result, grid_judged = grid
                 hit = result.fooled[j][chunk]
                 if result.margins is not None:
                     margin[chunk] = result.margins[j][chunk]
                 if grid_judged is not None:
                     judged[0][chunk], judged[1][chunk] = grid_judged[0][j][chunk], grid_judged[1][j][chunk]
             else:
-                hit, _, margin[chunk], sel_meas = attack_chunk(
+                hit, margin[chunk], sel_meas = attack_chunk(
                     self.model, attack, e, self.x[chunk], self.y[chunk], self.ids[chunk], unit_name(attack, e),
                     self.record, self.judge)
                 if sel_meas is not None:

@@ -74,11 +74,10 @@ def _stored_expected(stored: dict[str, list], suffix: str, device: torch.device
 
 def attack_chunk(model: nn.Module, attack: Attack, eps: float, x: torch.Tensor, y: torch.Tensor,
                   ids: torch.Tensor, unit: str, record: UnitRecord | None, judge: Judge | None = None
-                  ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
-    """``(fooled, x_adv, margin, (selected, measured) or None)`` of one batch at one eps: from the record, else run.
+                  ) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
+    """``(fooled, margin, (selected, measured) or None)`` of one batch at one eps: from the record, else run.
 
-    From the record ``x_adv`` is None, and margins are NaN where it was written before they were
-    kept. Judged in expectation (``judge``), fooled means no selection draw classifies the point
+    From the record, margins are NaN where it was written before they were kept. Judged in expectation (``judge``), fooled means no selection draw classifies the point
     correctly.
     """
     keys = ids.tolist() if record is not None else []
@@ -87,7 +86,7 @@ def attack_chunk(model: nn.Module, attack: Attack, eps: float, x: torch.Tensor, 
         stored = None  # recorded without expectations (an older version): attacked and judged again
     if stored is not None:
         margin = stored.get("margin") or [None] * len(keys)
-        return (torch.tensor(stored["fooled"], dtype=torch.bool, device=x.device), None,
+        return (torch.tensor(stored["fooled"], dtype=torch.bool, device=x.device),
                 torch.tensor([math.nan if v is None else v for v in margin], device=x.device),
                 _stored_expected(stored, "", x.device))
     found = attack.attack_grid(model, x, y, [eps], ids)
@@ -100,25 +99,24 @@ def attack_chunk(model: nn.Module, attack: Attack, eps: float, x: torch.Tensor, 
     if record is not None:
         record.put(unit, keys, {"fooled": fooled.tolist(), **values,
                                 "margin": [round(v, 5) if math.isfinite(v) else None for v in margin.tolist()]})
-    return fooled, found.points[0], margin.to(x.device), judged
+    return fooled, margin.to(x.device), judged
 
 
 def grid_run(model: nn.Module, attack: Attack, x: torch.Tensor, y: torch.Tensor, pool: torch.Tensor,
               eps: Sequence[float], batch_size: int, ids: torch.Tensor, record: UnitRecord | None,
               judge: Judge | None = None
-              ) -> tuple[GridResult, torch.Tensor, tuple[list[torch.Tensor], list[torch.Tensor]] | None]:
+              ) -> tuple[GridResult, tuple[list[torch.Tensor], list[torch.Tensor]] | None]:
     """An attack that answers a grid (``answers_grid``), run once on the ``pool`` points.
 
-    Returns its result over all of ``x``, which points this call attacked (the others came from
-    the record, which keeps norms and outcomes, not points; off the pool, points are clean and
-    norms ``inf``), and, judged in expectation (``judge``), per eps the selected and measured
+    Returns its result over all of ``x`` (points attacked by this call; those from the record,
+    which keeps norms and outcomes, not points, and those off the pool stay clean, their norms
+    ``inf`` off the pool), and, judged in expectation (``judge``), per eps the selected and measured
     expected accuracies (NaN off the pool).
     """
     expected = judge is not None and judge.randomized
     judged = ([torch.full((x.shape[0],), math.nan, device=x.device) for _ in eps],
               [torch.full((x.shape[0],), math.nan, device=x.device) for _ in eps]) if expected else None
     points = [x.clone() for _ in eps]
-    computed = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
     norms = torch.full((x.shape[0],), float("inf"), device=x.device)
     has_norms = True
     fooled = [torch.zeros(x.shape[0], dtype=torch.bool, device=x.device) for _ in eps]
@@ -143,7 +141,6 @@ def grid_run(model: nn.Module, attack: Attack, x: torch.Tensor, y: torch.Tensor,
                     judged[0][j][chunk], judged[1][j][chunk] = both
             continue
         found = attack.attack_grid(model, x[chunk], y[chunk], eps, ids[chunk])
-        computed[chunk] = True
         for j in range(len(eps)):
             points[j][chunk], fooled[j][chunk] = found.points[j], found.fooled[j]
             if found.margins is not None:
@@ -165,7 +162,7 @@ def grid_run(model: nn.Module, attack: Attack, x: torch.Tensor, y: torch.Tensor,
             values["norm"] = [v if math.isfinite(v) else None for v in found.norms.tolist()]
         if record is not None:
             record.put(unit, keys, values)
-    return GridResult(points, fooled, norms if has_norms else None, margins), computed, judged
+    return GridResult(points, fooled, norms if has_norms else None, margins), judged
 
 
 __all__ = ["UnitRecord", "attack_chunk", "clean_expected", "grid_run", "unit_name"]
