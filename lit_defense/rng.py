@@ -14,6 +14,7 @@ resumed after a crash attacks the remaining inputs as the uninterrupted run woul
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 
@@ -56,10 +57,12 @@ class SampleRNG:
     """
 
     def __init__(self, seed: int, ids: torch.Tensor, device: torch.device | str | None = None,
-                 _draws: list[int] | None = None) -> None:
+                 _draws: list[int] | None = None, _lanes: torch.Tensor | None = None) -> None:
         self.seed = int(seed)
         self.ids = ids.to(device if device is not None else ids.device, torch.long)
         self._draws = _draws if _draws is not None else [0]
+        # per row, which lane (restart, target, chain) it is: lane 0 draws what the plain generator does
+        self._lanes = _lanes.to(self.ids.device, torch.long) if _lanes is not None else None
 
     @classmethod
     def for_batch(cls, seed: int, n: int, device: torch.device | str, ids: torch.Tensor | None = None) -> SampleRNG:
@@ -75,7 +78,22 @@ class SampleRNG:
 
     def __getitem__(self, idx: torch.Tensor | slice) -> SampleRNG:
         """The generator of a subset of the batch (same counter)."""
-        return SampleRNG(self.seed, self.ids[idx], _draws=self._draws)
+        return SampleRNG(self.seed, self.ids[idx], _draws=self._draws,
+                         _lanes=self._lanes[idx] if self._lanes is not None else None)
+
+    def lanes(self, lanes: Sequence[int]) -> SampleRNG:
+        """The generator of the batch repeated once per lane, lane-major (row ``l * n + i``: sample ``i``, lane ``lanes[l]``).
+
+        Each lane is an independent stream of the same sample (a restart, a target, a chain run
+        side by side instead of one after another); lane 0 draws exactly what this generator does.
+        The lanes count their draws from this generator's count on their own (they do not advance
+        it), so lane ``k`` draws the same numbers whichever lanes run beside it or before it.
+        """
+        n = len(self)
+        lane = torch.as_tensor(list(lanes), dtype=torch.long, device=self.ids.device).repeat_interleave(n)
+        if self._lanes is not None:
+            raise ValueError("a generator of lanes cannot be split into lanes again.")
+        return SampleRNG(self.seed, self.ids.repeat(len(lanes)), _draws=[self._draws[0]], _lanes=lane)
 
     def bits(self, shape: tuple[int, ...]) -> torch.Tensor:
         """Non-negative int64 of ``_BITS`` random bits, shape ``shape`` (``shape[0]`` = batch)."""
@@ -85,6 +103,8 @@ class SampleRNG:
         self._draws[0] += 1
         key = mix(mix(torch.full_like(self.ids, _signed(self.seed * 2 + 1))) ^ mix(self.ids * 2 + 1)
                   ^ _signed(draw * _GOLDEN))
+        if self._lanes is not None:  # lane 0 keeps the plain key
+            key = key ^ torch.where(self._lanes == 0, torch.zeros_like(key), mix(self._lanes * 2 + 1) * _M1)
         per = math.prod(shape[1:])
         element = torch.arange(1, per + 1, device=self.ids.device, dtype=torch.long) * _GOLDEN
         return _shr(mix(key[:, None] + element[None, :]), 64 - _BITS).view(shape)

@@ -34,7 +34,9 @@ from lit_defense.attacks.base import (
 from lit_defense.attacks.registry import register_attack
 from lit_defense.errors import ConfigError
 from lit_defense.rng import SampleRNG
+from lit_defense.side_by_side import value_and_grad
 from lit_defense.threat import Norm, per_sample
+from lit_defense.width import any_lane, per_input, width_for
 
 
 def checkpoints(steps: int) -> list[int]:
@@ -127,36 +129,42 @@ class APGD(GradientAttack):
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                 generator: SampleRNG) -> torch.Tensor:
         out = x.clone()
-        fooled = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
-        best_loss = torch.full((x.shape[0],), -float("inf"), device=x.device)
+        n = x.shape[0]
+        fooled = torch.zeros(n, dtype=torch.bool, device=x.device)
+        best_loss = torch.full((n,), -float("inf"), device=x.device)
+        order = None
         if self.targets:
             order = self._target_order(model, x, y)
             n_classes = order.shape[1]
             if n_classes < 2 + (2 if self.loss == "dlr" else 0):
                 raise ConfigError(f"targeted APGD with the {self.loss} loss needs more classes than {n_classes}.")
-        runs = range(min(self.targets, order.shape[1] - 1)) if self.targets else [None]
-        for t in runs:
-            for _ in range(self.restarts):
-                idx = (~fooled).nonzero().squeeze(1) if self.keep_first_adversarial else \
-                    torch.arange(x.shape[0], device=x.device)
-                if idx.numel() == 0:
-                    return out
-                yi = y[idx]
-                if t is None:
-                    loss_fn = get_loss(self.loss)
-                else:
-                    # the (t+1)-th most likely class other than the true one
-                    others = order[idx][order[idx] != yi[:, None]].view(idx.numel(), -1)
-                    target = others[:, t]
-                    loss_fn = _targeted(self.loss, target)
-                adv, hit, loss = self._run(model, x[idx], yi, loss_fn, generator[idx])
-                if self.keep_first_adversarial:
-                    out[idx] = adv
-                    fooled[idx] = hit
-                else:  # EOT: keep each input's highest-loss point over targets and restarts
-                    better = loss > best_loss[idx]
-                    out[idx] = torch.where(per_sample(better, adv), adv, out[idx])
-                    best_loss[idx] = torch.where(better, loss, best_loss[idx])
+        runs = range(min(self.targets, order.shape[1] - 1)) if order is not None else [None]
+        lanes = [(t, r) for t in runs for r in range(self.restarts)]  # every (target, restart): one lane each
+        for group in width_for(x.device).groups(n, x[0].numel(), len(lanes)):
+            idx = (~fooled).nonzero().squeeze(1) if self.keep_first_adversarial else torch.arange(n, device=x.device)
+            if idx.numel() == 0:
+                return out
+            m, k = idx.numel(), len(group)
+            yi = y[idx]
+            loss_fn: LossFn = get_loss(self.loss)
+            if order is not None:
+                # per lane, its target: the (t+1)-th most likely class other than the true one
+                others = order[idx][order[idx] != yi[:, None]].view(m, -1)
+                loss_fn = _targeted(self.loss, torch.cat([others[:, lanes[g][0]] for g in group]))
+            rows = torch.arange(m, device=x.device).repeat(k)
+            adv, hit, loss = (per_input(v, k) for v in self._run(
+                model, x[idx][rows], yi[rows], loss_fn, generator[idx].lanes(group), rows if k > 1 else None))
+            pick = torch.arange(m, device=x.device)
+            if self.keep_first_adversarial:  # the first lane that fooled an input, else the last lane's point
+                hit_any = hit.any(0)
+                lane = torch.where(hit_any, hit.float().argmax(0), torch.full_like(pick, k - 1))
+                out[idx] = adv[lane, pick]
+                fooled[idx] = hit_any
+            else:  # EOT: keep each input's highest-loss point over targets and restarts
+                top, lane = loss.max(0)
+                better = top > best_loss[idx]
+                out[idx] = torch.where(per_sample(better, x[idx]), adv[lane, pick], out[idx])
+                best_loss[idx] = torch.where(better, top, best_loss[idx])
         return out
 
     def _target_order(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -176,25 +184,32 @@ class APGD(GradientAttack):
 
         The true class comes last; the logits (detached) are those the distances came from.
         """
-        x_in = x.detach().requires_grad_(True)
-        logits = model(x_in)
-        true = logits.gather(1, y[:, None])
+        with torch.no_grad():
+            logits = model(x).detach()
+        m, classes = logits.shape
         distance = torch.empty(logits.shape, device=x.device)
-        for t in range(logits.shape[1]):
-            gap = (true - logits[:, t:t + 1]).squeeze(1)
-            grad = torch.zeros_like(x)
-            if gap.requires_grad:
-                (g,) = torch.autograd.grad(gap.sum(), x_in, retain_graph=True, allow_unused=True)
-                grad = grad if g is None else g
-            distance[:, t] = gap.detach().float() / self.threat.dual_norm(grad).float().clamp_min(1e-12)
+        # every class's gap as one lane of a batch: one forward and one backward per group of classes
+        for group in width_for(x.device).groups(m, x[0].numel(), classes):
+            k = len(group)
+            cls = torch.tensor(list(group), device=x.device).repeat_interleave(m)
+            ys = y.repeat(k)
+            _, gap, grad = value_and_grad(model, x.detach().repeat(k, *[1] * (x.dim() - 1)), lambda out, ys=ys, cls=cls: (
+                out.gather(1, ys[:, None]) - out.gather(1, cls[:, None])).squeeze(1))
+            norms = self.threat.dual_norm(grad).float().clamp_min(1e-12)
+            distance[:, group.start:group.stop] = per_input(gap.detach().float() / norms, k).T
         distance.scatter_(1, y[:, None], float("inf"))
         return distance.argsort(dim=1), logits.detach()
 
     # ------------------------------------------------------------------------------ one run
-    def _run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: LossFn, generator: SampleRNG
-             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """One APGD run: ``(points, fooled, best loss)`` per input."""
+    def _run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: LossFn, generator: SampleRNG,
+             group: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One APGD run: ``(points, fooled, best loss)`` per row.
+
+        ``group`` (rows run as lanes side by side): each row's input; a row leaves the batch at a
+        checkpoint when any row of its input is fooled.
+        """
         n = x.shape[0]
+        inputs = int(group.max()) + 1 if group is not None and n else 0
         dev = x.device
         threat, keep_first = self.threat, self.keep_first_adversarial
         out = torch.empty_like(x)
@@ -257,7 +272,8 @@ class APGD(GradientAttack):
                 last_mark = k + 1
                 if keep_first:  # per-sample early exit: fooled inputs are done, and so are stuck ones
                     scatter_back()
-                    keep = (~fooled & ~_stuck(grad, xa, x_prev, x_best)).nonzero().squeeze(1)
+                    done = fooled if group is None else any_lane(fooled, group[act], inputs)[group[act]]
+                    keep = (~done & ~_stuck(grad, xa, x_prev, x_best)).nonzero().squeeze(1)
                     if keep.numel() == 0:
                         return out, fooled_out, loss_out
                     if keep.numel() < act.numel():

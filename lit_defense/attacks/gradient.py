@@ -16,6 +16,7 @@ from lit_defense.attacks.registry import register_attack
 from lit_defense.errors import ConfigError
 from lit_defense.rng import SampleRNG
 from lit_defense.threat import Norm, per_sample
+from lit_defense.width import any_lane, per_input, width_for
 
 
 def loss_label(loss: LossName | LossFn) -> str:
@@ -116,24 +117,41 @@ class PGD(GradientAttack):
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                 generator: SampleRNG) -> torch.Tensor:
         out = x.clone()
-        fooled = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
-        for restart in range(self.restarts):
-            idx = torch.arange(x.shape[0], device=x.device) if restart == 0 else (~fooled).nonzero().squeeze(1)
-            if idx.numel() == 0:
+        n = x.shape[0]
+        fooled = torch.zeros(n, dtype=torch.bool, device=x.device)
+        # the restarts as lanes side by side, as many as one call carries (``lit_defense.width``)
+        for group in width_for(x.device).groups(n, x[0].numel(), self.restarts):
+            idx = torch.arange(n, device=x.device) if group.start == 0 else (~fooled).nonzero().squeeze(1)
+            m, k = idx.numel(), len(group)
+            if m == 0:
                 break
-            adv, hit = self._run(model, x[idx], y[idx], generator[idx], self.random_start or restart > 0)
-            # a later restart replaces the earlier result only where it fools the model
-            out[idx] = adv if restart == 0 else torch.where(per_sample(hit, adv), adv, out[idx])
-            fooled[idx] = fooled[idx] | hit
+            rows = torch.arange(m, device=x.device).repeat(k)
+            start = torch.tensor([self.random_start or r > 0 for r in group], device=x.device).repeat_interleave(m)
+            adv, hit = (per_input(v, k) for v in self._run(model, x[idx][rows], y[idx][rows],
+                                                           generator[idx].lanes(group), start, rows if k > 1 else None))
+            # a later restart replaces the earlier result only where it fools the model: the first
+            # lane that fooled an input, else the group's first lane (the first restart's point)
+            hit_any = hit.any(0)
+            lane = torch.where(hit_any, hit.float().argmax(0), torch.zeros_like(rows[:m]))
+            adv = adv[lane, torch.arange(m, device=x.device)]
+            out[idx] = adv if group.start == 0 else torch.where(per_sample(hit_any, adv), adv, out[idx])
+            fooled[idx] = fooled[idx] | hit_any
         return out
 
     def _run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: SampleRNG,
-             start: bool) -> tuple[torch.Tensor, torch.Tensor]:
+             start: torch.Tensor, group: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """One run per row from a random point (``start``) or the input: ``(points, fooled)``.
+
+        ``group`` (restarts run as lanes side by side): each row's input; a row stops early when
+        any row of its input is fooled.
+        """
         n = x.shape[0]
+        inputs = int(group.max()) + 1 if group is not None and n else 0
         out = torch.empty_like(x)
         fooled = torch.zeros(n, dtype=torch.bool, device=x.device)
         act = torch.arange(n, device=x.device)  # samples still attacked
-        xa = self.threat.random_point(x, generator) if start else x.clone()
+        xa = torch.where(per_sample(start, x), self.threat.random_point(x, generator), x) if bool(start.any()) \
+            else x.clone()
         xo, ya = x, y
         alpha = self.alpha
         zero = torch.zeros(n, dtype=torch.bool, device=x.device)  # last step's gradient exactly zero
@@ -143,9 +161,10 @@ class PGD(GradientAttack):
                 # moves the point again (a deterministic model: randomized ones are attacked through
                 # EOT, which never stops early; a saturated softmax does this to the CE): it stays at
                 # its last iterate
-                stuck = zero & ~fooled[act]
-                out[act[stuck]] = xa[stuck]
-                keep = ~fooled[act] & ~stuck
+                done = fooled[act] if group is None else any_lane(fooled[act], group[act], inputs)[group[act]]
+                keep = ~done & ~zero
+                leaving = ~keep & ~fooled[act]  # stuck, or a lane whose input another lane fooled
+                out[act[leaving]] = xa[leaving]
                 act, xa, xo, ya = act[keep], xa[keep], xo[keep], ya[keep]
                 if act.numel() == 0:
                     return out, fooled

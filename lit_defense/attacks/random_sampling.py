@@ -18,6 +18,7 @@ from lit_defense.errors import ConfigError
 from lit_defense.judge import Judge
 from lit_defense.rng import SampleRNG
 from lit_defense.threat import Norm, per_sample
+from lit_defense.width import per_input, width_for
 
 
 @register_attack
@@ -54,21 +55,29 @@ class RandomSampling(FixedBudgetAttack):
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                 generator: SampleRNG) -> torch.Tensor:
         out = x.clone()
-        found = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+        n = x.shape[0]
+        found = torch.zeros(n, dtype=torch.bool, device=x.device)
+        best = None
         with torch.no_grad():
-            if self.draws > 1:
-                best = self._rate(model, x, y)
-                for k in range(self.samples):
-                    xr = self._draw(x, k, generator)
-                    rate = self._rate(model, xr, y)
-                    out = torch.where(per_sample(rate < best, xr), xr, out)
-                    best = torch.minimum(rate, best)
-                return out
-            for k in range(self.samples):
-                xr = self._draw(x, k, generator)
-                hit = (model(xr).argmax(1) != y) & ~found
-                out = torch.where(per_sample(hit, xr), xr, out)
-                found |= hit
+            # the samples side by side, as many as one call carries (``lit_defense.width``); each is
+            # drawn as it was one at a time, so the points do not depend on the width
+            for group in width_for(x.device).groups(n, x[0].numel(), self.samples):
+                points = torch.cat([self._draw(x, k, generator) for k in group])
+                ys = y.repeat(len(group))
+                if self.draws > 1:  # the lowest rate over the samples, the clean input's as the floor
+                    best = self._rate(model, x, y) if best is None else best
+                    rates = per_input(self._rate(model, points, ys), len(group))
+                    low, k = rates.min(0)
+                    point = per_input(points, len(group))[k, torch.arange(n, device=x.device)]
+                    out = torch.where(per_sample(low < best, point), point, out)
+                    best = torch.minimum(low, best)
+                    continue
+                hit = per_input(model(points).argmax(1) != ys, len(group))
+                first = hit.float().argmax(0)  # each input's first misclassified sample in this group
+                point = per_input(points, len(group))[first, torch.arange(n, device=x.device)]
+                new = hit.any(0) & ~found
+                out = torch.where(per_sample(new, point), point, out)
+                found |= new
         return out
 
     def _rate(self, model: nn.Module, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -24,6 +24,7 @@ from lit_defense.attacks.base import FixedBudgetAttack, margin_loss
 from lit_defense.attacks.registry import register_attack
 from lit_defense.errors import ConfigError
 from lit_defense.rng import SampleRNG
+from lit_defense.width import any_lane, per_input, width_for
 
 # Halving schedule of the square size (fractions of 10,000 queries, as in the paper's code).
 _SCHEDULE = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
@@ -95,16 +96,25 @@ class Square(FixedBudgetAttack):
             its margin averaged over the draws, and an input counts as fooled only when every draw
             misclassifies its best point, never on one lucky draw. Each query costs ``draws``
             forward passes.
+        chains: independent searches per input, each with ``n_queries // chains`` queries (and the
+            square-size schedule of that budget), run side by side as one batch where one call
+            carries them (``lit_defense.width``): the same queries in ``1 / chains`` of the rounds.
+            An input leaves every chain once one of them fools it; the first chain that fooled it
+            (else the chain with the highest margin) gives its point.
     """
 
     norms = ("linf", "l2")
     uses_gradients = False
 
     def __init__(self, eps: float = 0.1, norm: str = "linf", n_queries: int = 1000, p_init: float = 0.8,
-                 early_stop_every: int = 10, draws: int = 1, seed: int = 0, name: str | None = None) -> None:
+                 early_stop_every: int = 10, draws: int = 1, chains: int = 1, seed: int = 0,
+                 name: str | None = None) -> None:
         super().__init__(eps=eps, norm=norm, seed=seed, name=name)
         if n_queries < 1 or not 0 < p_init <= 1:
             raise ConfigError(f"Square needs n_queries >= 1 and 0 < p_init <= 1, got {n_queries}, {p_init}.")
+        if not 1 <= chains <= n_queries:
+            raise ConfigError(f"Square needs 1 <= chains <= n_queries, got chains={chains}, n_queries={n_queries}.")
+        self.chains = chains
         if draws < 1:
             raise ConfigError(f"Square needs draws >= 1, got {draws}.")
         self.draws = draws
@@ -120,21 +130,50 @@ class Square(FixedBudgetAttack):
     @torch.no_grad()
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                 generator: SampleRNG) -> torch.Tensor:
-        n, c, h, w = x.shape
+        n = x.shape[0]
+        out, best = x.clone(), torch.full((n,), -float("inf"), device=x.device)
+        done = torch.zeros(n, dtype=torch.bool, device=x.device)
+        queries = self.n_queries // self.chains
+        for group in width_for(x.device).groups(n, x[0].numel(), self.chains):
+            idx = (~done).nonzero().squeeze(1)
+            m, k = idx.numel(), len(group)
+            if m == 0:
+                break
+            rows = torch.arange(m, device=x.device).repeat(k)
+            found, score, fooled = (per_input(v, k) for v in self._search(
+                model, x[idx][rows], y[idx][rows], generator[idx].lanes(group), queries, rows if k > 1 else None))
+            pick = torch.arange(m, device=x.device)
+            hit = fooled.any(0)
+            lane = torch.where(hit, fooled.float().argmax(0), score.argmax(0))
+            better = hit | (score[lane, pick] > best[idx])
+            out[idx] = torch.where(better.view(-1, 1, 1, 1), found[lane, pick], out[idx])
+            best[idx] = torch.where(better, score[lane, pick], best[idx])
+            done[idx] = hit
+        return out
+
+    def _search(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: SampleRNG, queries: int,
+                group: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One search of ``queries`` per row: ``(best point, its margin, fooled)``.
+
+        ``group`` (chains side by side): each row's input; a row stops when any row of its input is fooled.
+        """
+        n = x.shape[0]
+        inputs = int(group.max()) + 1 if group is not None and n else 0
         out = (x + self._start(x, generator)).clamp(0, 1)
         best, done = self._score(model, out, y)  # maximise: > 0 means misclassified
         act = torch.arange(n, device=x.device)  # samples still searched
         xa, ya, xb, ba, da = x, y, out.clone(), best.clone(), done.clone()
-        for it in range(self.n_queries - 1):
+        for it in range(queries - 1):
             if it % self.early_stop_every == 0:
                 # write back, then drop the fooled samples (one host sync every few queries)
-                out[act], best[act] = xb, ba
-                keep = (~da).nonzero().squeeze(1)
+                out[act], best[act], done[act] = xb, ba, da
+                finished = da if group is None else any_lane(da, group[act], inputs)[group[act]]
+                keep = (~finished).nonzero().squeeze(1)
                 if keep.numel() == 0:
                     break
                 if keep.numel() < act.numel():
                     act, xa, ya, xb, ba, da = act[keep], xa[keep], ya[keep], xb[keep], ba[keep], da[keep]
-            p = _p_at(self.p_init, it, self.n_queries)
+            p = _p_at(self.p_init, it, queries)
             # each sample's own windows and signs, whatever else is still searched
             delta = self._propose(generator[act], xa, xb - xa, p)
             candidate = (xa + delta).clamp(0, 1)
@@ -143,8 +182,8 @@ class Square(FixedBudgetAttack):
             ba = torch.where(accept, loss, ba)
             da = torch.where(accept, fooled, da)
             xb = torch.where(accept.view(-1, 1, 1, 1), candidate, xb)
-        out[act], best[act] = xb, ba
-        return out
+        out[act], best[act], done[act] = xb, ba, da
+        return out, best, done
 
     def _score(self, model: nn.Module, z: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The margin at ``z`` (mean over ``draws`` passes) and whether every pass misclassifies it."""
