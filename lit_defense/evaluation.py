@@ -17,9 +17,11 @@ different processes add up exactly (DDP), then turned into a JSON-serialisable d
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -38,6 +40,7 @@ from lit_defense.results import (
     RobustnessResult,
     eps_key,
 )
+from lit_defense.side_by_side import SideBySide, side_by_side_ok
 from lit_defense.threat import check_eps
 
 
@@ -78,6 +81,11 @@ class Tracking:
     done, total)`` is called as an attack's batches finish (inputs attacked over all eps).
     ``judge`` (``lit_defense.judge.Judge``) judges a randomized model in expectation. ``alive``
     (eps key -> mask) restricts the attacks to the points an earlier evaluation left robust.
+    ``side_by_side`` runs the attacks (and their batches) at each eps side by side, their model
+    calls sharing rounds (``lit_defense.side_by_side``), where the attacks allow it
+    (``side_by_side_ok``: none wraps the model) and the model is judged in one pass; in a cascade
+    every attack then runs on the inputs still robust when the eps began (the same outcome per
+    input, more rows, fewer rounds).
     """
 
     ids: torch.Tensor | None = None
@@ -85,6 +93,7 @@ class Tracking:
     on_progress: Callable[[str, int, int], None] | None = None
     judge: Judge | None = None
     alive: dict[str, torch.Tensor] | None = None
+    side_by_side: bool = False
 
 
 def robustness_counts(
@@ -136,9 +145,12 @@ def robustness_counts(
         start = [clean_ok & alive[eps_key(e)] if alive is not None else clean_ok.clone() for e in eps]
         run = _Run(model, x, y, eps, batch_size, ids, record, judge, start, [m.clone() for m in start],
                    cascade, nested and cascade, t.on_progress, out)
-        robust = torch.zeros(len(attacks), len(eps), dtype=torch.long, device=dev)
-        for i, attack in enumerate(attacks):
-            robust[i] = run.attack(attack)
+        if t.side_by_side and side_by_side_ok(attacks) and not (judge is not None and judge.randomized):
+            robust = run.side_by_side(attacks)
+        else:
+            robust = torch.zeros(len(attacks), len(eps), dtype=torch.long, device=dev)
+            for i, attack in enumerate(attacks):
+                robust[i] = run.attack(attack)
         worst = torch.stack([m.sum() for m in run.still]) if eps else torch.zeros(0, dtype=torch.long, device=dev)
         out.robust = {eps_key(e): run.still[j] for j, e in enumerate(eps)}
         if keep_examples:
@@ -184,6 +196,60 @@ class _Run:
         counts = [self._at_eps(attack, j, pools[j], grid, total) for j in range(len(self.eps))]
         return torch.stack(counts) if counts else torch.zeros(0, dtype=torch.long, device=self.x.device)
 
+    def side_by_side(self, attacks: Sequence[Attack]) -> torch.Tensor:
+        """Every attack at each eps side by side (``SideBySide``), folded in order; the robust count per attack and eps.
+
+        The inputs an attack takes at an eps are those still robust when the eps began (all of
+        them in a cascade: an earlier attack's success no longer spares a later one the input);
+        an attack that answers the grid runs once, beside the first eps, on every input robust at some eps.
+        """
+        n, dev = self.x.shape[0], self.x.device
+        for attack in attacks:
+            for name in ("fooled", "margin", *(("selected", "measured") if self.out.judged else ())):
+                getattr(self.out, name)[attack.name] = {}
+        robust = torch.zeros(len(attacks), len(self.eps), dtype=torch.long, device=dev)
+        record = _Locked(self.record) if self.record is not None else None
+        grids: dict[str, tuple] = {}
+        for j, e in enumerate(self.eps):
+            pool = (self.still[j] if self.cascade else self.start[j]).clone()
+            if self.nested:  # fooled at a smaller eps: fooled here, not attacked
+                for jj, smaller in enumerate(self.eps):
+                    if smaller < e:
+                        pool &= ~(self.start[jj] & ~self.still[jj])
+            chunks = [c for c in pool.nonzero().squeeze(1).split(self.batch_size) if c.numel()]
+            jobs: list[Callable[[nn.Module], Any]] = []
+            keys: list[tuple[Attack, torch.Tensor | None]] = []
+            for attack in attacks:
+                if attack.answers_grid:
+                    if j == 0:
+                        union = torch.stack([self.still[k] if self.cascade else self.start[k]
+                                             for k in range(len(self.eps))]).any(0)
+                        jobs.append(lambda m, a=attack, u=union: grid_run(
+                            m, a, self.x, self.y, u, self.eps, self.batch_size, self.ids, record, self.judge))
+                        keys.append((attack, None))
+                    continue
+                for chunk in chunks:
+                    jobs.append(lambda m, a=attack, c=chunk, e=e: attack_chunk(
+                        m, a, e, self.x[c], self.y[c], self.ids[c], unit_name(a, e), record, self.judge))
+                    keys.append((attack, chunk))
+            found: dict[str, _Found] = {}
+            for (attack, chunk), result in zip(keys, SideBySide(self.model).run(jobs), strict=True):
+                if chunk is None:
+                    grids[attack.name] = result
+                    if result[0].norms is not None:
+                        self.out.min_norm[attack.name] = result[0].norms
+                    continue
+                f = found.setdefault(attack.name, _Found.empty(n, j, dev))
+                f.fooled[j][chunk], f.margins[j][chunk] = result[0], result[1].to(dev)
+            for i, attack in enumerate(attacks):
+                grid = grids[attack.name] if attack.answers_grid else (found.get(attack.name, _Found.empty(n, j, dev)), None)
+                pool_now = self.still[j] if self.cascade else self.start[j]
+                self.done = 0
+                if self.on_progress is not None:
+                    self.on_progress(attack.name, 0, int(pool_now.sum()))
+                robust[i, j] = self._at_eps(attack, j, pool_now, grid, int(pool_now.sum()))
+        return robust
+
     def _at_eps(self, attack: Attack, j: int, pool: torch.Tensor, grid: tuple | None, total: int) -> torch.Tensor:
         """``attack`` at the j-th eps on ``pool``, batch by batch (recorded); folds it into the outcome."""
         e, n, dev = self.eps[j], self.x.shape[0], self.x.device
@@ -221,6 +287,34 @@ class _Run:
         if self.out.judged:
             self.out.selected[attack.name][key], self.out.measured[attack.name][key] = judged
         return (self.still[j] if self.cascade else self.start[j] & ~fooled).sum()
+
+
+@dataclass
+class _Found:
+    """One attack's outcome at eps index j over all inputs, shaped as a grid run's (``fooled[j]``, ``margins[j]``)."""
+
+    fooled: dict[int, torch.Tensor]
+    margins: dict[int, torch.Tensor]
+
+    @classmethod
+    def empty(cls, n: int, j: int, device: torch.device) -> _Found:
+        return cls({j: torch.zeros(n, dtype=torch.bool, device=device)},
+                   {j: torch.full((n,), float("nan"), device=device)})
+
+
+class _Locked:
+    """A record whose ``get`` and ``put`` take turns (the runs side by side write it from their threads)."""
+
+    def __init__(self, record: UnitRecord) -> None:
+        self.record, self.lock = record, threading.Lock()
+
+    def get(self, unit: str, ids: list[int]) -> dict[str, list] | None:
+        with self.lock:
+            return self.record.get(unit, ids)
+
+    def put(self, unit: str, ids: list[int], values: dict[str, list]) -> None:
+        with self.lock:
+            self.record.put(unit, ids, values)
 
 
 def cheap_attack_check(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, norm: str = "linf",

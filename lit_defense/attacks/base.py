@@ -38,9 +38,9 @@ from torch import nn
 from typing_extensions import override
 
 from lit_defense.errors import ConfigError
-from lit_defense.gradients import input_gradient
 from lit_defense.init_args import RecordsInitArgs
 from lit_defense.rng import SampleRNG
+from lit_defense.side_by_side import value_and_grad
 from lit_defense.threat import Norm, ThreatModel, per_sample
 
 LossName = Literal["ce", "margin", "dlr"]
@@ -296,12 +296,10 @@ class GradientAttack(FixedBudgetAttack, abc.ABC):
         grad = torch.zeros_like(x)
         logits_sum = loss_sum = None
         for _ in range(self.eot_samples):
-            x_in = x.detach().requires_grad_(True)
-            logits = model(x_in)
-            loss = loss_fn(logits, y)
-            grad += input_gradient(loss.sum(), x_in)
-            logits_sum = logits.detach() if logits_sum is None else logits_sum + logits.detach()
-            loss_sum = loss.detach() if loss_sum is None else loss_sum + loss.detach()
+            logits, loss, g = value_and_grad(model, x, lambda out: loss_fn(out, y))
+            grad += g
+            logits_sum = logits if logits_sum is None else logits_sum + logits
+            loss_sum = loss if loss_sum is None else loss_sum + loss
         if self.eot_samples > 1:
             grad /= self.eot_samples
             logits_sum = logits_sum / self.eot_samples

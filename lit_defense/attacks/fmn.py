@@ -28,8 +28,8 @@ from typing_extensions import override
 from lit_defense.attacks.base import Attack, MinNormAttack, margin_loss
 from lit_defense.attacks.registry import register_attack
 from lit_defense.errors import ConfigError
-from lit_defense.gradients import input_gradient
 from lit_defense.rng import SampleRNG
+from lit_defense.side_by_side import value_and_grad
 from lit_defense.threat import Norm, per_sample
 
 
@@ -104,18 +104,16 @@ class FMN(MinNormAttack):
             cosine = (1 + math.cos(math.pi * i / self.steps)) / 2
             alpha = alpha_final + (self.alpha_init - alpha_final) * cosine
             gamma = self.gamma_final + (self.gamma_init - self.gamma_final) * cosine
-            x_in = (x + delta).detach().requires_grad_(True)
-            logits = model(x_in)
+            x_in = (x + delta).detach()
             # z_y - max other (< 0: misclassified), or z_y - z_target
-            margin = -margin_loss(logits, y) if target is None else \
-                (logits.gather(1, y[:, None]) - logits.gather(1, target[:, None])).squeeze(1)
-            grad = input_gradient(margin.sum(), x_in)
+            logits, margin, grad = value_and_grad(model, x_in, lambda out: -margin_loss(out, y) if target is None else
+                                                  (out.gather(1, y[:, None]) - out.gather(1, target[:, None])).squeeze(1))
             with torch.no_grad():
-                norm = threat.distance(x_in.detach(), x)
+                norm = threat.distance(x_in, x)
                 adv = logits.argmax(1) != y
                 better = adv & (norm < best_norm)
                 best_norm = torch.where(better, norm, best_norm)
-                best_adv = torch.where(per_sample(better, x), x_in.detach(), best_adv)
+                best_adv = torch.where(per_sample(better, x), x_in, best_adv)
                 found |= adv
                 to_boundary = margin.abs() / threat.dual_norm(grad).clamp_min(1e-12)
                 epsilon = torch.where(

@@ -116,7 +116,8 @@ class ChecksStage(AuditStage):
         """The unbounded attack at its eps, the others at the middle eps; reused outcomes from the white box."""
         plan, reused = self._plan(ctx)
         run = [a for a in plan.at_probe_eps() if a not in reused]
-        common = {"cascade": False, "tracking": Tracking(ids, record, ctx.runtime.progress.attack, ctx.judge)}
+        common = {"cascade": False, "tracking": Tracking(ids, record, ctx.runtime.progress.attack, ctx.judge,
+                                                           side_by_side=ctx.side_by_side)}
         x, y, bs = ctx.x[ids], ctx.y[ids], ctx.options.batch_size
         _, ex_big = robustness_counts(ctx.model, x, y, [plan.unbounded], [plan.unbounded.eps], bs, **common)
         _, ex_probe = robustness_counts(ctx.model, x, y, run, [ctx.main_eps], bs, **common)

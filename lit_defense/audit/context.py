@@ -24,6 +24,7 @@ from lit_defense.cost import CostCounter
 from lit_defense.judge import Judge
 from lit_defense.results import Check, PerSample, eps_key
 from lit_defense.roles import AttackRoles
+from lit_defense.width import width_for
 
 
 @dataclass
@@ -94,10 +95,15 @@ class AuditContext:
         """The middle eps of the grid (the checklist's attacks and the positive control run there)."""
         return self.eps[len(self.eps) // 2]
 
+    @property
+    def side_by_side(self) -> bool:
+        """Whether a stage's attacks run side by side (``lit_defense.width``: the device's policy)."""
+        return width_for(self.x.device).side_by_side
+
     def runner(self, stage: str, share: float = 0.0) -> Stage:
         """A sharded, recorded run of one stage of this model (``audit.stage.Stage``)."""
         rt = self.runtime
-        return Stage(stage, self.name, rt.collective, rt.log, rt.progress, share)
+        return Stage(stage, self.name, rt.collective, rt.log, rt.progress, share, self.side_by_side)
 
     def add_results(self, attacks: list[str], values: dict[str, dict[float, torch.Tensor]], label: str,
                     eps_major: bool = False) -> None:

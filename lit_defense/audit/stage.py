@@ -59,11 +59,12 @@ class Stage:
         log: the resumable record (``None``: not resumable).
         progress: what the audit shows while it runs.
         share: the stage's typical share of a model's audit time (the estimate of the time left).
+        side_by_side: its attacks run side by side (``evaluation.Tracking.side_by_side``).
     """
 
     def __init__(self, name: str, model_name: str, collective: Collective, log: ProgressLog | None,
-                 progress: AuditProgress, share: float = 0.0) -> None:
-        self.name, self.model_name, self.share = name, model_name, share
+                 progress: AuditProgress, share: float = 0.0, side_by_side: bool = False) -> None:
+        self.name, self.model_name, self.share, self.side_by_side = name, model_name, share, side_by_side
         self.collective, self.log, self.progress = collective, log, progress
         self.info: dict[str, Any] = {}
 
@@ -119,7 +120,8 @@ class Stage:
             on = pool.to(x.device)
             _, ex = robustness_counts(model, x[on], y[on], attacks, eps, batch_size, cascade=True, nested=True,
                                       tracking=Tracking(on, self.record(), self.progress.attack, judge,
-                                                        {k: m[pool].to(x.device) for k, m in alive.items()}))
+                                                        {k: m[pool].to(x.device) for k, m in alive.items()},
+                                                        self.side_by_side))
             return {"fooled": ex.fooled, "min_norm": ex.min_norm,
                     **({"selected": ex.selected, "measured": ex.measured} if ex.judged else {})}
 

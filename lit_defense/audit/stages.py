@@ -36,6 +36,7 @@ from lit_defense.diagnostics import model_checks
 from lit_defense.evaluation import Tracking, check_attacks, robustness_counts
 from lit_defense.judge import Judge
 from lit_defense.results import Check, PerSample, eps_key
+from lit_defense.width import width_for
 
 
 class AuditStage:
@@ -149,7 +150,8 @@ class WhiteBoxStage(AuditStage):
         """Every white-box attack at every eps on this process's inputs, and the margins they left."""
         white, opts = ctx.roles.white_box, ctx.options
         _, ex = robustness_counts(ctx.model, ctx.x[ids], ctx.y[ids], white, ctx.eps, opts.batch_size, cascade=False,
-                                  tracking=Tracking(ids, record, ctx.runtime.progress.attack, ctx.judge))
+                                  tracking=Tracking(ids, record, ctx.runtime.progress.attack, ctx.judge,
+                                                                    side_by_side=ctx.side_by_side))
         # per eps, the smallest margin any white-box attack left (NaN-free: a missing one is +inf)
         left = {k: torch.stack([ex.margin[a.name][k].nan_to_num(float("inf")) for a in white]).amin(0)
                 for k in ex.margin[white[0].name]}
@@ -204,7 +206,9 @@ class BlackBoxStage(AuditStage):
     def run(self, ctx: AuditContext) -> None:
         """One stage per attack (``black_box_<attack>``, and ``black_box_rest_<attack>`` when the sample found some)."""
         attacks = ctx.roles.black_box
-        on, info = black_box(ctx, attacks, ctx.probe.black_box_sampled(ctx.options.suite.black_box_sample))
+        # a sample first only where the device's width says rows cost (a CPU; ``lit_defense.width``)
+        option = ctx.options.suite.black_box_sample and width_for(ctx.x.device).sample_black_box
+        on, info = black_box(ctx, attacks, ctx.probe.black_box_sampled(option))
         ctx.found[self.name] = on
         ctx.stages.update(info)
         names = [a.name for a in attacks]
