@@ -205,9 +205,7 @@ class SideBySide:
 
 def side_by_side_ok(attacks: Sequence[Any]) -> bool:
     """Whether these attacks may run side by side: none wraps the model (BPDA hooks it, EOT draws it)."""
-    from lit_defense.attacks.wrappers import BPDA, EOT
-
-    return not any(isinstance(a, (BPDA, EOT)) or getattr(a, "eot_samples", 1) > 1 for a in attacks)
+    return not any(getattr(a, "wraps_model", False) or getattr(a, "eot_samples", 1) > 1 for a in attacks)
 
 
 __all__ = ["Party", "SideBySide", "side_by_side_ok", "value_and_grad"]

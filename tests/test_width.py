@@ -13,7 +13,8 @@ from lit_defense.attacks.base import fooled_by
 from lit_defense.cost import CostCounter
 from lit_defense.evaluation import Tracking, robustness_counts
 from lit_defense.rng import SampleRNG
-from lit_defense.side_by_side import SideBySide, value_and_grad
+from lit_defense.attacks.wrappers import BPDA, EOT
+from lit_defense.side_by_side import SideBySide, side_by_side_ok, value_and_grad
 from lit_defense.width import Width, using, width_for
 
 DEEP = Width(elements=1)  # one lane per call: every restart, target and chain one after another
@@ -131,6 +132,14 @@ def test_attacks_side_by_side_give_the_same_outcome_in_fewer_rounds():
             {a: {e: m.tolist() for e, m in d.items()} for a, d in o1.fooled.items()}
         assert 0 < int(c1.worst[-1]) < int(c1.clean)  # some fooled, some not
         assert k1.rounds < 0.6 * k0.rounds
+
+
+def test_attacks_that_wrap_the_model_never_run_side_by_side():
+    plain = [FGSM(), PGD(steps=4), APGD(steps=4, targets=2), FMN(steps=4)]
+    assert side_by_side_ok(plain)
+    assert not side_by_side_ok([*plain, BPDA(PGD(steps=4))])
+    assert not side_by_side_ok([EOT(PGD(steps=4), samples=2)])
+    assert not side_by_side_ok([PGD(steps=4).for_eot(4)])
 
 
 def test_an_error_in_one_run_reaches_the_caller_and_the_others_finish():

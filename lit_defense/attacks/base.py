@@ -178,6 +178,9 @@ class Attack(RecordsInitArgs, abc.ABC):
     uses_gradients = True
     #: one run answers every budget of a grid (``attack_grid`` is not a loop over ``with_eps``)
     answers_grid = False
+    #: the attack changes the model it is given (BPDA hooks its layers, EOT draws it several times),
+    #: so its calls cannot share a model call with other attacks' (``side_by_side_ok``)
+    wraps_model = False
 
     def __init__(self, eps: float = 0.1, norm: Norm = "linf", seed: int = 0, name: str | None = None) -> None:
         if norm not in self.norms:

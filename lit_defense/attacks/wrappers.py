@@ -99,6 +99,8 @@ class _Wrapper(Attack):
     ``answers_grid`` is the inner attack's: ``BPDA(FMN)`` answers a grid in one run, as ``FMN`` does.
     """
 
+    wraps_model = True
+
     def __init__(self, attack: Attack, name: str | None = None) -> None:
         if not isinstance(attack, Attack):
             raise ConfigError(f"{type(self).__name__} wraps an Attack, got {type(attack).__name__}.")
