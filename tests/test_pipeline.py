@@ -116,15 +116,21 @@ def test_every_model_gets_the_positive_control(smoke_run):
     assert md.count("**Positive control.**") == len(report["models"])
 
 
-def test_rerun_skips_finished_stages(smoke_run, capsys):
+def test_rerun_skips_finished_stages(smoke_run, capsys, monkeypatch):
+    import lit_defense.pipeline as pipeline
+
     before = {s.name: (smoke_run / s.name / "version_0/checkpoints/last.ckpt").stat().st_mtime_ns for s in STAGES}
     state = json.loads((smoke_run / "pipeline.json").read_text())
     state["finished"] = False  # as if the audit had been interrupted
     state["audited"] = False
     (smoke_run / "pipeline.json").write_text(json.dumps(state))
+    # the audit itself is the fixture's (and test_audit's); here: that the rerun audits again, on this run
+    audited = []
+    monkeypatch.setattr(pipeline, "audit_stages", lambda profile, folder, log=print: audited.append(folder))
     assert main(["run", "--profile", "smoke", "--root", str(smoke_run.parent)]) == 0
     out = capsys.readouterr().out
     assert out.count("done already") == len(STAGES) and "training" not in out
+    assert audited == [smoke_run] and json.loads((smoke_run / "pipeline.json").read_text())["audited"]
     after = {s.name: (smoke_run / s.name / "version_0/checkpoints/last.ckpt").stat().st_mtime_ns for s in STAGES}
     assert before == after
 
