@@ -9,11 +9,11 @@ import torch
 from torch import nn
 
 from lit_defense.attacks import APGD, FGSM, FMN, PGD, RandomSampling, Square
-from lit_defense.attacks.base import fooled_by
+from lit_defense.attacks.base import fooled_by, margin_loss
+from lit_defense.attacks.wrappers import BPDA, EOT
 from lit_defense.cost import CostCounter
 from lit_defense.evaluation import Tracking, robustness_counts
 from lit_defense.rng import SampleRNG
-from lit_defense.attacks.wrappers import BPDA, EOT
 from lit_defense.side_by_side import SideBySide, side_by_side_ok, value_and_grad
 from lit_defense.width import Width, using, width_for
 
@@ -112,6 +112,25 @@ def test_square_chains_spend_the_same_queries():
     assert four_cost.rounds <= one_cost.rounds // 4 + 1
     with pytest.raises(Exception, match="chains"):
         Square(n_queries=10, chains=11)
+
+
+def test_square_proposals_spend_the_same_queries_in_fewer_rounds_and_keep_the_best():
+    model = _model()
+    x, y = _data(8)
+    robust = ~fooled_by(model, Square(eps=1e-4).threat, x, x, y)
+    xr, yr = x[robust], y[robust]
+    _, one_cost = _cost(model, lambda: Square(eps=1e-4, n_queries=41)(model, xr, yr))
+    _, four_cost = _cost(model, lambda: Square(eps=1e-4, n_queries=41, proposals=4)(model, xr, yr))
+    assert one_cost.work == four_cost.work == 41 * int(robust.sum())  # nothing fooled: every query ran
+    assert one_cost.rounds == 41 and four_cost.rounds == 11
+    # one step: proposal 0 is the plain search's own candidate, so the best of four is never worse
+    x, y = _data(64)
+    plain, best = Square(eps=0.05, n_queries=2)(model, x, y), Square(eps=0.05, n_queries=5, proposals=4)(model, x, y)
+    with torch.no_grad():
+        gain = margin_loss(model(best), y) - margin_loss(model(plain), y)
+    assert (gain >= -1e-6).all() and (gain > 1e-6).any()
+    with pytest.raises(Exception, match="proposals"):
+        Square(n_queries=10, chains=2, proposals=2)
 
 
 # --------------------------------------------------------------------- attacks side by side

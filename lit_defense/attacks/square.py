@@ -101,20 +101,30 @@ class Square(FixedBudgetAttack):
             carries them (``lit_defense.width``): the same queries in ``1 / chains`` of the rounds.
             An input leaves every chain once one of them fools it; the first chain that fooled it
             (else the chain with the highest margin) gives its point.
+        proposals: candidates per step of one search: every step proposes ``proposals`` windows
+            per input (independent streams, ``SampleRNG.lanes``), scores them in one call and keeps
+            the best if it beats the point so far; the square-size schedule runs over the
+            ``(n_queries - 1) // proposals`` steps after the first query. About the same queries in
+            ``1 / proposals`` of the rounds, one search (not several short ones, as ``chains``);
+            proposal 0 is the one a search of one proposal per step draws. Not with ``chains`` > 1.
     """
 
     norms = ("linf", "l2")
     uses_gradients = False
 
     def __init__(self, eps: float = 0.1, norm: str = "linf", n_queries: int = 1000, p_init: float = 0.8,
-                 early_stop_every: int = 10, draws: int = 1, chains: int = 1, seed: int = 0,
-                 name: str | None = None) -> None:
+                 early_stop_every: int = 10, draws: int = 1, chains: int = 1, proposals: int = 1,
+                 seed: int = 0, name: str | None = None) -> None:
         super().__init__(eps=eps, norm=norm, seed=seed, name=name)
         if n_queries < 1 or not 0 < p_init <= 1:
             raise ConfigError(f"Square needs n_queries >= 1 and 0 < p_init <= 1, got {n_queries}, {p_init}.")
         if not 1 <= chains <= n_queries:
             raise ConfigError(f"Square needs 1 <= chains <= n_queries, got chains={chains}, n_queries={n_queries}.")
         self.chains = chains
+        if not 1 <= proposals <= n_queries or (proposals > 1 and chains > 1):
+            raise ConfigError(f"Square needs 1 <= proposals <= n_queries and proposals or chains at 1, got "
+                              f"proposals={proposals}, chains={chains}, n_queries={n_queries}.")
+        self.proposals = proposals
         if draws < 1:
             raise ConfigError(f"Square needs draws >= 1, got {draws}.")
         self.draws = draws
@@ -140,8 +150,9 @@ class Square(FixedBudgetAttack):
             if m == 0:
                 break
             rows = torch.arange(m, device=x.device).repeat(k)
+            streams = generator[idx].lanes(group) if self.chains > 1 else generator[idx]  # lane 0: the plain stream
             found, score, fooled = (per_input(v, k) for v in self._search(
-                model, x[idx][rows], y[idx][rows], generator[idx].lanes(group), queries, rows if k > 1 else None))
+                model, x[idx][rows], y[idx][rows], streams, queries, rows if k > 1 else None))
             pick = torch.arange(m, device=x.device)
             hit = fooled.any(0)
             lane = torch.where(hit, fooled.float().argmax(0), score.argmax(0))
@@ -163,7 +174,11 @@ class Square(FixedBudgetAttack):
         best, done = self._score(model, out, y)  # maximise: > 0 means misclassified
         act = torch.arange(n, device=x.device)  # samples still searched
         xa, ya, xb, ba, da = x, y, out.clone(), best.clone(), done.clone()
-        for it in range(queries - 1):
+        k = self.proposals
+        # each proposal its own stream (lane 0 the plain one), drawn for the rows still searched
+        streams = generator.lanes(range(k)) if k > 1 else generator
+        steps = 1 + (queries - 1) // k  # the first query starts the search, the others are steps of k
+        for it in range(steps - 1):
             if it % self.early_stop_every == 0:
                 # write back, then drop the fooled samples (one host sync every few queries)
                 out[act], best[act], done[act] = xb, ba, da
@@ -173,17 +188,31 @@ class Square(FixedBudgetAttack):
                     break
                 if keep.numel() < act.numel():
                     act, xa, ya, xb, ba, da = act[keep], xa[keep], ya[keep], xb[keep], ba[keep], da[keep]
-            p = _p_at(self.p_init, it, queries)
+            p = _p_at(self.p_init, it, steps)
             # each sample's own windows and signs, whatever else is still searched
-            delta = self._propose(generator[act], xa, xb - xa, p)
-            candidate = (xa + delta).clamp(0, 1)
-            loss, fooled = self._score(model, candidate, ya)
+            if k == 1:
+                delta = self._propose(generator[act], xa, xb - xa, p)
+                candidate = (xa + delta).clamp(0, 1)
+                loss, fooled = self._score(model, candidate, ya)
+            else:
+                candidate, loss, fooled = self._best_of(model, streams, act, n, xa, ya, xb, p)
             accept = loss > ba
             ba = torch.where(accept, loss, ba)
             da = torch.where(accept, fooled, da)
             xb = torch.where(accept.view(-1, 1, 1, 1), candidate, xb)
         out[act], best[act], done[act] = xb, ba, da
         return out, best, done
+
+    def _best_of(self, model: nn.Module, streams: SampleRNG, act: torch.Tensor, n: int, xa: torch.Tensor,
+                 ya: torch.Tensor, xb: torch.Tensor, p: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Of ``proposals`` candidates per row still searched, scored in one call, the best: ``(point, margin, fooled)``."""
+        k, m = self.proposals, act.numel()
+        rows = (torch.arange(k, device=act.device).view(k, 1) * n + act.view(1, m)).reshape(-1)
+        xk = xa.repeat(k, 1, 1, 1)
+        candidate = (xk + self._propose(streams[rows], xk, (xb - xa).repeat(k, 1, 1, 1), p)).clamp(0, 1)
+        loss, fooled = (per_input(v, k) for v in self._score(model, candidate, ya.repeat(k)))
+        pick, at = loss.argmax(0), torch.arange(m, device=act.device)  # ties: the lowest lane
+        return per_input(candidate, k)[pick, at], loss[pick, at], fooled[pick, at]
 
     def _score(self, model: nn.Module, z: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The margin at ``z`` (mean over ``draws`` passes) and whether every pass misclassifies it."""
