@@ -174,10 +174,9 @@ class Square(FixedBudgetAttack):
         best, done = self._score(model, out, y)  # maximise: > 0 means misclassified
         act = torch.arange(n, device=x.device)  # samples still searched
         xa, ya, xb, ba, da = x, y, out.clone(), best.clone(), done.clone()
-        k = self.proposals
         # each proposal its own stream (lane 0 the plain one), drawn for the rows still searched
-        streams = generator.lanes(range(k)) if k > 1 else generator
-        steps = 1 + (queries - 1) // k  # the first query starts the search, the others are steps of k
+        streams = generator.lanes(range(self.proposals)) if self.proposals > 1 else generator
+        steps = 1 + (queries - 1) // self.proposals  # the first query starts the search, then steps of proposals
         for it in range(steps - 1):
             if it % self.early_stop_every == 0:
                 # write back, then drop the fooled samples (one host sync every few queries)
@@ -190,12 +189,7 @@ class Square(FixedBudgetAttack):
                     act, xa, ya, xb, ba, da = act[keep], xa[keep], ya[keep], xb[keep], ba[keep], da[keep]
             p = _p_at(self.p_init, it, steps)
             # each sample's own windows and signs, whatever else is still searched
-            if k == 1:
-                delta = self._propose(generator[act], xa, xb - xa, p)
-                candidate = (xa + delta).clamp(0, 1)
-                loss, fooled = self._score(model, candidate, ya)
-            else:
-                candidate, loss, fooled = self._best_of(model, streams, act, n, xa, ya, xb, p)
+            candidate, loss, fooled = self._best_of(model, streams, act, n, xa, ya, xb, p)
             accept = loss > ba
             ba = torch.where(accept, loss, ba)
             da = torch.where(accept, fooled, da)
