@@ -143,20 +143,34 @@ class _PapernotNet(nn.Module):
         return self.classifier(self.features(x))
 
 
+def _scaled(widths: tuple[int, int], fc: int, width: float) -> tuple[tuple[int, int], int]:
+    """Every layer's width times ``width`` (a robust-distillation student: ``width: 0.5``)."""
+    if not width > 0:
+        raise ConfigError(f"width must be > 0 (1.0: the paper's network, 0.5: half as wide), got {width}.")
+    c1, c2 = (max(1, round(c * width)) for c in widths)
+    return (c1, c2), max(1, round(fc * width))
+
+
 @register_backbone("papernot_mnist")
 class PapernotMNIST(_PapernotNet):
-    """Papernot et al. 2016 MNIST net: conv32-conv32-pool-conv64-conv64-pool-fc200-fc200."""
+    """Papernot et al. 2016 MNIST net: conv32-conv32-pool-conv64-conv64-pool-fc200-fc200.
 
-    def __init__(self, num_classes: int = 10, in_chans: int = 1, image_size: int = 28, dropout: float = 0.5) -> None:
-        super().__init__((32, 64), 200, num_classes, in_chans, image_size, dropout)
+    ``width`` scales every layer (0.5: conv16-conv16-pool-conv32-conv32-pool-fc100-fc100, about a
+    quarter of the parameters).
+    """
+
+    def __init__(self, num_classes: int = 10, in_chans: int = 1, image_size: int = 28, dropout: float = 0.5,
+                 width: float = 1.0) -> None:
+        super().__init__(*_scaled((32, 64), 200, width), num_classes, in_chans, image_size, dropout)
 
 
 @register_backbone("papernot_cifar")
 class PapernotCIFAR(_PapernotNet):
-    """Papernot et al. 2016 CIFAR-10 net: conv64-conv64-pool-conv128-conv128-pool-fc256-fc256."""
+    """Papernot et al. 2016 CIFAR-10 net: conv64-conv64-pool-conv128-conv128-pool-fc256-fc256 (``width`` scales it)."""
 
-    def __init__(self, num_classes: int = 10, in_chans: int = 3, image_size: int = 32, dropout: float = 0.5) -> None:
-        super().__init__((64, 128), 256, num_classes, in_chans, image_size, dropout)
+    def __init__(self, num_classes: int = 10, in_chans: int = 3, image_size: int = 32, dropout: float = 0.5,
+                 width: float = 1.0) -> None:
+        super().__init__(*_scaled((64, 128), 256, width), num_classes, in_chans, image_size, dropout)
 
 
 def timm_backbone(name: str, num_classes: int, in_chans: int, image_size: int,

@@ -127,6 +127,11 @@ def evaluate_claims(report: dict[str, Any], per_sample: dict[str, Any] | None = 
             out.append(_masked_claim(name, m, AttackRoles.from_dict(teacher["roles"]).naive, per, eps, alpha))
     if models.get("adv_train"):
         out.append(_adv_train_claim(per, models["adv_train"], bool(teacher), eps, alpha))
+        if models.get("robust_distilled"):
+            out.append(_robust_distilled_keeps_robustness(per, "distilled" in models, eps, alpha,
+                                                          (test_split or {}).get("attacks", {})))
+    if models.get("robust_distilled"):
+        out.append(_not_masked_claim("robust_distilled", models["robust_distilled"]))
     out.append(_verdict_claim(models))
     return out
 
@@ -157,6 +162,68 @@ def _adv_train_claim(per: dict[str, PerSample], adv: dict[str, Any], teacher: bo
                   f"attack more than 5 points lower: {fell.difference:.1%}, 95% interval up to {d[0].ci[1]:.1%}"
                   + (f"; at least 20 points above the teacher's worst case: {d[1].value:+.1%}" if teacher else "")
                   + ").", **evidence)
+
+
+def _robust_distilled_keeps_robustness(per: dict[str, PerSample], distilled: bool, eps: float, alpha: float,
+                                       attacked: dict[str, Any]) -> dict[str, Any]:
+    """The robust student keeps its robust teacher's worst case (within 5 points) and beats the defensive one's by 20.
+
+    Compared on the ``claim_samples`` test images under the white-box attacks where ``lit-defense
+    run`` measured them (``test_split["attacks"]``: a 5-point bar needs more inputs than the
+    audit's), else on the audited inputs' worst case. The audit's worst cases are in the text either way.
+    """
+    names = ["robust_distilled", "adv_train", *(["distilled"] if distilled else [])]
+    more = set(names) <= set(attacked.get("models", {})) and abs(attacked["eps"] - eps) < 1e-12
+
+    def worst(name: str) -> torch.Tensor:
+        if more:
+            robust = attacked["models"][name]["robust"].values()
+            return torch.stack([torch.tensor(r, dtype=torch.bool) for r in robust]).all(0)
+        return per[name].robust_to(None, eps)
+
+    def acc(name: str) -> float:
+        return float(worst(name).double().mean())
+
+    def audited(name: str) -> float:
+        return float(per[name].expected_to(None, eps).double().mean())
+
+    where = (f"the worst of the white-box attacks on {attacked['n']} test images" if more
+             else "the worst case on the audited inputs")
+    kept = paired(worst("robust_distilled"), worst("adv_train"))
+    d = [kept.decide(-0.05, above=False, alpha=alpha, strict=True)]
+    evidence: dict[str, Any] = {"eps": eps, "where": where, "robust_distilled": acc("robust_distilled"),
+                                "adv_train": acc("adv_train"), "minus_teacher": _stats(kept, d),
+                                "audit_worst_case": {n: audited(n) for n in names}}
+    text = (f"The robustly distilled student keeps its robust teacher's robustness ({where}, eps={eps:g}): "
+            f"{acc('robust_distilled'):.1%} vs adv_train's {acc('adv_train'):.1%} (difference {kept.difference:+.1%}, "
+            f"95% interval [{d[0].ci[0]:+.1%}, {d[0].ci[1]:+.1%}], bar -5 points)")
+    if distilled:
+        gain = paired(worst("robust_distilled"), worst("distilled"))
+        d.append(gain.decide(0.20, above=False, alpha=alpha, strict=True))
+        evidence["distilled"] = acc("distilled")
+        evidence["minus_distilled"] = _stats(gain, d[1:])
+        text += (f"; the defensively distilled student keeps {acc('distilled'):.1%} ({gain.difference:+.1%}, 95% "
+                 f"interval [{d[1].ci[0]:+.1%}, {d[1].ci[1]:+.1%}], bar +20 points)")
+    text += ("; the audit's worst cases: " + ", ".join(f"{n} {audited(n):.1%}" for n in names))
+    return _claim("robust_distilled_keeps_robustness", _both(d), text + ".", **evidence)
+
+
+def _not_masked_claim(name: str, m: dict[str, Any]) -> dict[str, Any]:
+    """A model the audit should trust: not suspected of masking, and its positive control passed."""
+    masking = m["gradient_masking"]
+    verdict = masking.get("state", "suspected" if masking["suspected"] else "not suspected")
+    control = next((c for c in masking.get("checks", []) if c["name"] == "attack_inadequate"), None)
+    applicable = bool(control and control.get("evidence", {}).get("applicable"))
+    control_state = control["state"] if applicable else "inconclusive"
+    state: State = worst_state(["pass" if verdict == "not suspected" else
+                                "fail" if verdict == "suspected" else "inconclusive", control_state])
+    ad = m.get("adequacy") or {}
+    shown = (f"the attacks solved {ad['passed']} of {ad['valid']} binarization tasks" if ad.get("valid")
+             else "the binarization test had no task to run")
+    return _claim(f"{name}_not_masked", state,
+                  f"{name}: the audit finds no sign of gradient masking ({verdict}) and its positive control "
+                  f"passes ({shown}: {control_state}).",
+                  verdict=verdict, positive_control=control_state, adequacy={k: ad.get(k) for k in ("passed", "valid", "rate", "ci")})
 
 
 def _verdict_claim(models: dict[str, dict[str, Any]]) -> dict[str, Any]:

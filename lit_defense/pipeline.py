@@ -9,6 +9,8 @@ every epoch:
 4. ``masked_bit_depth``: bit-depth reduction in front of the network (non-differentiable);
 5. ``masked_random_resize_pad``: random resizing and padding (randomized);
 6. ``adv_train``: PGD adversarial training, the honest baseline;
+7. ``robust_distilled``: a half-width student distilled from ``adv_train`` by RSLAD (robust
+   distillation: its robustness is real, unlike defensive distillation's);
 
 then audits all of them (``lit-defense audit``) and checks the claims of the distillation and
 gradient-masking papers against the numbers. Everything lands in one folder,
@@ -52,6 +54,7 @@ class Training:
     config: str
     needs: str | None = None  # a stage whose checkpoint is this one's teacher
     extra: list[str] = field(default_factory=list)
+    beside: str | None = None  # the report shows this model right after that one (else in training order)
 
 
 STAGES = [
@@ -61,7 +64,27 @@ STAGES = [
     Training("masked_bit_depth", "fashion_mnist/masked_bit_depth.yaml"),
     Training("masked_random_resize_pad", "fashion_mnist/masked_random_resize_pad.yaml"),
     Training("adv_train", "fashion_mnist/adv_train.yaml"),
+    Training("robust_distilled", "fashion_mnist/robust_distilled.yaml", needs="adv_train", beside="distilled"),
 ]
+
+
+# the models the claims compare on ``claim_samples`` test images under the white-box attacks: the
+# teacher and the defensively distilled student (the distillation claims), the robust teacher and its
+# robust student (robust distillation keeps robustness: 400 audited inputs cannot resolve 5 points)
+ATTACKED_FOR_CLAIMS = ("teacher", "distilled", "adv_train", "robust_distilled")
+
+
+def report_order(stages: list[Training] = STAGES) -> list[Training]:
+    """The stages in the order the audit's report shows them.
+
+    Training order, except that a stage ``beside`` another follows it (the robust student beside
+    the defensively distilled one).
+    """
+    out = [s for s in stages if s.beside is None]
+    for stage in (s for s in stages if s.beside is not None):
+        out.insert(next(i for i, s in enumerate(out) if s.name == stage.beside) + 1, stage)
+    return out
+
 
 
 @dataclass
@@ -98,7 +121,7 @@ class Profile:
         if not path.is_file():
             raise ConfigError(f"profile {self.name!r}: its audit config {self.audit} ({path}) does not exist.")
         call = read_audit_config(["--config", str(path), "--output_dir", str(folder), "--overwrite", "true"])
-        call.models = [ModelSpec(name=s.name, checkpoint=str(_last_ckpt(folder, s.name))) for s in STAGES]
+        call.models = [ModelSpec(name=s.name, checkpoint=str(_last_ckpt(folder, s.name))) for s in report_order()]
         call.options = call.options.replace(**changes)
         return call
 
@@ -256,9 +279,11 @@ def measure_for_claims(profile: Profile, folder: Path, batch_size: int = 1000) -
     - every stage's per-sample correctness on the whole test split (10,000 Fashion-MNIST images, a
       forward pass each: seconds), not on the few hundred audited images, whose 95% interval is
       about +-5 points;
-    - the teacher's and the student's per-sample robustness under the audit's white-box attacks
-      (FGSM, PGD-CE, PGD-margin) at eps 0.1 on ``profile.claim_samples`` seeded test images: the
-      distillation claims compare the two models on those same inputs (paired).
+    - the per-sample robustness of the models of ``ATTACKED_FOR_CLAIMS`` (the teacher, the
+      defensively distilled student, the adversarially trained model and the robust student) under
+      the audit's white-box attacks (FGSM, PGD-CE, PGD-margin) at eps 0.1 on
+      ``profile.claim_samples`` seeded test images: the distillation claims compare the models on
+      those same inputs (paired).
 
     The clean estimates (``{value, ci, k, n}``) also go into ``report.json`` as ``test_split``.
     """
@@ -295,7 +320,7 @@ def measure_for_claims(profile: Profile, folder: Path, batch_size: int = 1000) -
                 correct += (model(xb).argmax(1) == yb).tolist()
         out["n"] = len(correct)
         out["models"][stage.name] = {"accuracy": Estimate(sum(correct), len(correct)).to_dict(), "correct": correct}
-        if stage.name in ("teacher", "distilled"):
+        if stage.name in ATTACKED_FOR_CLAIMS:
             _, ex = robustness_counts(model, x, y, attacks, [eps], batch_size, cascade=False)
             out["attacks"]["models"][stage.name] = {
                 "clean_correct": ex.clean_correct.tolist(),
@@ -324,4 +349,4 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-__all__ = ["STAGES", "Profile", "audit_stages", "load_profile", "profiles", "main", "run", "measure_for_claims", "stage_args"]
+__all__ = ["STAGES", "Profile", "report_order", "audit_stages", "load_profile", "profiles", "main", "run", "measure_for_claims", "stage_args"]

@@ -73,7 +73,10 @@ def test_every_profile_is_a_file_whose_audit_is_an_audit_config(tmp_path):
         profile = load_profile(name)
         assert set(profile.epochs) == {s.name for s in STAGES}, name
         call = profile.audit_config(tmp_path)
-        assert [m.name for m in call.models] == [s.name for s in STAGES]
+        # every stage once; the robust student beside the defensively distilled one
+        names = [m.name for m in call.models]
+        assert sorted(names) == sorted(s.name for s in STAGES)
+        assert names.index("robust_distilled") == names.index("distilled") + 1
         assert call.options.output_dir == str(tmp_path) and call.options.overwrite
         # the same file audits a user's models as they are
         alone = read_audit_config(["--config", str((CONFIGS / "run" / profile.audit).resolve())])

@@ -16,6 +16,7 @@ from conftest import CONFIGS, SYNTHETIC
 
 TEACHER = CONFIGS / "fashion_mnist" / "teacher.yaml"
 STUDENT = CONFIGS / "fashion_mnist" / "distilled.yaml"
+ROBUST_STUDENT = CONFIGS / "fashion_mnist" / "robust_distilled.yaml"
 DDP = CONFIGS / "trainer" / "ddp.yaml"
 # the README's CPU variant of configs/trainer/ddp.yaml
 DDP_CPU = ["--config", str(DDP), "--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.precision=32-true"]
@@ -112,3 +113,19 @@ def test_ddp_student_fit_with_teacher_on_every_rank(workdir, teacher_ckpt):
     assert metrics["val/acc"] > 0.2 and "adv/worst/eps=0.1/acc" in metrics  # chance: 0.1
     student = torch.load(run / "checkpoints/last.ckpt", weights_only=True)
     assert not any(k.startswith("teacher") for k in student["state_dict"])  # the teacher stays out
+
+
+def test_ddp_robust_student_fit_in_bf16(workdir, teacher_ckpt):
+    """RSLAD under 2-process DDP and bf16 mixed precision: every rank loads the teacher, checks it
+    and crafts its own adversarial examples; one run, the teacher outside the checkpoint."""
+    _cli(["fit", "--config", str(ROBUST_STUDENT), *DDP_CPU, *SYNTHETIC, "--trainer.precision=bf16-mixed",
+                "--trainer.max_epochs=1", "--model.init_args.lr_scheduler.init_args.T_max=1",
+                "--model.init_args.attack_steps=2", "--model.init_args.teacher_check_samples=64",
+                f"--model.init_args.teacher_checkpoint={teacher_ckpt}", "--trainer.logger.init_args.name=robust",
+                "--config", str(workdir / "eval.yaml")], workdir)
+    run = workdir / "runs/robust/version_0"
+    metrics = _scalars(run)
+    assert metrics["val/acc"] > 0.2 and "adv/worst/eps=0.1/acc" in metrics
+    student = torch.load(run / "checkpoints/last.ckpt", weights_only=True)
+    assert not any(k.startswith("teacher") for k in student["state_dict"])
+    assert student["hyper_parameters"]["method"] == "rslad"

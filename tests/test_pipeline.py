@@ -12,7 +12,7 @@ from lit_defense.cli import main
 from lit_defense.pipeline import STAGES
 
 # verdicts and claims of trained models: CI runs these again under another numeric path; the first
-# test also trains and audits the six smoke models (its module fixture), hence the longer timeout
+# test also trains and audits the seven smoke models (its module fixture), hence the longer timeout
 pytestmark = [pytest.mark.numeric_path, pytest.mark.timeout(1200)]
 
 
@@ -45,7 +45,7 @@ def test_the_papers_claims_hold_on_synthetic_data(smoke_run):
     split = json.loads((smoke_run / "test_split.json").read_text())
     claims = {c["claim"]: c for c in report["claims"]}
     assert claims == {c["claim"]: c for c in evaluate_claims(report, per_sample, split)}
-    assert len(claims) == 7
+    assert len(claims) == 9
     for name, c in claims.items():
         if name == "adv_train_does_not_fall":
             # the smoke model (6 epochs of TRADES at PGD-5 on synthetic data) leaves 0 of the 128
@@ -73,6 +73,14 @@ def test_the_papers_claims_hold_on_synthetic_data(smoke_run):
             ev = c["evidence"]
             assert c["state"] in ("holds", "inconclusive"), (name, c["state"], c["text"])
             assert ev["removed"]["difference"] >= 0.5 * ev["gain_over_teacher"]["difference"] > 0, c["text"]
+            continue
+        if name == "robust_distilled_keeps_robustness":
+            # 128 audited inputs cannot put a paired interval inside a 5-point bar unless the student
+            # matches its teacher input for input: never fails, and its point estimates meet both bars
+            ev = c["evidence"]
+            assert c["state"] in ("holds", "inconclusive"), (name, c["state"], c["text"])
+            assert ev["minus_teacher"]["difference"] >= -0.05, c["text"]
+            assert ev["minus_distilled"]["difference"] >= 0.20, c["text"]
             continue
         assert c["state"] == "holds" and c["holds"], (name, c["state"], c["text"])
     clean = claims["distilled_clean_accuracy_close_to_teacher"]["evidence"]

@@ -8,16 +8,46 @@ plain PGD, unlike the masked models'.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from typing_extensions import override
 
-from lit_defense.attacks import PGD
+from lit_defense.attacks import PGD, Attack
 from lit_defense.errors import ConfigError
 from lit_defense.modules.classifier import Classifier
 from lit_defense.threat import Norm
+
+
+def craft_in_eval_mode(module: torch.nn.Module, attack: Attack, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``attack(module, x, y)`` with the module in eval mode (dropout off), its mode restored after.
+
+    The attack takes gradients w.r.t. the input only, so the parameters' gradients come from the
+    training loss alone.
+    """
+    was_training = module.training
+    module.eval()
+    try:
+        return attack(module, x, y)
+    finally:
+        module.train(was_training)
+
+
+def kl_to(probs: torch.Tensor, temperature: float = 1.0) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The per-sample loss ``KL(probs || softmax(logits / T))`` (an attack's loss: TRADES, RSLAD)."""
+
+    def kl(logits: torch.Tensor, _y: torch.Tensor) -> torch.Tensor:
+        if logits.shape[0] != probs.shape[0]:
+            raise ConfigError(
+                f"the attack called its loss on {logits.shape[0]} rows of a batch of {probs.shape[0]}: a KL "
+                "to per-input labels needs the whole batch at every step. Use one restart, no targets and "
+                "keep_first_adversarial: false (PGD, APGD)."
+            )
+        return F.kl_div(F.log_softmax(logits / temperature, -1), probs, reduction="none").sum(-1)
+
+    return kl
 
 
 class AdversarialTraining(Classifier):
@@ -47,20 +77,10 @@ class AdversarialTraining(Classifier):
         self.trades_beta = trades_beta
 
     def _craft(self, x: torch.Tensor, y: torch.Tensor, clean_probs: torch.Tensor | None) -> torch.Tensor:
-        was_training = self.training
-        self.eval()
-        try:
-            attack = self.attack
-            if clean_probs is not None:  # TRADES: the same PGD, maximising KL(f(x) || f(x_adv))
-
-                def kl(logits: torch.Tensor, _y: torch.Tensor) -> torch.Tensor:
-                    return F.kl_div(F.log_softmax(logits / self.temperature, -1), clean_probs,
-                                    reduction="none").sum(-1)
-
-                attack = self.attack.replace(loss=kl)
-            return attack(self, x, y)
-        finally:
-            self.train(was_training)
+        attack = self.attack
+        if clean_probs is not None:  # TRADES: the same PGD, maximising KL(f(x) || f(x_adv))
+            attack = self.attack.replace(loss=kl_to(clean_probs, self.temperature))
+        return craft_in_eval_mode(self, attack, x, y)
 
     @override
     def loss(self, logits: torch.Tensor, y: torch.Tensor, x: torch.Tensor,
