@@ -243,3 +243,53 @@ def test_the_recipe_trains_through_the_cli_in_bf16(in_tmp, teachers):
     assert {"adv/worst/eps=0.1/acc", "adv/pgd_margin/eps=0.1/acc", "val/acc"} <= set(tags), tags
     student = module_from_checkpoint(run / "checkpoints" / "last.ckpt")
     assert isinstance(student, RobustDistilledStudent) and student.hparams.backbone_kwargs == {"width": 0.5}
+
+
+def _claims_inputs(n_audit: int, worst: dict[str, list[bool]], verdict: str = "not suspected",
+                   control: str = "pass", attacked: dict[str, list[bool]] | None = None):
+    """A report, its per_sample.json and a test split for the claims of adv_train and robust_distilled."""
+    from lit_defense.roles import AttackRoles
+
+    roles = AttackRoles("fgsm", "pgd_ce", ["pgd_margin"]).to_dict()
+    report = {"models": [], "test_split": None}
+    per = {"models": {}}
+    for name, robust in worst.items():
+        masking = {"suspected": False, "state": "suspected" if name == "distilled" else
+                   (verdict if name == "robust_distilled" else "not suspected"),
+                   "checks": [{"name": "attack_inadequate", "state": control, "evidence": {"applicable": True}}]}
+        report["models"].append({"name": name, "roles": roles, "results": [{"eps": 0.1}], "gradient_masking": masking,
+                                 "adequacy": {"passed": 10, "valid": 10, "rate": 1.0, "ci": [0.69, 1.0]}})
+        per["models"][name] = {"clean_correct": [True] * n_audit, "robust": {"0.1": robust},
+                               "fooled_by": {a: {"0.1": [not r for r in robust]} for a in ("fgsm", "pgd_ce", "pgd_margin")}}
+    split = None
+    if attacked:
+        n = len(next(iter(attacked.values())))
+        split = {"attacks": {"eps": 0.1, "n": n, "models": {m: {"robust": {"pgd_margin": r}} for m, r in attacked.items()}}}
+    return report, per, split
+
+
+def _ones(n, lost):
+    return [i >= lost for i in range(n)]
+
+
+def test_the_robust_students_claims_are_decided_by_the_paired_rule():
+    from lit_defense.claims import evaluate_claims
+
+    def claims(**kw):
+        return {c["claim"]: c for c in evaluate_claims(*_claims_inputs(**kw))}
+
+    audit = {"adv_train": _ones(400, 100), "robust_distilled": _ones(400, 112), "distilled": _ones(400, 390)}
+    # 3 points below the teacher on the 400 audited inputs alone: the interval reaches past -5
+    c = claims(n_audit=400, worst=audit)["robust_distilled_keeps_robustness"]
+    assert c["state"] == "inconclusive" and c["evidence"]["minus_teacher"]["inputs_to_resolve"] > 400, c["text"]
+    # the same 3 points on 2000 attacked test images: decided
+    more = {"adv_train": _ones(2000, 500), "robust_distilled": _ones(2000, 560), "distilled": _ones(2000, 1950)}
+    c = claims(n_audit=400, worst=audit, attacked=more)["robust_distilled_keeps_robustness"]
+    assert c["state"] == "holds" and "2000 test images" in c["text"], c["text"]
+    # 10 points below: fails
+    worse = {**more, "robust_distilled": _ones(2000, 700)}
+    assert claims(n_audit=400, worst=audit, attacked=worse)["robust_distilled_keeps_robustness"]["state"] == "fails"
+    # not masked: the verdict and the positive control
+    assert claims(n_audit=400, worst=audit)["robust_distilled_not_masked"]["state"] == "holds"
+    assert claims(n_audit=400, worst=audit, verdict="suspected")["robust_distilled_not_masked"]["state"] == "fails"
+    assert claims(n_audit=400, worst=audit, control="inconclusive")["robust_distilled_not_masked"]["state"] == "inconclusive"
