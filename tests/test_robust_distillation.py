@@ -242,7 +242,7 @@ def test_the_recipe_trains_through_the_cli_in_bf16(in_tmp, teachers):
     tags = events.Tags()["scalars"]
     assert {"adv/worst/eps=0.1/acc", "adv/pgd_margin/eps=0.1/acc", "val/acc"} <= set(tags), tags
     student = module_from_checkpoint(run / "checkpoints" / "last.ckpt")
-    assert isinstance(student, RobustDistilledStudent) and student.hparams.backbone_kwargs == {"width": 0.5}
+    assert isinstance(student, RobustDistilledStudent) and student.hparams.backbone_kwargs == {"width": 0.5, "dropout": 0.0}
 
 
 def _claims_inputs(n_audit: int, worst: dict[str, list[bool]], verdict: str = "not suspected",
