@@ -208,10 +208,16 @@ def _robust_distilled_keeps_robustness(per: dict[str, PerSample], distilled: boo
     return _claim("robust_distilled_keeps_robustness", _both(d), text + ".", **evidence)
 
 
+def _verdict(m: dict[str, Any]) -> str:
+    """A model's gradient-masking verdict in report.json (older reports carry only ``suspected``)."""
+    masking = m["gradient_masking"]
+    return masking.get("state", "suspected" if masking["suspected"] else "not suspected")
+
+
 def _not_masked_claim(name: str, m: dict[str, Any]) -> dict[str, Any]:
     """A model the audit should trust: not suspected of masking, and its positive control passed."""
     masking = m["gradient_masking"]
-    verdict = masking.get("state", "suspected" if masking["suspected"] else "not suspected")
+    verdict = _verdict(m)
     control = next((c for c in masking.get("checks", []) if c["name"] == "attack_inadequate"), None)
     applicable = bool(control and control.get("evidence", {}).get("applicable"))
     control_state = control["state"] if applicable else "inconclusive"
@@ -228,8 +234,7 @@ def _not_masked_claim(name: str, m: dict[str, Any]) -> dict[str, Any]:
 
 def _verdict_claim(models: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """The audit flags the distilled, T=100 and masked models, and neither the teacher nor adversarial training."""
-    states = {n: m["gradient_masking"].get("state", "suspected" if m["gradient_masking"]["suspected"]
-                                           else "not suspected") for n, m in models.items()}
+    states = {n: _verdict(m) for n, m in models.items()}
     # the T=100 distillation teacher, deployed at T=1, saturates its softmax just like the student
     should = {n: "suspected" if n.startswith(("distill", "masked")) else "not suspected" for n in states}
     wrong = [n for n in states if states[n] != should[n] and states[n] != "inconclusive"]

@@ -86,7 +86,6 @@ def report_order(stages: list[Training] = STAGES) -> list[Training]:
     return out
 
 
-
 @dataclass
 class Profile:
     """A profile of ``lit-defense run``: a YAML file (``configs/run/<name>.yaml``; copy one to make yours).

@@ -121,9 +121,7 @@ class RobustDistilledStudent(DistilledStudent):
     def teacher_robustness(self, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
         """The teacher's clean and robust accuracy on ``(x, y)`` (PGD-10 on the margin loss)."""
         teacher = self.teacher
-        attack = self.attack.replace(loss="margin", keep_first_adversarial=True) \
-            if isinstance(self.attack, PGD) else PGD(eps=self.attack.eps, norm=self.attack.norm, loss="margin")
-        attack = attack.replace(steps=10, step_size=None)
+        attack = PGD(eps=self.attack.eps, norm=self.attack.norm, steps=10, loss="margin")
         with torch.no_grad():
             clean = teacher(x).argmax(1) == y
         x_adv = attack(teacher, x, y)
@@ -166,8 +164,7 @@ class RobustDistilledStudent(DistilledStudent):
         temp, a = self.temperature, self.adversarial_weight
         adversarial = F.kl_div(F.log_softmax(self(x_adv) / temp, -1), soft, reduction="batchmean")
         if self.method == "ard":
-            clean = F.cross_entropy(logits, y)
-            return a * temp**2 * adversarial + (1.0 - a) * clean if a < 1.0 else temp**2 * adversarial
+            return a * temp**2 * adversarial + (1.0 - a) * F.cross_entropy(logits, y)
         clean = F.kl_div(F.log_softmax(logits / temp, -1), soft, reduction="batchmean")
         return a * adversarial + (1.0 - a) * clean
 
