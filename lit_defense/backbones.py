@@ -16,8 +16,9 @@ taking ``num_classes``, ``in_chans`` and ``image_size``, or names it by class pa
 
 from __future__ import annotations
 
+import contextlib
 import inspect
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -173,13 +174,50 @@ class PapernotCIFAR(_PapernotNet):
         super().__init__(*_scaled((64, 128), 256, width), num_classes, in_chans, image_size, dropout)
 
 
+def _hub_unreachable(timeout: float = 3.0) -> str | None:
+    """Why the Hugging Face hub cannot be reached (``HF_HUB_OFFLINE``, or no connection), else None.
+
+    One TCP connection with a short timeout: offline, the hub's client would otherwise retry its
+    requests for about a minute before it looks in the local cache.
+    """
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return "HF_HUB_OFFLINE is set"
+    url = urlparse(constants.ENDPOINT)
+    host, port = url.hostname or "huggingface.co", url.port or (80 if url.scheme == "http" else 443)
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as err:
+        return f"{host} cannot be reached: {err}"
+    return None
+
+
+@contextlib.contextmanager
+def _hub_offline(offline: bool) -> Iterator[None]:
+    """The Hugging Face client in offline mode for the block (the local cache only, no retries)."""
+    from huggingface_hub import constants
+
+    before = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = before or offline
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = before
+
+
 def timm_backbone(name: str, num_classes: int, in_chans: int, image_size: int,
                   pretrained: bool = False, small_input: bool | None = None, **kwargs: Any) -> nn.Module:
     """A timm model with the given classes and input channels.
 
     ``small_input`` (default: ``image_size <= 64``) replaces a ResNet-style stem (``conv1`` +
     ``maxpool``) with a 3x3 stride-1 convolution and no pooling, the usual CIFAR adaptation.
-    ``pretrained=True`` needs the weights in the local Hugging Face cache (no download offline).
+    ``pretrained=True`` takes the weights from the local Hugging Face cache, or downloads them when
+    the hub can be reached; offline (``HF_HUB_OFFLINE``, or no connection within 3 s) an uncached
+    model is one clear error at once.
     """
     import timm
 
@@ -188,8 +226,11 @@ def timm_backbone(name: str, num_classes: int, in_chans: int, image_size: int,
             f"unknown timm model {name!r}; list them with `python -c \"import timm; "
             f"print(timm.list_models('{name.split('_')[0]}*'))\"`."
         )
+    unreachable = _hub_unreachable() if pretrained else None
     try:
-        model = timm.create_model(name, pretrained=pretrained, num_classes=num_classes, in_chans=in_chans, **kwargs)
+        with _hub_offline(unreachable is not None):
+            model = timm.create_model(name, pretrained=pretrained, num_classes=num_classes, in_chans=in_chans,
+                                      **kwargs)
     except TypeError as err:
         unknown = [k for k in kwargs if f"'{k}'" in str(err)] or sorted(kwargs)
         raise ConfigError(
@@ -199,9 +240,10 @@ def timm_backbone(name: str, num_classes: int, in_chans: int, image_size: int,
     except (OSError, RuntimeError, ValueError) as err:
         if not pretrained:
             raise
+        why = unreachable or f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"
         raise ConfigError(
             f"pretrained weights of timm model {name!r} are not in the local Hugging Face cache and could "
-            f"not be downloaded ({type(err).__name__}: {str(err).splitlines()[0][:200]}); on a connected "
+            f"not be downloaded ({why}); on a connected "
             "machine they download on first use (into ~/.cache/huggingface), or copy that cache folder "
             "here, or train from scratch with pretrained: false."
         ) from None

@@ -62,3 +62,54 @@ def test_normalize_is_per_channel():
     assert torch.allclose(out[0, :, 0, 0], torch.tensor([1.0, 0.5, 0.0]))
     with pytest.raises(ConfigError):
         Normalize([0.5], [0.0])
+
+
+# a node without a network: every connection and name lookup fails at once, as on an offline node
+_OFFLINE_NODE = """
+import socket, sys, time
+def refuse(*args, **kwargs):
+    raise OSError(101, "Network is unreachable")
+socket.create_connection = refuse
+socket.getaddrinfo = refuse
+from lit_defense.backbones import timm_backbone
+from lit_defense.errors import ConfigError
+start = time.perf_counter()
+try:
+    timm_backbone("resnet18", 10, 3, 32, pretrained=True)
+except ConfigError as err:
+    print(f"{time.perf_counter() - start:.2f}")
+    print(err)
+    sys.exit(0)
+sys.exit("no ConfigError")
+"""
+
+
+def test_pretrained_weights_on_an_offline_node_fail_at_once(tmp_path):
+    """Without HF_HUB_OFFLINE the hub's client retries for about a minute (55 s measured here)
+    before it looks in the cache: an unreachable hub must be one clear error in well under 5 s."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
+    env["HF_HOME"] = str(tmp_path / "hf")  # an empty cache
+    res = subprocess.run([sys.executable, "-c", _OFFLINE_NODE], capture_output=True, text=True, env=env, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    seconds, message = res.stdout.strip().splitlines()
+    assert float(seconds) < 5.0, seconds
+    assert "pretrained weights of timm model 'resnet18'" in message and "cannot be reached" in message, message
+    assert "pretrained: false" in message
+
+
+def test_the_hub_is_offline_only_inside_the_block():
+    from huggingface_hub import constants
+
+    from lit_defense.backbones import _hub_offline
+
+    before = constants.HF_HUB_OFFLINE
+    with _hub_offline(True):
+        assert constants.HF_HUB_OFFLINE
+    assert constants.HF_HUB_OFFLINE == before
+    with pytest.raises(RuntimeError), _hub_offline(True):
+        raise RuntimeError("an error inside the block")
+    assert constants.HF_HUB_OFFLINE == before
