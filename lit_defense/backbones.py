@@ -181,6 +181,7 @@ def _hub_unreachable(timeout: float = 3.0) -> str | None:
     requests for about a minute before it looks in the local cache.
     """
     import socket
+    import urllib.request
     from urllib.parse import urlparse
 
     from huggingface_hub import constants
@@ -189,6 +190,12 @@ def _hub_unreachable(timeout: float = 3.0) -> str | None:
         return "HF_HUB_OFFLINE is set"
     url = urlparse(constants.ENDPOINT)
     host, port = url.hostname or "huggingface.co", url.port or (80 if url.scheme == "http" else 443)
+    # behind a proxy (HTTPS_PROXY, ALL_PROXY) the hub is reached through it: test the proxy instead
+    proxies = urllib.request.getproxies()
+    proxy = proxies.get(url.scheme) or proxies.get("all")
+    if proxy and not urllib.request.proxy_bypass(host):
+        via = urlparse(proxy if "://" in proxy else f"http://{proxy}")
+        host, port = via.hostname or host, via.port or 8080
     try:
         socket.create_connection((host, port), timeout=timeout).close()
     except OSError as err:

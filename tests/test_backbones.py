@@ -113,3 +113,25 @@ def test_the_hub_is_offline_only_inside_the_block():
     with pytest.raises(RuntimeError), _hub_offline(True):
         raise RuntimeError("an error inside the block")
     assert constants.HF_HUB_OFFLINE == before
+
+
+def test_behind_a_proxy_the_proxy_is_what_must_be_reachable(monkeypatch):
+    import socket
+
+    from lit_defense.backbones import _hub_unreachable
+
+    tried = []
+
+    def connect(address, timeout=None):
+        tried.append(address)
+        raise OSError(111, "Connection refused")
+
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(socket, "create_connection", connect)
+    for var in ("https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY", "no_proxy", "NO_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
+    assert "proxy.example cannot be reached" in _hub_unreachable()
+    assert tried == [("proxy.example", 3128)]
