@@ -96,7 +96,7 @@ def test_the_audit_refines_behind_bpda_on_a_masked_model(trained):
                         min_norm_steps=10, rays_queries=0)
     a = audit_model(masked(model), x[:64], y[:64], [0.1], name="bit_depth", suite=suite, check_samples=32)
     assert "bpda_fmn" in a.roles.cascade
-    assert a.roles.refine == ["bpda_refine_apgd_t", "bpda_refine_pgd_margin"]
+    assert a.roles.refine == ["bpda_refine_apgd_t", "bpda_refine_pgd_margin", "bpda_refine_close_apgd_t1"]
     assert "refine" in a.stages, a.stages
     norms = a.per_sample.min_norm["bpda_fmn"]
     assert norms.shape == (64,) and torch.isfinite(norms).any()
@@ -117,6 +117,14 @@ def test_refine_gives_the_near_inputs_autoattacks_targeted_budget():
     assert default_attacks("linf", suite, masked=False, randomized=True).refine == []
     three = default_attacks("linf", suite, masked=False, randomized=False, num_classes=3).refine[0]
     assert three.targets == 2 and three.loss == "margin"  # DLR-targeted needs four classes
+    # the closest survivors: many starts at the top-ranked other class (one in 2.5 found an input
+    # AutoAttack fooled by a logit margin of 0.001), off with refine_close_radius 0
+    close = roles.refine[-1]
+    assert (close.name, close.targets, close.restarts, close.steps) == (
+        "refine_close_apgd_t1", 1, 2 * suite.refine_restarts, suite.apgd_steps // 2)
+    assert close.seed not in (apgd_t.seed, roles.cascade[1].seed)
+    off = default_attacks("linf", AttackSuite(refine_close_radius=0), masked=False, randomized=False, num_classes=10)
+    assert [a.name for a in off.refine] == ["refine_apgd_t", "refine_pgd_margin"]
 
 
 def test_l2_gets_autoattacks_square_budget_and_a_targeted_minimum_norm_attack():
@@ -158,3 +166,22 @@ def test_an_l2_audit_runs_the_targeted_fmn_and_square_through_the_plan(trained):
         assert not (a.per_sample.robust_to(None, e) & inside).any(), e
     worst = [a.worst_case[eps_key(e)] for e in eps]
     assert worst[1] <= worst[0]
+
+
+def test_the_close_refine_runs_on_the_closest_survivors_only(trained):
+    """``refine_close`` takes the survivors of the refine stage whose FMN norm is within
+    ``refine_close_radius`` x eps, and no other input."""
+    model, x, y = trained
+    eps, close = 0.03, 1.5
+    suite = AttackSuite(steps=5, eot_samples=2, square_queries=0, random_samples=0, apgd_steps=5, apgd_targets=1,
+                        min_norm_steps=10, rays_queries=0, refine_radius=3.0, refine_close_radius=close)
+    a = audit_model(model, x[:64], y[:64], [eps], name="m", suite=suite, check_samples=16)
+    key = eps_key(eps)
+    fmn = a.per_sample.min_norm["fmn"]
+    fooled = a.per_sample.fooled_by["refine_close_apgd_t1"][key]
+    before = a.per_sample.robust[key] | fooled  # robust when the close refine began
+    expected = before & (fmn <= close * eps)
+    assert int(expected.sum()) > 0  # the test means something: some survivors are that close
+    assert a.stages["refine"]["refine_close"]["inputs"] == int(expected.sum())
+    assert not (fooled & ~expected).any()
+    assert any(r["attack"] == "refine_close_apgd_t1" and r["stage"] == "refine" for r in a.results)

@@ -31,7 +31,7 @@ from lit_defense.audit.context import AuditContext
 from lit_defense.audit.probe import ModelProbe
 from lit_defense.audit.sharding import attempt, raise_failures
 from lit_defense.audit.spending import black_box, far_from_boundary
-from lit_defense.audit.suite import default_attacks
+from lit_defense.audit.suite import REFINE_CLOSE, default_attacks
 from lit_defense.diagnostics import model_checks
 from lit_defense.evaluation import Tracking, check_attacks, robustness_counts
 from lit_defense.judge import Judge
@@ -230,12 +230,27 @@ class RefineStage(AuditStage):
         return next((ctx.res.min_norm[a.name] for a in ctx.roles.cascade if a.name in ctx.res.min_norm), None)
 
     def run(self, ctx: AuditContext) -> None:
-        """The refine attacks as a cascade on the near survivors, folded into the outcome."""
-        fmn, radius, attacks = self._fmn(ctx), ctx.options.suite.refine_radius, ctx.roles.refine
+        """The refine attacks as a cascade on the near survivors, folded into the outcome.
+
+        Then ``refine_close`` (the attack ``REFINE_CLOSE``) on the survivors closest to eps.
+        """
+        suite = ctx.options.suite
+        close = [a for a in ctx.roles.refine if a.name.endswith(REFINE_CLOSE)]  # BPDA's too
+        self._cascade(ctx, self.name, [a for a in ctx.roles.refine if a not in close], suite.refine_radius)
+        if close:
+            self._cascade(ctx, "refine_close", close, suite.refine_close_radius)
+
+    def _cascade(self, ctx: AuditContext, stage: str, attacks: list, radius: float) -> None:
+        fmn = self._fmn(ctx)
         near = {eps_key(e): ctx.res.robust_to(None, e) & (fmn <= radius * e) for e in ctx.eps}
-        runner = ctx.runner(self.name, self.share)
+        if stage != self.name and not any(bool(m.any()) for m in near.values()):
+            return  # no survivor that close: the stage does not run
+        runner = ctx.runner(stage, self.share)
         found = runner.cascade(ctx.model, ctx.x, ctx.y, attacks, ctx.eps, ctx.options.batch_size, near, ctx.judge)
-        ctx.stages[self.name] = runner.info
+        if stage == self.name:
+            ctx.stages[stage] = runner.info
+        else:  # within the refine stage's record (its cost is the refine stage's too)
+            ctx.stages[self.name] = {**ctx.stages.get(self.name, {}), stage: runner.info}
         names = [a.name for a in attacks]
         refined = ctx.res.fold(found["fooled"], names, ctx.eps, found.get("selected"), found.get("measured"))
         ctx.add_results(names, refined, self.label)
