@@ -24,9 +24,12 @@ skipped and an interrupted one continues from its ``last.ckpt``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -184,6 +187,36 @@ def stage_args(stage: Training, profile: Profile, run_dir: Path) -> list[str]:
     return args
 
 
+def stage_log(run_dir: Path, stage: str) -> Path:
+    """Where a training stage's own output goes (Lightning's summaries, warnings, progress bar)."""
+    return run_dir / stage / "fit.log"
+
+
+@contextlib.contextmanager
+def _output_into(path: Path | None) -> Iterator[None]:
+    """Everything the block prints, Python's and C's, goes to ``path`` (appended); ``None``: the terminal."""
+    if path is None:
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    try:
+        with open(path, "a", buffering=1) as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+            os.dup2(log.fileno(), 1)  # C and subprocesses, and handlers holding the terminal's streams
+            os.dup2(log.fileno(), 2)
+            try:
+                yield
+            finally:
+                log.flush()
+    finally:
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        os.close(saved[0])
+        os.close(saved[1])
+
+
 def _stage_done(run_dir: Path, stage: Training, epochs: int) -> bool:
     import torch
 
@@ -197,8 +230,12 @@ def _stage_done(run_dir: Path, stage: Training, epochs: int) -> bool:
 
 
 def run(profile_name: str | Path = "quick", root: str | Path = "runs", run_dir: str | Path | None = None,
-        log: Callable[[str], None] = print) -> Path:
-    """Run (or resume) the pipeline; returns the run folder."""
+        log: Callable[[str], None] = print, verbose: bool = False) -> Path:
+    """Run (or resume) the pipeline; returns the run folder.
+
+    Each training stage shows two lines; what it prints besides (Lightning's model summary and
+    notices, warnings, the progress bar) goes to ``<run>/<stage>/fit.log`` unless ``verbose``.
+    """
     from lit_defense.lightning_cli import LitDefenseCLI
 
     profile = load_profile(profile_name)
@@ -228,9 +265,11 @@ def run(profile_name: str | Path = "quick", root: str | Path = "runs", run_dir: 
             log(f"{prefix}: done already ({epochs} epochs), skipped")
             continue
         resumed = _last_ckpt(folder, stage.name).is_file()
-        log(f"{prefix}: {'resuming' if resumed else 'training'} {epochs} epoch(s) ...")
+        where = "" if verbose else f" (output: {stage_log(folder, stage.name)})"
+        log(f"{prefix}: {'resuming' if resumed else 'training'} {epochs} epoch(s){where} ...")
         start = time.perf_counter()
-        cli = LitDefenseCLI(args=stage_args(stage, profile, folder))
+        with _output_into(None if verbose else stage_log(folder, stage.name)):
+            cli = LitDefenseCLI(args=stage_args(stage, profile, folder))
         metrics = {k: float(v) for k, v in cli.trainer.callback_metrics.items()
                    if k in ("val/acc", "adv/worst/eps=0.1/acc") and v.numel() == 1}
         seconds = time.perf_counter() - start
@@ -343,9 +382,12 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"A shipped profile ({', '.join(profiles())}: configs/run/<name>.yaml) or a profile file.")
     parser.add_argument("--root", default="runs", help="Where run folders are created.")
     parser.add_argument("--run_dir", default=None, help="Use (or resume) this folder instead.")
+    parser.add_argument("--verbose", action="store_true",
+                        help="Show everything training prints (else in <run>/<stage>/fit.log).")
     args = parser.parse_args(argv)
-    run(args.profile, args.root, args.run_dir, log=lambda line: print(line, flush=True))
+    run(args.profile, args.root, args.run_dir, log=lambda line: print(line, flush=True), verbose=args.verbose)
     return 0
 
 
-__all__ = ["STAGES", "Profile", "report_order", "audit_stages", "load_profile", "profiles", "main", "run", "measure_for_claims", "stage_args"]
+__all__ = ["STAGES", "Profile", "report_order", "audit_stages", "load_profile", "profiles", "main", "run", "measure_for_claims", "stage_args",
+           "stage_log"]

@@ -4,12 +4,14 @@ claims, and resuming instead of retraining."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 
 from lit_defense.claims import evaluate_claims
 from lit_defense.cli import main
-from lit_defense.pipeline import STAGES
+from lit_defense.pipeline import STAGES, stage_log
 
 # verdicts and claims of trained models: CI runs these again under another numeric path; the first
 # test also trains and audits the seven smoke models (its module fixture), hence the longer timeout
@@ -18,10 +20,32 @@ pytestmark = [pytest.mark.numeric_path, pytest.mark.timeout(1200)]
 
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
+    """The smoke run's folder; what it printed on the terminal (file descriptors 1 and 2) is in
+    ``terminal.txt`` beside it."""
     root = tmp_path_factory.mktemp("pipeline")
-    assert main(["run", "--profile", "smoke", "--root", str(root)]) == 0
+    # a process of its own: its stdout and stderr are what a terminal would show
+    res = subprocess.run([sys.executable, "-m", "lit_defense", "run", "--profile", "smoke", "--root", str(root)],
+                         capture_output=True, text=True, timeout=1500)
+    assert res.returncode == 0, res.stderr[-3000:]
+    (root / "terminal.txt").write_text(res.stdout + res.stderr)
     (folder,) = [p for p in root.iterdir() if p.name.endswith("-smoke")]
     return folder
+
+
+def test_the_terminal_shows_two_lines_per_training_stage_and_the_audits(smoke_run):
+    """Lightning's notices, summaries and warnings go to each stage's own log, not the terminal."""
+    lines = (smoke_run.parent / "terminal.txt").read_text().splitlines()
+    training = [line for line in lines if line.startswith("[") and "audit" not in line.split(":")[0]]
+    assert len(training) == 2 * len(STAGES), training
+    audit = [line for line in lines if line.startswith("audit")]
+    others = [line for line in lines if line not in training and line not in audit]
+    # the run's folder, the audit's start and end, the report's path
+    assert len(others) <= 4, others
+    assert not any("GPU available" in line or "Seed set" in line or "site-packages" in line for line in lines), lines
+    for stage in STAGES:
+        log = stage_log(smoke_run, stage.name)
+        assert str(log) in next(line for line in training if line.startswith("[") and f" {stage.name}: " in line)
+        assert "GPU available" in log.read_text(), stage.name
 
 
 def test_run_writes_checkpoints_logs_report_and_plots(smoke_run):
