@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import pickle
 import re
+import shlex
 import sys
 import traceback
 import warnings
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from lit_defense.errors import LitDefenseError
+from lit_defense.interrupt import EXIT_CODES, Interrupted, sigterm_as_interrupt, stopped_by
 from lit_defense.lightning_cli import LitDefenseCLI
 
 _BOILERPLATE = (
@@ -163,8 +165,37 @@ def top_level_help() -> str:
     return "\n".join(lines)
 
 
+def _with_option(argv: list[str], flag: str, value: str) -> list[str]:
+    """``argv`` with ``flag value`` added unless it already sets ``flag``."""
+    if any(a == flag or a.startswith(flag + "=") for a in argv):
+        return argv
+    return [*argv, flag, value]
+
+
+def _stopped_line(argv: list[str], err: BaseException, how: str) -> str:
+    """One line for a command stopped by SIGTERM or Ctrl-C: what stopped, and the command that resumes it."""
+    folder = err.folder if isinstance(err, Interrupted) else None
+    what = err.what if isinstance(err, Interrupted) else (argv[0] if argv else "lit-defense")
+    if argv[:1] == ["audit"] and folder:
+        again = _with_option(argv, "--output_dir", folder)
+        kept = "finished batches are not attacked again"
+    elif argv[:1] == ["run"] and folder:
+        again = _with_option(argv, "--run_dir", folder)
+        kept = "finished epochs and audited batches are kept"
+    elif argv[:1] == ["fit"]:
+        again = _with_option(argv, "--ckpt_path", "last")
+        kept = "it goes on from last.ckpt, the last finished epoch"
+    else:
+        return f"{what} stopped by {how}; nothing to resume."
+    return f"{what} stopped by {how}; `{shlex.join(['lit-defense', *again])}` resumes it ({kept})."
+
+
 def main(args: list[str] | None = None) -> int:
-    """Entry point of ``lit-defense``. Returns 0, or exits with 2 and one line on bad input."""
+    """Entry point of ``lit-defense``. Returns 0, or exits with 2 and one line on bad input.
+
+    SIGTERM (a scheduler's end of a job) and Ctrl-C end it with one line that names the command
+    resuming it, and exit code 143 or 130 (``lit_defense.interrupt``).
+    """
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
     argv = list(sys.argv[1:] if args is None else args)
     if argv[:1] in (["-h"], ["--help"]):
@@ -174,14 +205,22 @@ def main(args: list[str] | None = None) -> int:
         print(top_level_help(), file=sys.stderr)
         raise SystemExit(2)
     try:
-        if argv and argv[0] == "audit":
-            return audit_main(argv[1:], from_command_line=args is None)
-        if argv and argv[0] == "run":
-            from lit_defense.pipeline import main as run_main
+        with sigterm_as_interrupt():
+            if argv and argv[0] == "audit":
+                return audit_main(argv[1:], from_command_line=args is None)
+            if argv and argv[0] == "run":
+                from lit_defense.pipeline import main as run_main
 
-            return run_main(argv[1:])
-        LitDefenseCLI(args=args)
-    except (LitDefenseError, ArgumentError, ValueError, FileNotFoundError, pickle.UnpicklingError) as err:
+                return run_main(argv[1:])
+            LitDefenseCLI(args=args)
+    except BaseException as err:  # SIGTERM, Ctrl-C (also as Lightning's sys.exit(1)) and bad input
+        how = stopped_by(err)
+        if how is not None:
+            print(f"lit-defense: {_stopped_line(argv, err, how)}", file=sys.stderr, flush=True)
+            raise SystemExit(EXIT_CODES[how]) from None  # 128 + the signal, as a shell reports it
+        if not isinstance(err, (LitDefenseError, ArgumentError, ValueError, FileNotFoundError,
+                                pickle.UnpicklingError)):
+            raise
         message = _yaml_problem(argv) if "Problems parsing config" in str(err) else None
         print(f"lit-defense: error: {message or _one_line(err)}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from lit_defense.errors import ConfigError
+from lit_defense.interrupt import Interrupted, stopped_by
 
 
 def recipes() -> Path:
@@ -217,6 +218,23 @@ def _output_into(path: Path | None) -> Iterator[None]:
         os.close(saved[1])
 
 
+@contextlib.contextmanager
+def _stops_resumable(folder: Path, what: str) -> Iterator[None]:
+    """SIGTERM or Ctrl-C inside the block -> ``Interrupted``: a re-run with ``--run_dir folder`` resumes.
+
+    Training stops at the end of the batch it is on (Lightning's own SIGTERM handling) and resumes
+    from ``last.ckpt``, the last finished epoch; the audit resumes from its recorded batches.
+    """
+    try:
+        yield
+    except BaseException as err:
+        how = stopped_by(err)
+        if how is None:
+            raise
+        raise Interrupted(how, what, f"`lit-defense run --run_dir {folder}` (or the same command) resumes it: "
+                          "finished epochs and audited batches are kept", folder=str(folder)) from None
+
+
 def _stage_done(run_dir: Path, stage: Training, epochs: int) -> bool:
     import torch
 
@@ -268,7 +286,8 @@ def run(profile_name: str | Path = "quick", root: str | Path = "runs", run_dir: 
         where = "" if verbose else f" (output: {stage_log(folder, stage.name)})"
         log(f"{prefix}: {'resuming' if resumed else 'training'} {epochs} epoch(s){where} ...")
         start = time.perf_counter()
-        with _output_into(None if verbose else stage_log(folder, stage.name)):
+        with _stops_resumable(folder, f"{prefix}: training"), \
+                _output_into(None if verbose else stage_log(folder, stage.name)):
             cli = LitDefenseCLI(args=stage_args(stage, profile, folder))
         metrics = {k: float(v) for k, v in cli.trainer.callback_metrics.items()
                    if k in ("val/acc", "adv/worst/eps=0.1/acc") and v.numel() == 1}
@@ -282,8 +301,9 @@ def run(profile_name: str | Path = "quick", root: str | Path = "runs", run_dir: 
     else:
         log(f"[{total}/{total}] audit of {len(STAGES)} models ...")
         start = time.perf_counter()
-        audit_stages(profile, folder, log)
-        measure_for_claims(profile, folder)
+        with _stops_resumable(folder, f"[{total}/{total}] audit"):
+            audit_stages(profile, folder, log)
+            measure_for_claims(profile, folder)
         from lit_defense.claims import add_claims_to_report
 
         claims = add_claims_to_report(folder)
@@ -308,7 +328,9 @@ def audit_stages(profile: Profile, folder: Path, log: Callable[[str], None] = pr
     from lit_defense.audit import run_audit
 
     call = profile.audit_config(folder)
-    run_audit(call.models, call.data, call.options, log=log)
+    # an audit stopped half-way resumes from its recorded batches; a finished one (its report
+    # written, the claims not yet) starts over
+    run_audit(call.models, call.data, call.options.replace(overwrite=(folder / "report.json").is_file()), log=log)
 
 
 def measure_for_claims(profile: Profile, folder: Path, batch_size: int = 1000) -> dict[str, Any]:

@@ -57,6 +57,10 @@ class _Request:
     done: bool = False
 
 
+class _Cancelled(Exception):  # noqa: N818 - not an error: the run was told to stop
+    """Raised in a run's thread at its next model call once the caller was interrupted."""
+
+
 @dataclass
 class _Rounds:
     """The rendezvous of the runs still going: a round is served once each of them has asked."""
@@ -66,9 +70,12 @@ class _Rounds:
     active: int = 0
     waiting: list[_Request] = field(default_factory=list)
     cond: threading.Condition = field(default_factory=threading.Condition)
+    cancelled: bool = False
 
     def ask(self, request: _Request) -> Any:
         with self.cond:
+            if self.cancelled:
+                raise _Cancelled()
             self.waiting.append(request)
             if len(self.waiting) >= self.active:
                 self._serve()
@@ -77,6 +84,15 @@ class _Rounds:
         if request.error is not None:
             raise request.error
         return request.result
+
+    def cancel(self) -> None:
+        """End every run at its next model call (the caller was interrupted: Ctrl-C, SIGTERM)."""
+        with self.cond:
+            self.cancelled = True
+            for r in self.waiting:
+                r.error, r.done = _Cancelled(), True
+            self.waiting = []
+            self.cond.notify_all()
 
     def leave(self) -> None:
         with self.cond:
@@ -193,10 +209,19 @@ class SideBySide:
                 rounds.leave()
 
         threads = [threading.Thread(target=go, args=(i, job), daemon=True) for i, job in enumerate(jobs)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        try:
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+        except BaseException:
+            # interrupted (Ctrl-C, SIGTERM): the runs end at their next model call, so no thread is
+            # still inside torch when the interpreter exits (that aborts the process)
+            rounds.cancel()
+            for t in threads:
+                if t.ident is not None:
+                    t.join()
+            raise
         for err in errors:
             if err is not None:
                 raise err

@@ -20,7 +20,10 @@ class PauseMidEpoch(L.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         if trainer.current_epoch == self.epoch and batch_idx == self.batch:
             Path(self.marker).write_text(str(os.getpid()))
-            time.sleep(120)
+            for _ in range(1200):  # until SIGTERM (Lightning notes it; the batch then ends) or 120 s
+                if trainer.received_sigterm:
+                    break
+                time.sleep(0.1)
 
 
 def kill_during_write(path: str) -> None:

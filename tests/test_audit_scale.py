@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -196,6 +197,41 @@ def test_a_killed_audit_resumes_to_the_same_report_without_redoing_work(config, 
     assert "resuming" in res.stdout
     assert _numbers(out) == _numbers(one_process)
     assert _per_sample(out) == _per_sample(one_process)
+    after = _records(out)
+    assert len(after) == len(set(after)), "a finished batch was attacked again"
+    assert set(before) < set(after) == set(_records(one_process))
+
+
+def test_sigterm_ends_the_audit_with_one_line_naming_the_command_that_resumes_it(config, one_process, tmp_path):
+    """A scheduler's SIGTERM (SLURM, Kubernetes): the audit ends within seconds, exit 143, one line whose
+    command, run as printed, resumes without attacking a recorded batch again."""
+    out = tmp_path / "terminated"
+    proc = subprocess.Popen(_command(config, out, "--batch_size=64"), env=_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    log = out / "progress" / "rank-0.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if log.exists() and '"stage":"cascade"' in log.read_text():
+            sent = time.time()
+            proc.send_signal(signal.SIGTERM)
+            break
+        time.sleep(0.02)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 143, stderr[-3000:]
+    assert time.time() - sent < 10, "SIGTERM did not end the audit within a scheduler's grace period"
+    assert not (out / "report.json").exists() and "Traceback" not in stderr
+    (line,) = [line for line in stderr.splitlines() if line.strip()]
+    assert line.startswith("lit-defense: audit stopped by SIGTERM; `lit-defense audit ") and "resumes it" in line
+    command = shlex.split(line.split("`")[1])
+    assert f"--output_dir={out}" in command
+    before = _records(out)
+    assert before
+
+    res = subprocess.run([_command(config, out)[0], *command[1:]], env=_env(), capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "resuming" in res.stdout
+    assert _numbers(out) == _numbers(one_process)
     after = _records(out)
     assert len(after) == len(set(after)), "a finished batch was attacked again"
     assert set(before) < set(after) == set(_records(one_process))

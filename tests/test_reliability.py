@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -36,20 +37,45 @@ def _cli():
     return str(Path(sys.executable).with_name("lit-defense"))
 
 
-def test_sigkill_mid_epoch_then_ckpt_path_last_matches_an_uninterrupted_run(in_tmp):
-    # the uninterrupted reference
-    assert main(_fit_args("ref")) == 0
-    ref = torch.load(in_tmp / "runs/ref/version_0/checkpoints/last.ckpt", weights_only=True)
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """The last checkpoint of an uninterrupted 3-epoch run of ``_fit_args``."""
+    folder = tmp_path_factory.mktemp("uninterrupted")
+    here = os.getcwd()
+    os.chdir(folder)
+    try:
+        assert main(_fit_args("ref")) == 0
+    finally:
+        os.chdir(here)
+    return torch.load(folder / "runs/ref/version_0/checkpoints/last.ckpt", weights_only=True)
 
-    # the same run, killed with SIGKILL in the middle of epoch 1 (epoch 0's checkpoint is on disk)
-    marker = in_tmp / "paused"
+
+def _paused_mid_epoch_1(folder: Path, name: str) -> subprocess.Popen:
+    """``_fit_args(name)`` in a process of its own, paused in the middle of epoch 1 (epoch 0's checkpoint on disk)."""
+    marker = folder / f"paused-{name}"
     pause = ["--trainer.callbacks+=crash_helpers.PauseMidEpoch", f"--trainer.callbacks.marker={marker}"]
-    proc = subprocess.Popen([_cli(), *_fit_args("crash"), *pause], cwd=in_tmp, env=_env(),
+    proc = subprocess.Popen([_cli(), *_fit_args(name), *pause], cwd=folder, env=_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 240
     while not marker.exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.2)
     assert marker.exists(), proc.stderr.read() if proc.poll() is not None else "run never paused"
+    return proc
+
+
+def _same_as_uninterrupted(ref: dict, resumed: dict) -> None:
+    assert resumed["epoch"] == ref["epoch"] == 2
+    assert resumed["global_step"] == ref["global_step"]
+    for key, value in ref["state_dict"].items():
+        assert torch.equal(value, resumed["state_dict"][key]), key
+    best_ref = ref["callbacks"][next(k for k in ref["callbacks"] if "ModelCheckpoint" in k)]["best_model_score"]
+    best_res = resumed["callbacks"][next(k for k in resumed["callbacks"] if "ModelCheckpoint" in k)]["best_model_score"]
+    assert torch.equal(best_ref, best_res)
+
+
+def test_sigkill_mid_epoch_then_ckpt_path_last_matches_an_uninterrupted_run(in_tmp, uninterrupted):
+    # the run, killed with SIGKILL in the middle of epoch 1 (epoch 0's checkpoint is on disk)
+    proc = _paused_mid_epoch_1(in_tmp, "crash")
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
     assert proc.returncode == -signal.SIGKILL
@@ -59,14 +85,30 @@ def test_sigkill_mid_epoch_then_ckpt_path_last_matches_an_uninterrupted_run(in_t
     # resume: `--ckpt_path last` finds the run and finishes it in the same version folder
     assert main([*_fit_args("crash"), "--ckpt_path=last"]) == 0
     assert not (in_tmp / "runs/crash/version_1").exists()
+    _same_as_uninterrupted(uninterrupted, torch.load(last, weights_only=True))
+
+
+def test_sigterm_mid_epoch_ends_training_with_one_line_whose_command_resumes_it(in_tmp, uninterrupted):
+    """A scheduler's SIGTERM: Lightning ends the batch it is on; exit 143 and one line; the printed
+    command goes on from the last finished epoch to the uninterrupted run's weights."""
+    proc = _paused_mid_epoch_1(in_tmp, "term")
+    sent = time.time()
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 143, stderr[-3000:]
+    assert time.time() - sent < 10 and "Traceback" not in stderr
+    (line,) = [x for x in stderr.splitlines() if x.startswith("lit-defense:")]
+    assert line.startswith("lit-defense: fit stopped by SIGTERM; `lit-defense fit ") and "resumes it" in line, line
+    command = shlex.split(line.split("`")[1])
+    assert command[-2:] == ["--ckpt_path", "last"]
+    last = in_tmp / "runs/term/version_0/checkpoints/last.ckpt"
+    assert torch.load(last, weights_only=True)["epoch"] == 0  # the stopped epoch is not saved half-done
+
+    resumed_args = [a for a in command[1:] if not a.startswith(("--trainer.callbacks", "--trainer.callbacks."))]
+    assert main(resumed_args) == 0
+    assert not (in_tmp / "runs/term/version_1").exists()
     resumed = torch.load(last, weights_only=True)
-    assert resumed["epoch"] == ref["epoch"] == 2
-    assert resumed["global_step"] == ref["global_step"]
-    for key, value in ref["state_dict"].items():
-        assert torch.equal(value, resumed["state_dict"][key]), key
-    best_ref = ref["callbacks"][next(k for k in ref["callbacks"] if "ModelCheckpoint" in k)]["best_model_score"]
-    best_res = resumed["callbacks"][next(k for k in resumed["callbacks"] if "ModelCheckpoint" in k)]["best_model_score"]
-    assert torch.equal(best_ref, best_res)
+    _same_as_uninterrupted(uninterrupted, resumed)
 
 
 def test_last_checkpoint_is_the_latest_epoch_even_without_improvement(in_tmp):
@@ -209,3 +251,59 @@ def test_channels_last_and_compile_switches_keep_outputs_and_checkpoint_keys():
     x = torch.rand(4, 1, 28, 28)
     assert torch.allclose(plain(x), fast(x), atol=1e-5)
     assert set(fast.state_dict()) == set(plain.state_dict())  # no "_orig_mod." keys
+
+
+def _val_acc_epochs(version: Path) -> list[int]:
+    """The steps of every ``val/acc`` point in a Lightning TensorBoard folder (one per epoch validated)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    steps = []
+    for events in sorted(version.glob("events.out.tfevents*")):
+        acc = EventAccumulator(str(events))
+        acc.Reload()
+        if "val/acc" in acc.Tags()["scalars"]:
+            steps += [e.step for e in acc.Scalars("val/acc")]
+    return steps
+
+
+def test_sigterm_ends_lit_defense_run_with_one_line_and_the_printed_command_resumes_it(tmp_path):
+    """SIGTERM in the teacher's second epoch: exit 143 and one line naming the command; that command
+    resumes the teacher from its last finished epoch (no epoch validated twice) and goes on."""
+    root = tmp_path / "runs"
+    proc = subprocess.Popen([sys.executable, "-m", "lit_defense", "run", "--profile", "smoke", "--root", str(root)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+    deadline = time.time() + 300
+    ckpts: list[Path] = []
+    while time.time() < deadline and proc.poll() is None and not ckpts:
+        ckpts = list(root.glob("*-smoke/teacher/version_0/checkpoints/last.ckpt"))
+        time.sleep(0.05)
+    assert ckpts, proc.communicate()[1][-3000:]
+    sent = time.time()
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err[-3000:]
+    assert time.time() - sent < 10 and "Traceback" not in out + err
+    (line,) = [x for x in err.splitlines() if x.startswith("lit-defense:")]
+    (folder,) = [p for p in root.iterdir() if p.name.endswith("-smoke")]
+    assert line.startswith("lit-defense: [1/8] teacher: training stopped by SIGTERM; `lit-defense run "), line
+    command = shlex.split(line.split("`")[1])
+    assert command[-2:] == ["--run_dir", str(folder)]
+    stopped_at = torch.load(ckpts[0], weights_only=True)["epoch"]
+    assert stopped_at < 2  # stopped in the middle of the teacher's 3 epochs
+
+    # the printed command: resumes the teacher, finishes it, goes on (stopped again in the next stage)
+    proc = subprocess.Popen([sys.executable, "-m", "lit_defense", *command[1:]], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=_env())
+    shown = []
+    for text in proc.stdout:
+        shown.append(text)
+        if "[1/8] teacher: done" in text:
+            proc.send_signal(signal.SIGTERM)
+            break
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, "".join(shown) + err[-3000:]
+    assert any("[1/8] teacher: resuming 3 epoch(s)" in x for x in shown), shown
+    assert "[2/8] distillation_teacher: training stopped by SIGTERM" in err
+    assert torch.load(ckpts[0], weights_only=True)["epoch"] == 2
+    epochs = _val_acc_epochs(folder / "teacher" / "version_0")
+    assert len(epochs) == 3 and len(set(epochs)) == 3, epochs  # no finished epoch trained and validated twice

@@ -182,6 +182,31 @@ def test_an_error_in_one_run_reaches_the_caller_and_the_others_finish():
     assert SideBySide(model).run([good, good]) == ["ok", "ok"]
 
 
+def test_an_interrupted_caller_ends_every_run_before_it_goes_on():
+    """Ctrl-C or SIGTERM in the caller's thread: no run is left inside torch (at exit, that aborts the process)."""
+    import _thread
+
+    model = _model()
+    x, _ = _data(4)
+    calls, runs = [], set()
+    started = threading.Event()
+
+    def endless(m):
+        runs.add(threading.current_thread())
+        while True:
+            calls.append(1)
+            started.set()
+            value_and_grad(m, x, lambda out: out.sum(1))
+
+    threading.Timer(0.0, lambda: (started.wait(10), _thread.interrupt_main())).start()
+    with pytest.raises(KeyboardInterrupt):
+        SideBySide(model).run([endless, endless, endless])
+    done = len(calls)
+    assert done > 0 and runs and not any(t.is_alive() for t in runs)
+    assert not [t for t in threading.enumerate() if t.name.endswith("(go)")]  # a run not yet started neither
+    assert len(calls) == done  # nothing runs on after the caller went on
+
+
 def test_side_by_side_calls_share_rounds_and_give_each_run_its_own_rows():
     model = _model()
     x, _ = _data(6)

@@ -31,6 +31,7 @@ from lit_defense.audit.progress import ProgressLog, file_digest
 from lit_defense.audit.sharding import Collective
 from lit_defense.errors import ConfigError
 from lit_defense.evaluation import check_attacks
+from lit_defense.interrupt import CTRL_C, Interrupted, stopped_by
 from lit_defense.lightning_private import relaunches_command_line
 from lit_defense.results import ModelAudit, eps_key, num
 
@@ -214,7 +215,7 @@ def run_audit(
             say(f"audit: resuming the audit in {out} (finished batches are not attacked again)")
         else:
             ProgressLog.start(out, settings, fresh=True)
-            say(f"audit: progress is recorded in {out / 'progress'}; after a crash or Ctrl-C, the same command "
+            say(f"audit: progress is recorded in {out / 'progress'}; after a crash, Ctrl-C or SIGTERM, the same command "
                 f"with --output_dir {out} resumes it")
     collective.barrier("setup")
     progress_log = ProgressLog(out, collective.rank).load()
@@ -228,8 +229,9 @@ def run_audit(
             progress.model_done()
             audits.append(audit)
             say(_summary_line(audit))
-    except KeyboardInterrupt:
-        raise ConfigError(f"audit interrupted; the same command with --output_dir {out} resumes it.") from None
+    except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM under lit_defense.interrupt.sigterm_as_interrupt
+        raise Interrupted(stopped_by(err) or CTRL_C, "audit", f"the same command with --output_dir {out} resumes it "
+                          "(finished batches are not attacked again)", folder=str(out)) from None
     finally:
         progress_log.close()
     paths: dict[str, Path] = {}
