@@ -93,3 +93,11 @@ def train_tiny_net(x: torch.Tensor, y: torch.Tensor, epochs: int, seed: int = 0)
             nn.functional.cross_entropy(net(xb), yb).backward()
             opt.step()
     return net
+
+
+class HandNormalizedTinyNet(TinyNet):
+    """``TinyNet`` for inputs in 0-255 normalized by mean 127 and std 64, with [0, 1] pixels mapped
+    there by hand: the wrapper a user writes when the audit cannot say it."""
+
+    def forward(self, x):
+        return super().forward((x * 255.0 - 127.0) / 64.0)

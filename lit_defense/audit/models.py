@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+from typing_extensions import override
 
 from lit_defense.checkpoints import is_lightning_checkpoint, load_checkpoint_file, load_weights
 from lit_defense.diagnostics import looks_like_probabilities
@@ -21,8 +23,15 @@ class ModelSpec:
     """One model to audit.
 
     ``checkpoint`` (a lit-defense ``.ckpt``), or ``class_path`` + ``init_args`` of any ``nn.Module``
-    (plus optional ``weights``: a state dict or a Lightning checkpoint, read with
+    (or of a factory returning one, e.g. ``torchvision.models.resnet18``) (plus optional ``weights``: a state dict or a Lightning checkpoint, read with
     ``weights_only=True``). ``name`` defaults to the run's folder name.
+
+    A model that expects other inputs than [0, 1] pixels (most torchvision and timm models take
+    inputs normalized by a mean and std) says so, as foolbox's models do:
+    ``bounds: [lo, hi]``, the range its pixels come in (e.g. ``[0, 255]``), and
+    ``preprocessing: {mean: [...], std: [...]}`` (per channel, in the units of ``bounds``), applied
+    after. Both run inside the audited model (``Preprocessed``): the attacks still move [0, 1]
+    pixels, so eps stays in pixel units.
     """
 
     name: str | None = None
@@ -30,15 +39,18 @@ class ModelSpec:
     class_path: str | None = None
     init_args: dict[str, Any] | None = None
     weights: str | None = None
+    preprocessing: dict[str, Any] | None = None
+    bounds: list[float] | None = None
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelSpec:
         """A spec from one entry of the audit's YAML ``models`` list; unknown keys are refused."""
-        known = {"name", "checkpoint", "class_path", "init_args", "weights"}
+        known = {"name", "checkpoint", "class_path", "init_args", "weights", "preprocessing", "bounds"}
         unknown = sorted(set(data) - known)
         if unknown:
             raise ConfigError(f"unknown model keys {unknown}; a model takes {sorted(known)}.")
         return cls(**data)
+
 
     def display_name(self) -> str:
         """The name in the report: ``name``, else the checkpoint's run folder, else the class."""
@@ -51,6 +63,53 @@ class ModelSpec:
         return (self.class_path or "model").rsplit(".", 1)[-1]
 
 
+class Preprocessed(nn.Module):
+    """``model(((lo + x * (hi - lo)) - mean) / std)``: [0, 1] pixels into what ``model`` expects.
+
+    The audit's attacks move ``x`` in [0, 1], so eps is in pixel units whatever the model's own
+    input range (``bounds``) and normalization (``mean``, ``std``, per channel or one number).
+    """
+
+    def __init__(self, model: nn.Module, mean: Sequence[float] | float = 0.0, std: Sequence[float] | float = 1.0,
+                 bounds: Sequence[float] = (0.0, 1.0)) -> None:
+        super().__init__()
+        mean_t = torch.as_tensor(mean, dtype=torch.float32).flatten()
+        std_t = torch.as_tensor(std, dtype=torch.float32).flatten()
+        if len(bounds) != 2 or not float(bounds[0]) < float(bounds[1]):
+            raise ConfigError(f"bounds must be [low, high] with low < high (the range the model's pixels come in, "
+                              f"e.g. [0, 255]), got {list(bounds)}.")
+        if mean_t.numel() != std_t.numel() and 1 not in (mean_t.numel(), std_t.numel()):
+            raise ConfigError(f"preprocessing: mean has {mean_t.numel()} channels but std has {std_t.numel()}.")
+        if (std_t <= 0).any():
+            raise ConfigError(f"preprocessing: std must be positive, got {std_t.tolist()}.")
+        self.model = model
+        self.register_buffer("mean", mean_t.view(1, -1, 1, 1))
+        self.register_buffer("std", std_t.view(1, -1, 1, 1))
+        self.low, self.high = float(bounds[0]), float(bounds[1])
+
+    @override
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.mean.shape[1] not in (1, x.shape[1]):
+            raise ConfigError(f"preprocessing has {self.mean.shape[1]} channels but the images have {x.shape[1]}.")
+        return self.model((self.low + x * (self.high - self.low) - self.mean) / self.std)
+
+    @override
+    def extra_repr(self) -> str:
+        return (f"bounds=[{self.low:g}, {self.high:g}], mean={self.mean.flatten().tolist()}, "
+                f"std={self.std.flatten().tolist()}")
+
+
+def _preprocessed(model: nn.Module, spec: ModelSpec) -> nn.Module:
+    """``model`` behind its spec's ``bounds`` and ``preprocessing`` (itself when it has neither)."""
+    if spec.preprocessing is None and spec.bounds is None:
+        return model
+    pre = dict(spec.preprocessing or {})
+    unknown = sorted(set(pre) - {"mean", "std"})
+    if unknown:
+        raise ConfigError(f"model {spec.display_name()!r}: unknown preprocessing keys {unknown}; "
+                          "give {mean: [...], std: [...]} (per channel, in the units of `bounds`).")
+    return Preprocessed(model, pre.get("mean", 0.0), pre.get("std", 1.0), spec.bounds or (0.0, 1.0)).eval()
+
 def load_model(spec: ModelSpec) -> nn.Module:
     """The model a spec names, in eval mode (see ``ModelSpec``)."""
     if bool(spec.checkpoint) == bool(spec.class_path):
@@ -61,23 +120,32 @@ def load_model(spec: ModelSpec) -> nn.Module:
     if spec.checkpoint:
         if not Path(spec.checkpoint).is_file():
             raise ConfigError(f"checkpoint {spec.checkpoint} does not exist; check the path.")
-        return module_from_checkpoint(spec.checkpoint, "audited checkpoint")
-    cls = resolve_class(spec.class_path, nn.Module, what="model class")
+        return _preprocessed(module_from_checkpoint(spec.checkpoint, "audited checkpoint"), spec)
+    # an nn.Module class, or a factory that returns one (torchvision.models.resnet18, timm.create_model)
+    cls = resolve_class(spec.class_path, None, what="model class")
+    if isinstance(cls, type) and not issubclass(cls, nn.Module):
+        raise ConfigError(f"model class {spec.class_path!r} is not a subclass of torch.nn.Module.")
     try:
         model = cls(**(spec.init_args or {}))
     except TypeError as err:
         raise ConfigError(f"{spec.class_path}(**init_args) failed: {err}.") from None
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"{spec.class_path}(**init_args) returned a {type(model).__name__}, not a torch.nn.Module.")
     if spec.weights:
         state = load_checkpoint_file(spec.weights, "model weights")
         if is_lightning_checkpoint(state) or "state_dict" in state:
             state = state["state_dict"]
         load_weights(model, state, spec.weights, "model weights")
-    return model.eval()
+    return _preprocessed(model.eval(), spec)
 
 
 def check_model_outputs(model: nn.Module, x: torch.Tensor, num_classes: int, name: str,
-                        allow_probabilities: bool = False) -> None:
-    """One clear error when the model does not map images to (N, num_classes) logits."""
+                        allow_probabilities: bool = False, y: torch.Tensor | None = None) -> None:
+    """One clear error when the model does not map images to (N, num_classes) logits.
+
+    Or, given the labels ``y``, when it predicts one class for every image where the labels hold
+    several: the sign of a model that expects another input range or normalization.
+    """
     try:
         with torch.no_grad():
             out = model(x[:64])
@@ -101,7 +169,15 @@ def check_model_outputs(model: nn.Module, x: torch.Tensor, num_classes: int, nam
             "attacks on probabilities are weak and the audit would overstate robustness. Return the "
             "logits (drop the final softmax), or pass --allow_probabilities true to audit it as it is."
         )
+    labels = y[:64] if y is not None else None
+    if labels is not None and num_classes > 1 and labels.unique().numel() > 1 and out.argmax(1).unique().numel() == 1:
+        raise ConfigError(
+            f"model {name!r} predicts class {int(out[0].argmax())} for all {expected[0]} of the first images, whose "
+            f"labels hold {labels.unique().numel()} classes: it probably expects inputs other than [0, 1] pixels. "
+            "Give its model entry `preprocessing: {mean: [...], std: [...]}` (e.g. ImageNet's) and, if its pixels "
+            "are not in [0, 1], `bounds: [0, 255]`."
+        )
 
 
 
-__all__ = ["ModelSpec", "check_model_outputs", "load_model"]
+__all__ = ["ModelSpec", "Preprocessed", "check_model_outputs", "load_model"]

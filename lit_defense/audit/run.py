@@ -103,7 +103,9 @@ def _settings(models: Sequence[ModelSpec], names: Sequence[str], data: Any, opti
     """What the audit is (the models, the data, the options marked identity): a re-run with other settings must not resume it."""
     def model_entry(spec: ModelSpec, name: str) -> dict[str, Any]:
         entry = {"name": name, "checkpoint": spec.checkpoint, "class_path": spec.class_path,
-                 "init_args": spec.init_args, "weights": spec.weights}
+                 "init_args": spec.init_args, "weights": spec.weights,
+                 **({"preprocessing": spec.preprocessing, "bounds": spec.bounds}
+                    if spec.preprocessing is not None or spec.bounds is not None else {})}
         for key in ("checkpoint", "weights"):
             if entry[key] and Path(entry[key]).is_file():
                 entry[f"{key}_sha256"] = file_digest(entry[key])
@@ -158,11 +160,12 @@ def _audited_inputs(data: Any, opts: AuditOptions, dev: torch.device
     return x.to(dev), y.to(dev), samples
 
 
-def _load(spec: ModelSpec, name: str, x: torch.Tensor, num_classes: int, allow_probabilities: bool) -> nn.Module:
-    """One model on ``x``'s device, checked on ``x`` (our own copy: attacks need input gradients only)."""
+def _load(spec: ModelSpec, name: str, x: torch.Tensor, y: torch.Tensor, num_classes: int,
+          allow_probabilities: bool) -> nn.Module:
+    """One model on ``x``'s device, checked on ``(x, y)`` (our own copy: attacks need input gradients only)."""
     model = load_model(spec).to(x.device)
     model.requires_grad_(False)
-    check_model_outputs(model, x, num_classes, name, allow_probabilities)
+    check_model_outputs(model, x, num_classes, name, allow_probabilities, y=y)
     return model
 
 
@@ -204,7 +207,7 @@ def run_audit(
     x, y, samples = _audited_inputs(data, opts, dev)
     num_classes = int(getattr(data, "num_classes", int(y.max()) + 1))
 
-    loaded = [(spec, name, _load(spec, name, x, num_classes, opts.allow_probabilities))  # all before the long part
+    loaded = [(spec, name, _load(spec, name, x, y, num_classes, opts.allow_probabilities))  # all before the long part
               for spec, name in zip(models, names, strict=True)]
 
     settings = _settings(models, names, data, opts, int(x.shape[0]))
