@@ -62,12 +62,13 @@ def _adequacy_line(ad: dict[str, Any]) -> str:
     """The binarization test in words, beside the verdict."""
     if not ad.get("valid"):
         return (f"binarization test at eps={ad['eps']:g}: not applicable ({ad.get('samples', 0)} robust inputs tested, "
-                f"none made a valid task: {ad.get('dropped') or 'no robust input'}).")
+                f"none made a valid task: {ad.get('dropped') or 'no robust input'}). "
+                "(`--suite.adequacy_samples 0` turns this test off.)")
     lo, hi = ad["ci"]
     return (f"binarization test at eps={ad['eps']:g}: the attacks solved {ad['passed']} of {ad['valid']} tasks where an "
             f"adversarial example surely exists, rate {ad['rate']:.0%} [{lo:.0%}, {hi:.0%}]"
             + (f"; {sum(ad['dropped'].values())} of {ad['samples']} dropped ({ad['dropped']})" if ad.get("dropped") else "")
-            + f". {ad.get('note', '')}.")
+            + f". {ad.get('note', '')}. (`--suite.adequacy_samples 0` turns this test off.)")
 
 
 def _flag(audit: ModelAudit) -> str:

@@ -31,15 +31,13 @@ def checkpoint(tmp_path_factory):
     path = folder / "runs" / "teacher" / "version_0" / "checkpoints" / "last.ckpt"
     path.parent.mkdir(parents=True)
     trainer.save_checkpoint(path)
-    torch.save(torch.nn.Module.state_dict(_tiny()), folder / "tiny.pt")
+    # a TinyNet trained 2 epochs (an untrained one predicts one class for everything: refused)
+    from toy_models import train_tiny_net
+
+    dm.setup("fit")
+    net = train_tiny_net(dm.train_set.images.float() / 255, dm.train_set.labels, epochs=2)
+    torch.save(net.state_dict(), folder / "tiny.pt")
     return path
-
-
-def _tiny():
-    from toy_models import TinyNet
-
-    torch.manual_seed(0)
-    return TinyNet()
 
 
 def test_audit_writes_report_json_md_plots_and_tensorboard(checkpoint, in_tmp, capsys):
@@ -68,6 +66,9 @@ def test_audit_writes_report_json_md_plots_and_tensorboard(checkpoint, in_tmp, c
         assert isinstance(gm["suspected"], bool) and gm["state"] in ("suspected", "not suspected", "inconclusive")
         assert all({"name", "state", "kind", "passed", "evidence"} <= set(c) for c in gm["checks"])
         assert len(gm["checks"]) >= 14
+        # the positive control runs by default on every model with a robust input at the middle eps
+        if m["worst_case"]["0.1"]["k"] > 0:
+            assert m["adequacy"]["test"] == "binarization" and m["adequacy"]["samples"] >= 1, m.get("adequacy")
         for r in m["results"]:  # worst case is the minimum over every attack
             assert m["worst_case"][f"{r['eps']:g}"]["value"] <= r["robust_accuracy"] + 1e-9
             assert r["ci"][0] <= r["robust_accuracy"] <= r["ci"][1]
@@ -89,6 +90,7 @@ def test_audit_writes_report_json_md_plots_and_tensorboard(checkpoint, in_tmp, c
     md = (out / "report.md").read_text()
     assert "## Comparison" in md and "| teacher |" in md and "| tiny |" in md and "worst case" in md
     assert "Verdict" in md
+    assert md.count("(`--suite.adequacy_samples 0` turns this test off.)") == sum("adequacy" in m for m in report["models"]) > 0
     assert "Classes: 0, 1, 2" in md and report["class_names"][:3] == ["0", "1", "2"]  # the DataModule's names
     for png in ("robust_accuracy_all.png", "adversarial_examples.png", "robust_accuracy_teacher.png",
                 "robust_accuracy_tiny.png"):

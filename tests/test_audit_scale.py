@@ -29,7 +29,7 @@ DATA = ["--data.class_path=lit_defense.data.VisionDataModule", "--data.init_args
 SUITE = [f"--num_samples={N}", "--eps=[0.05,0.1,0.2]", "--suite.steps=5", "--suite.apgd_steps=10",
          "--suite.apgd_targets=2", "--suite.apgd_targeted_steps=10", "--suite.min_norm_steps=10",
          "--suite.square_queries=60", "--suite.random_samples=4", "--suite.rays_queries=50", "--check_samples=100",
-         "--tensorboard=false"]
+         "--suite.adequacy_samples=0", "--tensorboard=false"]
 
 
 @pytest.fixture(scope="module")

@@ -131,7 +131,7 @@ class RandomClass(nn.Module):
 
 
 SMALL = dict(steps=5, apgd_steps=5, apgd_targeted_steps=5, min_norm_steps=5, square_queries=30, random_samples=10,
-             eot_samples=3, refine_restarts=0)
+             eot_samples=3, refine_restarts=0, adequacy_samples=0)  # the positive control: tests/test_adequacy.py
 
 
 @pytest.fixture(scope="module")

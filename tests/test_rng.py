@@ -77,7 +77,7 @@ def test_a_randomized_model_audits_the_same_whatever_ran_before_and_the_callers_
     noisy = nn.Sequential(GaussianNoise(sigma=0.3), model).eval()
     x, y = x[:24], y[:24]
     suite = AttackSuite(steps=3, eot_samples=2, square_queries=10, random_samples=2, apgd_steps=0,
-                        min_norm_steps=0, rays_queries=0)
+                        min_norm_steps=0, rays_queries=0, adequacy_samples=0)
     reports = []
     for draws_before in (0, 1000):
         torch.manual_seed(1)
