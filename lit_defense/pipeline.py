@@ -219,11 +219,12 @@ def _output_into(path: Path | None) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _stops_resumable(folder: Path, what: str) -> Iterator[None]:
+def _stops_resumable(folder: Path, doing: list[str]) -> Iterator[None]:
     """SIGTERM or Ctrl-C inside the block -> ``Interrupted``: a re-run with ``--run_dir folder`` resumes.
 
-    Training stops at the end of the batch it is on (Lightning's own SIGTERM handling) and resumes
-    from ``last.ckpt``, the last finished epoch; the audit resumes from its recorded batches.
+    ``doing[-1]`` says what was going on (the stage). Training stops at the end of the batch it is
+    on (Lightning's own SIGTERM handling) and resumes from ``last.ckpt``, the last finished epoch;
+    the audit resumes from its recorded batches.
     """
     try:
         yield
@@ -231,7 +232,7 @@ def _stops_resumable(folder: Path, what: str) -> Iterator[None]:
         how = stopped_by(err)
         if how is None:
             raise
-        raise Interrupted(how, what, f"`lit-defense run --run_dir {folder}` (or the same command) resumes it: "
+        raise Interrupted(how, doing[-1], f"`lit-defense run --run_dir {folder}` (or the same command) resumes it: "
                           "finished epochs and audited batches are kept", folder=str(folder)) from None
 
 
@@ -254,8 +255,6 @@ def run(profile_name: str | Path = "quick", root: str | Path = "runs", run_dir: 
     Each training stage shows two lines; what it prints besides (Lightning's model summary and
     notices, warnings, the progress bar) goes to ``<run>/<stage>/fit.log`` unless ``verbose``.
     """
-    from lit_defense.lightning_cli import LitDefenseCLI
-
     profile = load_profile(profile_name)
     profile_name = profile.name
     root = Path(root)
@@ -275,6 +274,17 @@ def run(profile_name: str | Path = "quick", root: str | Path = "runs", run_dir: 
 
     save_state()
     log(f"lit-defense run ({profile_name}): {folder}")
+    doing = ["lit-defense run"]  # what a stop interrupts (the stage)
+    with _stops_resumable(folder, doing):
+        _run_stages(profile, folder, state, save_state, log, verbose, doing)
+    return folder
+
+
+def _run_stages(profile: Profile, folder: Path, state: dict[str, Any], save_state: Callable[[], None],
+                log: Callable[[str], None], verbose: bool, doing: list[str]) -> None:
+    """``run``'s stages in ``folder``: the training stages not yet done, then the audit and the claims."""
+    from lit_defense.lightning_cli import LitDefenseCLI
+
     total = len(STAGES) + 1
     for i, stage in enumerate(STAGES, 1):
         epochs = profile.epochs[stage.name]
@@ -286,8 +296,8 @@ def run(profile_name: str | Path = "quick", root: str | Path = "runs", run_dir: 
         where = "" if verbose else f" (output: {stage_log(folder, stage.name)})"
         log(f"{prefix}: {'resuming' if resumed else 'training'} {epochs} epoch(s){where} ...")
         start = time.perf_counter()
-        with _stops_resumable(folder, f"{prefix}: training"), \
-                _output_into(None if verbose else stage_log(folder, stage.name)):
+        doing.append(f"{prefix}: training")
+        with _output_into(None if verbose else stage_log(folder, stage.name)):
             cli = LitDefenseCLI(args=stage_args(stage, profile, folder))
         metrics = {k: float(v) for k, v in cli.trainer.callback_metrics.items()
                    if k in ("val/acc", "adv/worst/eps=0.1/acc") and v.numel() == 1}
@@ -296,14 +306,15 @@ def run(profile_name: str | Path = "quick", root: str | Path = "runs", run_dir: 
         save_state()
         shown = ", ".join(f"{k} {v:.3f}" for k, v in metrics.items())
         log(f"{prefix}: done in {seconds:.0f} s ({shown})")
+        doing.append("lit-defense run")
     if (folder / "report.json").is_file() and state.get("audited"):
         log(f"[{total}/{total}] audit: done already, skipped")
     else:
         log(f"[{total}/{total}] audit of {len(STAGES)} models ...")
         start = time.perf_counter()
-        with _stops_resumable(folder, f"[{total}/{total}] audit"):
-            audit_stages(profile, folder, log)
-            measure_for_claims(profile, folder)
+        doing.append(f"[{total}/{total}] audit")
+        audit_stages(profile, folder, log)
+        measure_for_claims(profile, folder)
         from lit_defense.claims import add_claims_to_report
 
         claims = add_claims_to_report(folder)
@@ -317,7 +328,6 @@ def run(profile_name: str | Path = "quick", root: str | Path = "runs", run_dir: 
     state["finished"] = True
     save_state()
     log(f"report: {folder / 'report.md'}  (TensorBoard: tensorboard --logdir {folder})")
-    return folder
 
 
 def audit_stages(profile: Profile, folder: Path, log: Callable[[str], None] = print) -> None:

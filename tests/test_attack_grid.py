@@ -93,7 +93,7 @@ def test_the_audit_refines_behind_bpda_on_a_masked_model(trained):
     """BPDA(FMN)'s norms reach the plan: the refine stage runs on a masked model."""
     model, x, y = trained
     suite = AttackSuite(steps=10, eot_samples=2, square_queries=20, random_samples=2, apgd_steps=5, apgd_targets=1,
-                        min_norm_steps=10, rays_queries=0)
+                        min_norm_steps=10, rays_queries=0, adequacy_samples=0)
     a = audit_model(masked(model), x[:64], y[:64], [0.1], name="bit_depth", suite=suite, check_samples=32)
     assert "bpda_fmn" in a.roles.cascade
     assert a.roles.refine == ["bpda_refine_apgd_t", "bpda_refine_pgd_margin", "bpda_refine_close_apgd_t1"]
@@ -152,7 +152,7 @@ def test_an_l2_audit_runs_the_targeted_fmn_and_square_through_the_plan(trained):
     on the survivors, and no attack lowers robust accuracy below what its own points show."""
     model, x, y = trained
     suite = AttackSuite(steps=10, square_queries=20, square_queries_l2=30, random_samples=2, apgd_steps=5,
-                        apgd_targets=1, min_norm_steps=10, min_norm_targets=2, rays_queries=0, black_box_sample=False)
+                        apgd_targets=1, min_norm_steps=10, min_norm_targets=2, rays_queries=0, black_box_sample=False, adequacy_samples=0)
     eps = [0.5, 1.0]
     a = audit_model(model, x[:64], y[:64], eps, norm="l2", suite=suite, check_samples=32)
     assert a.roles.cascade[-1] == "fmn_t2_l2" and "square_l2" in a.roles.black_box
@@ -174,7 +174,7 @@ def test_the_close_refine_runs_on_the_closest_survivors_only(trained):
     model, x, y = trained
     eps, close = 0.03, 1.5
     suite = AttackSuite(steps=5, eot_samples=2, square_queries=0, random_samples=0, apgd_steps=5, apgd_targets=1,
-                        min_norm_steps=10, rays_queries=0, refine_radius=3.0, refine_close_radius=close)
+                        min_norm_steps=10, rays_queries=0, refine_radius=3.0, refine_close_radius=close, adequacy_samples=0)
     a = audit_model(model, x[:64], y[:64], [eps], name="m", suite=suite, check_samples=16)
     key = eps_key(eps)
     fmn = a.per_sample.min_norm["fmn"]

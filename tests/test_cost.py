@@ -74,7 +74,7 @@ def test_the_audit_reports_rounds_and_work_per_stage_and_in_total(trained):
     model, x, y = trained
     lines: list[str] = []
     suite = AttackSuite(steps=5, apgd_steps=5, apgd_targets=1, apgd_targeted_steps=5, min_norm_steps=5,
-                        min_norm_targets=1, square_queries=20, random_samples=5, rays_queries=20)
+                        min_norm_targets=1, square_queries=20, random_samples=5, rays_queries=20, adequacy_samples=0)
     audit = audit_model(model, x[:48], y[:48], [0.1], "linf", name="m", suite=suite, check_samples=16,
                         runtime=AuditRuntime(progress=AuditProgress(1, log=lines.append)))
     stages = audit.cost["stages"]

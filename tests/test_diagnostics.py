@@ -106,7 +106,7 @@ class Probabilities(nn.Module):
 
 
 SMALL = AttackSuite(steps=10, eot_samples=4, square_queries=150, random_samples=10, apgd_steps=10, apgd_targets=2,
-                    min_norm_steps=10, rays_queries=100)
+                    min_norm_steps=10, rays_queries=100, adequacy_samples=0)
 
 
 def by_name(checks):
@@ -328,7 +328,7 @@ def test_audit_of_a_decision_only_model_comes_close_to_the_honest_one(trained, h
     than 5 points above the honest model's own (a paired test on the same 128 inputs)."""
     model, x, y = trained
     suite = AttackSuite(steps=10, eot_samples=4, square_queries=150, random_samples=10, apgd_steps=10,
-                        apgd_targets=2, min_norm_steps=10, rays_queries=200)
+                        apgd_targets=2, min_norm_steps=10, rays_queries=200, adequacy_samples=0)
     a = audit_model(DecisionOnly(model), x, y, [0.1], name="decision_only", suite=suite, check_samples=128)
     assert a.gradient_masking.suspected and "zero_gradients" in a.gradient_masking.triggered
     assert "rays" in a.roles.black_box
@@ -365,7 +365,7 @@ def test_an_undertrained_honest_model_whose_naive_attack_lags_is_not_called_mask
     inconclusive."""
     model, x, y = undertrained
     suite = AttackSuite(steps=20, eot_samples=4, square_queries=150, random_samples=10, apgd_steps=10,
-                        apgd_targets=2, min_norm_steps=10, rays_queries=100)
+                        apgd_targets=2, min_norm_steps=10, rays_queries=100, adequacy_samples=0)
     a = audit_model(model, x, y, [0.05], name="undertrained", suite=suite, check_samples=256,
                     thresholds=MaskingThresholds(adaptive_gap=0.05))
     checks = by_name(a.gradient_masking.checks)

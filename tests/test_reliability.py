@@ -195,7 +195,7 @@ def test_attacks_and_reports_survive_huge_and_tiny_logits(trained, scale):
     for a in attacks[:2]:  # logit losses with sign steps are scale-invariant
         assert abs(res.robust_accuracy[a.name]["0.1"] - plain.robust_accuracy[a.name]["0.1"]) <= 0.05
     audit = audit_model(scaled, x, y, [0.1], suite=AttackSuite(steps=5, square_queries=20, random_samples=2, apgd_steps=5,
-                                                              apgd_targets=1, min_norm_steps=5, rays_queries=20),
+                                                              apgd_targets=1, min_norm_steps=5, rays_queries=20, adequacy_samples=0),
                         check_samples=32)
     json.dumps(audit.to_dict(), allow_nan=False)
 
@@ -303,7 +303,9 @@ def test_sigterm_ends_lit_defense_run_with_one_line_and_the_printed_command_resu
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 143, "".join(shown) + err[-3000:]
     assert any("[1/8] teacher: resuming 3 epoch(s)" in x for x in shown), shown
-    assert "[2/8] distillation_teacher: training stopped by SIGTERM" in err
+    # stopped between the stages or in the second one: the same resuming command either way
+    (line,) = [x for x in err.splitlines() if x.startswith("lit-defense:")]
+    assert "stopped by SIGTERM; `lit-defense run " in line and f"--run_dir {folder}` resumes it" in line, line
     assert torch.load(ckpts[0], weights_only=True)["epoch"] == 2
     epochs = _val_acc_epochs(folder / "teacher" / "version_0")
     assert len(epochs) == 3 and len(set(epochs)) == 3, epochs  # no finished epoch trained and validated twice
