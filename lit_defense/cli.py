@@ -15,6 +15,7 @@ stderr and exit code 2, never a traceback.
 
 from __future__ import annotations
 
+import os
 import pickle
 import re
 import shlex
@@ -217,14 +218,29 @@ def main(args: list[str] | None = None) -> int:
         how = stopped_by(err)
         if how is not None:
             print(f"lit-defense: {_stopped_line(argv, err, how)}", file=sys.stderr, flush=True)
-            raise SystemExit(EXIT_CODES[how]) from None  # 128 + the signal, as a shell reports it
+            _exit(EXIT_CODES[how], from_command_line=args is None)  # 128 + the signal, as a shell reports it
         if not isinstance(err, (LitDefenseError, ArgumentError, ValueError, FileNotFoundError,
                                 pickle.UnpicklingError)):
             raise
         message = _yaml_problem(argv) if "Problems parsing config" in str(err) else None
-        print(f"lit-defense: error: {message or _one_line(err)}", file=sys.stderr)
-        raise SystemExit(2) from None
+        print(f"lit-defense: error: {message or _one_line(err)}", file=sys.stderr, flush=True)
+        _exit(2, from_command_line=args is None)
     return 0
+
+
+def _exit(code: int, from_command_line: bool) -> None:
+    """End with ``code`` after a stop or an error (everything worth keeping is written by then).
+
+    From the command line the process ends at once (``os._exit``, streams flushed): a worker
+    thread of torch or of a process group left mid-call by the interruption must not abort the
+    process at exit ("terminate called without an active exception", exit 134 instead of ours).
+    Called from Python (tests, notebooks): ``SystemExit``.
+    """
+    if from_command_line:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    raise SystemExit(code) from None
 
 
 __all__ = ["LitDefenseCLI", "main"]

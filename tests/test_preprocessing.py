@@ -90,16 +90,41 @@ def test_a_wrong_preprocessing_is_one_clear_error(spec, message):
         load_model(spec)
 
 
-def test_a_model_predicting_one_class_for_every_image_is_refused_with_the_fix():
-    """On [0, 1] inputs a model that expected 0-255 or normalized inputs often sees one gray image."""
-    class OneClass(torch.nn.Module):
-        def forward(self, x):
-            return torch.stack([x.mean((1, 2, 3)) * 0 + 5.0, *[x.mean((1, 2, 3)) for _ in range(9)]], 1)
+def test_a_model_that_expected_0_255_pixels_is_refused_with_the_fix_and_an_undertrained_one_is_not():
+    """On [0, 1] inputs a model made for 0-255 pixels sees near-black images and predicts one class; on
+    the same images as 0-255 pixels it is right: refused, naming `bounds`. A model that predicts one
+    class whatever the range (undertrained) is audited as it is."""
+    sys.path.insert(0, str(TESTS))
+    from toy_models import train_tiny_net
 
-    x, y = torch.rand(64, 1, 28, 28), torch.arange(64) % 10
-    with pytest.raises(ConfigError, match=r"predicts class 0 for all 64 .* `preprocessing: \{mean"):
-        check_model_outputs(OneClass(), x, 10, "mine", y=y)
-    check_model_outputs(OneClass(), x, 10, "mine", y=torch.zeros(64, dtype=torch.long))  # one class in the data: fine
+    from lit_defense.data import VisionDataModule
+
+    dm = VisionDataModule("synthetic", synthetic_train_size=1024, synthetic_test_size=64, synthetic_noise=0.4,
+                          val_size=64)
+    dm.setup("fit")
+    dm.setup("test")
+    net = train_tiny_net(dm.train_set.images.float() / 255, dm.train_set.labels, epochs=2).eval()
+
+    class Expects255(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = net
+
+        def forward(self, x):
+            return self.net(x / 255)
+
+    x, y = dm.test_set.images.float() / 255, dm.test_set.labels
+    with torch.no_grad():
+        assert Expects255()(x).argmax(1).unique().numel() == 1  # what the refusal is about
+    with pytest.raises(ConfigError, match=r"predicts class \d+ for all 64 .* as 0-255 pixels .* `bounds: \[0, 255\]`"):
+        check_model_outputs(Expects255(), x, 10, "mine", y=y)
+    check_model_outputs(net, x, 10, "mine", y=y)  # fed what it expects: fine
+
+    class OneClass(torch.nn.Module):  # the same logits for every input, whatever its range
+        def forward(self, x):
+            return torch.stack([x.mean((1, 2, 3)) * 0 + 5.0, *[x.mean((1, 2, 3)) * 0 for _ in range(9)]], 1)
+
+    check_model_outputs(OneClass(), x, 10, "undertrained", y=y)
 
 
 def test_the_readme_s_torchvision_entry_loads_as_a_model_of_pixels():

@@ -171,12 +171,35 @@ def check_model_outputs(model: nn.Module, x: torch.Tensor, num_classes: int, nam
         )
     labels = y[:64] if y is not None else None
     if labels is not None and num_classes > 1 and labels.unique().numel() > 1 and out.argmax(1).unique().numel() == 1:
-        raise ConfigError(
-            f"model {name!r} predicts class {int(out[0].argmax())} for all {expected[0]} of the first images, whose "
-            f"labels hold {labels.unique().numel()} classes: it probably expects inputs other than [0, 1] pixels. "
-            "Give its model entry `preprocessing: {mean: [...], std: [...]}` (e.g. ImageNet's) and, if its pixels "
-            "are not in [0, 1], `bounds: [0, 255]`."
-        )
+        _refuse_another_input_range(model, x[:64], labels, out, name, num_classes)
+
+
+def _refuse_another_input_range(model: nn.Module, x: torch.Tensor, y: torch.Tensor, out: torch.Tensor, name: str,
+                                num_classes: int) -> None:
+    """A model that predicts one class for every image: refused when it expected another input range.
+
+    It is, when the same images in the usual other ranges (0-255 pixels; standardized per channel,
+    as a mean/std normalization does) make it predict several classes and agree with the labels
+    clearly better (by 25 points, and twice chance). An undertrained model predicts one class on
+    any of them and is audited as it is.
+    """
+    flat = x.transpose(0, 1).flatten(1)
+    mean, std = flat.mean(1).view(1, -1, 1, 1), flat.std(1).clamp_min(1e-6).view(1, -1, 1, 1)
+    tries = {"`bounds: [0, 255]`": x * 255,
+             "`preprocessing: {mean: [...], std: [...]}` (e.g. ImageNet's)": (x - mean) / std}
+    one_class = (out.argmax(1) == y).float().mean().item()
+    for fix, inputs in tries.items():
+        with torch.no_grad():
+            pred = model(inputs).argmax(1)
+        acc = (pred == y).float().mean().item()
+        if pred.unique().numel() > 1 and acc >= max(one_class + 0.25, 2 / num_classes):
+            raise ConfigError(
+                f"model {name!r} predicts class {int(out[0].argmax())} for all {x.shape[0]} of the first images "
+                f"(right on {one_class:.0%}), whose labels hold {y.unique().numel()} classes; on the same images "
+                f"{'as 0-255 pixels' if 'bounds' in fix else 'standardized per channel'} it is right on {acc:.0%}: "
+                f"it expects inputs other than [0, 1] pixels. Give its model entry {fix}; the audit then feeds it "
+                "that from [0, 1] pixels (eps stays in pixel units)."
+            )
 
 
 
