@@ -164,74 +164,59 @@ def _records(out: Path) -> list[tuple]:
     return rows
 
 
-def test_a_killed_audit_resumes_to_the_same_report_without_redoing_work(config, one_process, tmp_path):
-    out = tmp_path / "killed"
-    proc = subprocess.Popen(_command(config, out, "--batch_size=64"), env=_env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
-    log = out / "progress" / "rank-0.jsonl"
+def _stop_when(proc: subprocess.Popen, log: Path, text: str, sig: int) -> float:
+    """Send ``sig`` to ``proc`` once ``log`` holds ``text``; returns when it was sent."""
     deadline = time.time() + 300
-    # kill in the middle: once the first model's cascade has recorded a batch
     while time.time() < deadline and proc.poll() is None:
-        if log.exists() and '"stage":"cascade"' in log.read_text():
-            proc.send_signal(signal.SIGKILL)
-            break
+        if log.exists() and text in log.read_text():
+            proc.send_signal(sig)
+            return time.time()
         time.sleep(0.02)
-    assert proc.wait(timeout=60) == -signal.SIGKILL, "the audit finished before it could be killed"
-    assert not (out / "report.json").exists()
-    before = _records(out)
-    assert before
-
-    # a changed configuration is refused with one line, and what was recorded stays as it was
-    saved = {p.name: p.read_bytes() for p in (out / "progress").iterdir()}
-    res = subprocess.run([*_command(config, out, "--batch_size=64"), "--eps=[0.1]"], env=_env(),
-                         capture_output=True, text=True, timeout=300)
-    assert res.returncode == 2
-    message = res.stderr.strip().splitlines()
-    assert len(message) == 1 and "other settings" in message[0] and "eps" in message[0], res.stderr
-    assert {p.name: p.read_bytes() for p in (out / "progress").iterdir()} == saved
-
-    # the same command resumes: same report, and no batch recorded twice
-    res = subprocess.run(_command(config, out, "--batch_size=64"), env=_env(), capture_output=True, text=True,
-                         timeout=300)
-    assert res.returncode == 0, res.stderr[-3000:]
-    assert "resuming" in res.stdout
-    assert _numbers(out) == _numbers(one_process)
-    assert _per_sample(out) == _per_sample(one_process)
-    after = _records(out)
-    assert len(after) == len(set(after)), "a finished batch was attacked again"
-    assert set(before) < set(after) == set(_records(one_process))
+    raise AssertionError(f"the audit finished (or hung) before {text} was recorded")
 
 
-def test_sigterm_ends_the_audit_with_one_line_naming_the_command_that_resumes_it(config, one_process, tmp_path):
+def test_a_stopped_then_killed_audit_resumes_to_the_same_report_without_redoing_work(config, one_process, tmp_path):
     """A scheduler's SIGTERM (SLURM, Kubernetes): the audit ends within seconds, exit 143, one line whose
-    command, run as printed, resumes without attacking a recorded batch again."""
-    out = tmp_path / "terminated"
+    command, run as printed, resumes; that run SIGKILLed in turn; other settings refused; the same command
+    then writes the uninterrupted report, and no recorded batch is attacked twice."""
+    out = tmp_path / "stopped"
+    log = out / "progress" / "rank-0.jsonl"
     proc = subprocess.Popen(_command(config, out, "--batch_size=64"), env=_env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
-    log = out / "progress" / "rank-0.jsonl"
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        if log.exists() and '"stage":"cascade"' in log.read_text():
-            sent = time.time()
-            proc.send_signal(signal.SIGTERM)
-            break
-        time.sleep(0.02)
+    sent = _stop_when(proc, log, '"stage":"cascade"', signal.SIGTERM)  # the first model's cascade has a batch
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 143, stderr[-3000:]
     assert time.time() - sent < 10, "SIGTERM did not end the audit within a scheduler's grace period"
     assert not (out / "report.json").exists() and "Traceback" not in stderr
     (line,) = [line for line in stderr.splitlines() if line.strip()]
     assert line.startswith("lit-defense: audit stopped by SIGTERM; `lit-defense audit ") and "resumes it" in line
-    command = shlex.split(line.split("`")[1])
+    command = [_command(config, out)[0], *shlex.split(line.split("`")[1])[1:]]
     assert f"--output_dir={out}" in command
-    before = _records(out)
-    assert before
+    stopped = _records(out)
+    assert stopped
 
-    res = subprocess.run([_command(config, out)[0], *command[1:]], env=_env(), capture_output=True, text=True,
-                         timeout=300)
+    # the printed command resumes; SIGKILLed once the second model has a batch recorded
+    proc = subprocess.Popen(command, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    _stop_when(proc, log, '"model":"tiny_x100"', signal.SIGKILL)
+    assert proc.wait(timeout=60) == -signal.SIGKILL
+    assert not (out / "report.json").exists()
+    before = _records(out)
+    assert set(stopped) < set(before) and len(before) == len(set(before)), "a finished batch was attacked again"
+
+    # a changed configuration is refused with one line, and what was recorded stays as it was
+    saved = {p.name: p.read_bytes() for p in (out / "progress").iterdir()}
+    res = subprocess.run([*command, "--eps=[0.1]"], env=_env(), capture_output=True, text=True, timeout=300)
+    assert res.returncode == 2
+    message = res.stderr.strip().splitlines()
+    assert len(message) == 1 and "other settings" in message[0] and "eps" in message[0], res.stderr
+    assert {p.name: p.read_bytes() for p in (out / "progress").iterdir()} == saved
+
+    # the same command resumes: same report, and no batch recorded twice
+    res = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "resuming" in res.stdout
     assert _numbers(out) == _numbers(one_process)
+    assert _per_sample(out) == _per_sample(one_process)
     after = _records(out)
     assert len(after) == len(set(after)), "a finished batch was attacked again"
     assert set(before) < set(after) == set(_records(one_process))
