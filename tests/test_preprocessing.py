@@ -75,7 +75,7 @@ def test_the_entry_s_preprocessing_runs_inside_the_model_on_pixels():
     assert torch.equal(model(x), model.model((x * 255 - 127) / 64))
     three = Preprocessed(torch.nn.Identity(), mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])
     rgb = torch.rand(2, 3, 4, 4)
-    assert torch.allclose(three(rgb), (rgb - three.mean) / three.std)
+    assert torch.allclose(three(rgb), (rgb - three.normalize.mean) / three.normalize.std)
 
 
 @pytest.mark.parametrize("spec, message", [
@@ -138,6 +138,6 @@ def test_the_readme_s_torchvision_entry_loads_as_a_model_of_pixels():
     assert entry["class_path"] == "torchvision.models.resnet18"
     entry.pop("weights")
     model = load_model(ModelSpec.from_dict(entry))
-    assert isinstance(model, Preprocessed) and model.mean.flatten().tolist() == pytest.approx([0.485, 0.456, 0.406])
+    assert isinstance(model, Preprocessed) and model.normalize.mean.flatten().tolist() == pytest.approx([0.485, 0.456, 0.406])
     with torch.no_grad():
         assert model(torch.rand(2, 3, 64, 64)).shape == (2, 10)

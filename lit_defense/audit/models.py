@@ -73,30 +73,28 @@ class Preprocessed(nn.Module):
     def __init__(self, model: nn.Module, mean: Sequence[float] | float = 0.0, std: Sequence[float] | float = 1.0,
                  bounds: Sequence[float] = (0.0, 1.0)) -> None:
         super().__init__()
-        mean_t = torch.as_tensor(mean, dtype=torch.float32).flatten()
-        std_t = torch.as_tensor(std, dtype=torch.float32).flatten()
+        from lit_defense.backbones import Normalize
+
         if len(bounds) != 2 or not float(bounds[0]) < float(bounds[1]):
             raise ConfigError(f"bounds must be [low, high] with low < high (the range the model's pixels come in, "
                               f"e.g. [0, 255]), got {list(bounds)}.")
-        if mean_t.numel() != std_t.numel() and 1 not in (mean_t.numel(), std_t.numel()):
-            raise ConfigError(f"preprocessing: mean has {mean_t.numel()} channels but std has {std_t.numel()}.")
-        if (std_t <= 0).any():
-            raise ConfigError(f"preprocessing: std must be positive, got {std_t.tolist()}.")
+        means, stds = ([float(v) for v in torch.as_tensor(v, dtype=torch.float32).flatten()] for v in (mean, std))
+        if len(means) != len(stds) and 1 in (len(means), len(stds)):  # one number for every channel
+            means, stds = means * (len(stds) // len(means)), stds * (len(means) // len(stds))
         self.model = model
-        self.register_buffer("mean", mean_t.view(1, -1, 1, 1))
-        self.register_buffer("std", std_t.view(1, -1, 1, 1))
+        self.normalize = Normalize(means, stds)  # the backbones' own layer: its checks, its (x - mean) / std
         self.low, self.high = float(bounds[0]), float(bounds[1])
 
     @override
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.mean.shape[1] not in (1, x.shape[1]):
-            raise ConfigError(f"preprocessing has {self.mean.shape[1]} channels but the images have {x.shape[1]}.")
-        return self.model((self.low + x * (self.high - self.low) - self.mean) / self.std)
+        channels = self.normalize.mean.shape[1]
+        if channels not in (1, x.shape[1]):
+            raise ConfigError(f"preprocessing has {channels} channels but the images have {x.shape[1]}.")
+        return self.model(self.normalize(self.low + x * (self.high - self.low)))
 
     @override
     def extra_repr(self) -> str:
-        return (f"bounds=[{self.low:g}, {self.high:g}], mean={self.mean.flatten().tolist()}, "
-                f"std={self.std.flatten().tolist()}")
+        return f"bounds=[{self.low:g}, {self.high:g}]"
 
 
 def _preprocessed(model: nn.Module, spec: ModelSpec) -> nn.Module:
